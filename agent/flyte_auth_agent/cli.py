@@ -1,0 +1,101 @@
+"""`flyte-auth-agent`: serve tokens on a Unix socket, or ask a running agent for one.
+
+`token` and `status` import only the standard library, so they start fast when flytekit
+runs `flyte-auth-agent token` as its ExternalCommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+
+from flyte_auth_agent import contract
+from flyte_auth_agent.client import AgentClient, AgentClientError, socket_path_from_env
+from flyte_auth_agent.config import ENV_PREFIX, OPTIONS, AgentConfig
+from flyte_auth_agent.errors import ConfigError
+from flyte_auth_agent.options import add_options
+
+DESCRIPTION = """\
+Sidecar that gives a Flyte task a FlyteAdmin access token with no secret in the task.
+
+It reads the pod's projected service-account token, trades it at an OAuth2 token endpoint
+(RFC 8693 token exchange, or an RFC 7523 client assertion), keeps the result fresh, and
+serves it on a Unix socket. Every flag can also be set as an env var, shown in [brackets].
+
+debug from the task container:
+  curl -s --unix-socket /var/run/flyte-auth/agent.sock -H 'X-Flyte-Auth-Agent: 1' \\
+       http://localhost/v1/status
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flyte-auth-agent", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the agent (the sidecar's command)",
+                           description="Run the agent until SIGTERM.")
+    add_options(serve, ENV_PREFIX, OPTIONS)
+    socket_help = f"agent socket [env {contract.SOCKET_ENV}; default {contract.DEFAULT_SOCKET_PATH}]"
+    token = sub.add_parser("token", help="print the current token (for flytekit's "
+                           "ExternalCommand mode)", description="Print the agent's token.")
+    token.add_argument("--socket", help=socket_help)
+    token.add_argument("--json", action="store_true", help="print the whole JSON answer")
+    status = sub.add_parser("status", help="print the agent's token state (no secrets)",
+                            description="Print the agent's /v1/status as JSON.")
+    status.add_argument("--socket", help=socket_help)
+    return parser
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"flyte-auth-agent: {message}", file=sys.stderr)
+    return code
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config = AgentConfig.from_args(args, os.environ)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"flyte-auth-agent: {line}", file=sys.stderr)
+        return 2
+    from flyte_auth_agent.logs import configure  # noqa: PLC0415 - keep token/status light
+    from flyte_auth_agent.runtime import serve_forever  # noqa: PLC0415
+
+    configure(config.log_level, config.log_format)
+    try:
+        asyncio.run(serve_forever(config))
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"flyte-auth-agent: {line}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        return _fail(f"cannot start: {exc.strerror or exc} ({exc.filename or 'listener'})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    client = AgentClient(args.socket or socket_path_from_env())
+    try:
+        if args.command == "token":
+            body = client.token()
+            print(json.dumps(body) if args.json else body["access_token"])
+        else:
+            status = client.status()
+            print(json.dumps(status, indent=2))
+            if status.get("state") != "valid":
+                error = (status.get("last_error") or {}).get("message", "no exchange finished yet")
+                return _fail(f"the agent holds no valid token: {error}")
+    except AgentClientError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

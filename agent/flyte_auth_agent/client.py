@@ -1,0 +1,116 @@
+"""A stdlib-only client of the agent's socket, for the CLI and the flytekit plugin.
+
+    AgentClientError          the agent could not give an answer
+    ├── AgentUnreachableError the socket is missing or nobody listens on it
+    └── AgentRefusedError     the agent answered an error (status, error, description)
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any, cast
+
+from flyte_auth_agent import contract
+
+__all__ = [
+    "AgentClient",
+    "AgentClientError",
+    "AgentRefusedError",
+    "AgentUnreachableError",
+    "socket_path_from_env",
+]
+
+
+class AgentClientError(Exception):
+    pass
+
+
+class AgentUnreachableError(AgentClientError):
+    pass
+
+
+class AgentRefusedError(AgentClientError):
+    def __init__(self, status: int, error: str, description: str,
+                 retry_after: int | None) -> None:
+        super().__init__(f"agent answered HTTP {status} {error}: {description}")
+        self.status = status
+        self.error = error
+        self.description = description
+        self.retry_after = retry_after
+
+
+def socket_path_from_env(environ: Mapping[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    return env.get(contract.SOCKET_ENV) or contract.DEFAULT_SOCKET_PATH
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class AgentClient:
+    """One request per call on a fresh connection: calls are rare (tokens are cached by
+    the caller) and this keeps the client safe to share between threads."""
+
+    def __init__(self, socket_path: str | None = None, timeout: float = 15.0) -> None:
+        self.socket_path = socket_path or socket_path_from_env()
+        self.timeout = timeout
+
+    def _get(self, path: str, accept: str = "application/json") -> tuple[int, bytes]:
+        conn = _UnixConnection(self.socket_path, self.timeout)
+        try:
+            conn.request("GET", path, headers={
+                contract.REQUIRED_HEADER: contract.REQUIRED_HEADER_VALUE, "Accept": accept})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            hint = (f"no agent listens on {self.socket_path}: is flyte-auth injection enabled for "
+                    f"this namespace (label flyte-auth.flyte.org/inject=enabled) and is "
+                    f"${contract.SOCKET_ENV} right?")
+            raise AgentUnreachableError(hint) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise AgentUnreachableError(f"talking to the agent on {self.socket_path} failed: "
+                                        f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            conn.close()
+
+    def _get_json(self, path: str) -> dict[str, Any]:
+        status, body = self._get(path)
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise AgentRefusedError(status, "bad_response",
+                                    f"{path} answered {len(body)} bytes that are not a JSON "
+                                    "object", None)
+        if status != 200:
+            raise AgentRefusedError(status, str(doc.get("error", "error")),
+                                    str(doc.get("error_description", "")),
+                                    doc.get("retry_after"))
+        return doc
+
+    def token(self) -> contract.TokenBody:
+        return cast(contract.TokenBody, self._get_json(contract.PATH_TOKEN))
+
+    def config(self) -> contract.ConfigBody:
+        return cast(contract.ConfigBody, self._get_json(contract.PATH_CONFIG))
+
+    def status(self) -> dict[str, Any]:
+        return self._get_json(contract.PATH_STATUS)

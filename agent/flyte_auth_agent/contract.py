@@ -1,0 +1,88 @@
+"""The wire contract: every fact other parts of the system rely on, in one place.
+
+The agent serves it, the socket client and the flytekit plugin consume it, and the
+sidecar injector writes the env names into pods. This module imports only the
+standard library, so a task image can use it without aiohttp, grpc or authlib.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal, TypedDict
+
+# --- The socket --------------------------------------------------------------------------
+
+#: Where the agent listens, unless $FLYTE_AUTH_AGENT_SOCKET says otherwise.
+DEFAULT_SOCKET_PATH: Final = "/var/run/flyte-auth/agent.sock"
+#: Env var naming the socket, read by the agent, its CLI client and the plugin.
+SOCKET_ENV: Final = "FLYTE_AUTH_AGENT_SOCKET"
+#: Where the projected service-account token is mounted (the kubelet rotates it).
+DEFAULT_TOKEN_FILE: Final = "/var/run/secrets/flyte-auth/token"
+
+#: Every /v1/* request must carry this header with this value (like GCE's Metadata-Flavor).
+REQUIRED_HEADER: Final = "X-Flyte-Auth-Agent"
+REQUIRED_HEADER_VALUE: Final = "1"
+
+# --- Paths ---------------------------------------------------------------------------------
+
+PATH_TOKEN: Final = "/v1/token"
+PATH_CONFIG: Final = "/v1/config"
+PATH_STATUS: Final = "/v1/status"
+PATH_HEALTHZ: Final = "/healthz"
+PATH_READYZ: Final = "/readyz"
+PATH_METRICS: Final = "/metrics"
+
+# --- Env names the injector writes and flytekit reads --------------------------------------
+
+#: The name under which the flytekit plugin registers (entry-point group `flytekit.auth`).
+PLUGIN_AUTH_MODE: Final = "flyte-auth-agent"
+ENV_AUTH_MODE: Final = "FLYTE_CREDENTIALS_AUTH_MODE"
+ENV_CREDENTIALS_COMMAND: Final = "FLYTE_CREDENTIALS_COMMAND"
+ENV_PLATFORM_URL: Final = "FLYTE_PLATFORM_URL"
+ENV_PLATFORM_INSECURE: Final = "FLYTE_PLATFORM_INSECURE"
+ENV_PLATFORM_CA_CERT: Final = "FLYTE_PLATFORM_CA_CERT_FILE_PATH"
+#: Set by flytepropeller in every task pod.
+ENV_EXECUTION_ID: Final = "FLYTE_INTERNAL_EXECUTION_ID"
+ENV_EXECUTION_PROJECT: Final = "FLYTE_INTERNAL_EXECUTION_PROJECT"
+ENV_EXECUTION_DOMAIN: Final = "FLYTE_INTERNAL_EXECUTION_DOMAIN"
+
+#: FlyteAdmin's default `authorization_metadata_key` (config `grpcAuthorizationHeader`).
+DEFAULT_AUTHORIZATION_METADATA_KEY: Final = "flyte-authorization"
+
+# --- JSON shapes ---------------------------------------------------------------------------
+
+
+class TokenBody(TypedDict):
+    """`GET /v1/token` → 200."""
+
+    access_token: str
+    token_type: Literal["Bearer"]
+    expires_at: str  # RFC 3339, UTC, e.g. "2026-11-28T10:00:00Z"
+    expires_in: int  # seconds from now
+    scope: str
+
+
+class ErrorBody(TypedDict):
+    """Any 4xx/5xx from the agent; `retry_after` (seconds) is set on 503."""
+
+    error: str
+    error_description: str
+    retry_after: int | None
+
+
+class ConfigBody(TypedDict):
+    """`GET /v1/config` → what a client needs to reach FlyteAdmin."""
+
+    endpoint: str | None
+    insecure: bool
+    ca_cert_file_path: str | None
+    authorization_metadata_key: str
+    project: str | None
+    domain: str | None
+    execution_id: str | None
+
+
+# `error` codes the agent answers with.
+ERROR_MISSING_HEADER: Final = "missing_header"
+ERROR_FORBIDDEN_PEER: Final = "forbidden_peer"
+ERROR_NO_TOKEN: Final = "token_unavailable"
+ERROR_NOT_FOUND: Final = "not_found"

@@ -1,0 +1,119 @@
+"""Exceptions of the agent.
+
+    AgentError                    anything the agent reports instead of crashing
+    ├── ConfigError               bad or contradictory settings; one line per problem
+    ├── SubjectTokenError         the projected service-account token file is unusable
+    ├── DiscoveryError            FlyteAdmin's auth metadata could not be read
+    └── UpstreamError             the token endpoint failed or answered garbage
+        └── OAuthError            ... with an RFC 6749 §5.2 error code
+
+Every message names what failed and what to do, and never carries a token: upstream
+text passes through `redact()` before it reaches a message.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "AgentError",
+    "ConfigError",
+    "DiscoveryError",
+    "OAuthError",
+    "SubjectTokenError",
+    "UpstreamError",
+    "redact",
+]
+
+# Three base64url parts starting with a JSON header ("eyJ" is base64 of '{"'): a JWT.
+_JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_MAX_UPSTREAM_TEXT = 300
+
+
+def redact(text: str, *secrets: str) -> str:
+    """Upstream text made safe to log: JWT-shaped strings and known secrets removed, cut short."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    text = _JWT_SHAPE.sub("[redacted-jwt]", text)
+    text = " ".join(text.split())
+    if len(text) > _MAX_UPSTREAM_TEXT:
+        text = text[:_MAX_UPSTREAM_TEXT] + "..."
+    return text
+
+
+class AgentError(Exception):
+    """Base of every error the agent reports. `retryable` tells the refresher what to do."""
+
+    retryable: bool = True
+    #: A short stable label for metrics and status (`oauth:invalid_grant`, `unreachable`, ...).
+    kind: str = "error"
+
+
+class ConfigError(AgentError):
+    """Invalid settings. `problems` holds one line per problem, each naming flag and env var."""
+
+    retryable = False
+    kind = "config"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class SubjectTokenError(AgentError):
+    """The service-account token file is missing, unreadable, empty or not a JWT."""
+
+    kind = "subject_token"
+
+
+class DiscoveryError(AgentError):
+    """FlyteAdmin's OAuth2 metadata or public client config could not be read."""
+
+    kind = "discovery"
+
+
+class UpstreamError(AgentError):
+    """The token endpoint was unreachable, timed out, or answered something unusable."""
+
+    def __init__(self, message: str, *, kind: str = "upstream", status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+
+
+# RFC 6749 §5.2 / RFC 8693 §2.2.2 codes that a retry cannot fix: the configuration or the
+# server's policy must change first. They are still retried, at the slowest pace.
+NON_RETRYABLE_OAUTH_ERRORS = frozenset(
+    {
+        "invalid_client",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "invalid_target",
+        "access_denied",
+    }
+)
+
+
+# Codes the RFCs define; anything else is labelled `oauth:other` in metrics.
+KNOWN_OAUTH_ERRORS = NON_RETRYABLE_OAUTH_ERRORS | {
+    "invalid_request",
+    "invalid_grant",
+    "server_error",
+    "temporarily_unavailable",
+}
+
+
+class OAuthError(UpstreamError):
+    """The token endpoint refused the request with an RFC 6749 §5.2 error."""
+
+    def __init__(self, code: str, description: str, *, status: int) -> None:
+        detail = f": {description}" if description else ""
+        super().__init__(
+            f"token endpoint refused the exchange with {code} (HTTP {status}){detail}",
+            kind=f"oauth:{code if code in KNOWN_OAUTH_ERRORS else 'other'}",
+            status=status,
+        )
+        self.code = code
+        self.retryable = code not in NON_RETRYABLE_OAUTH_ERRORS

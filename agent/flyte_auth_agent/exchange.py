@@ -1,0 +1,179 @@
+"""One exchange: read the service-account token, POST it to the token endpoint, parse.
+
+`build_form` is pure (RFC 8693 token exchange, or RFC 7523 client assertion);
+`Exchanger.fetch` does the I/O and translates every transport failure into an AgentError.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import aiohttp
+import structlog
+
+from flyte_auth_agent import contract
+from flyte_auth_agent.config import GRANT_CLIENT_ASSERTION, AgentConfig
+from flyte_auth_agent.discovery import AdminAuthInfo, discover
+from flyte_auth_agent.errors import AgentError, DiscoveryError, UpstreamError, redact
+from flyte_auth_agent.source import Clock
+from flyte_auth_agent.tokens import AccessToken, parse_token_response, read_subject_token
+
+log = structlog.get_logger("flyte_auth_agent")
+
+GRANT_TYPE_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+GRANT_TYPE_CLIENT_CREDENTIALS = "client_credentials"
+ASSERTION_TYPE_JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+_MAX_BODY = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to ask for, once config and discovery are merged."""
+
+    grant: str
+    subject_token_type: str
+    audience: str | None
+    scope: str | None
+    resource: str | None
+    client_id: str | None
+    public_client: bool  # client_id goes in the form (RFC 6749 §3.2.1), no secret
+
+
+def build_form(req: Request, subject_token: str) -> dict[str, str]:
+    if req.grant == GRANT_CLIENT_ASSERTION:
+        form = {
+            "grant_type": GRANT_TYPE_CLIENT_CREDENTIALS,
+            "client_assertion_type": ASSERTION_TYPE_JWT_BEARER,
+            "client_assertion": subject_token,
+        }
+    else:
+        form = {
+            "grant_type": GRANT_TYPE_TOKEN_EXCHANGE,
+            "subject_token": subject_token,
+            "subject_token_type": req.subject_token_type,
+            "requested_token_type": ACCESS_TOKEN_TYPE,
+        }
+    optional = {"audience": req.audience, "scope": req.scope, "resource": req.resource}
+    if req.public_client or req.grant == GRANT_CLIENT_ASSERTION:
+        optional["client_id"] = req.client_id
+    form.update({k: v for k, v in optional.items() if v})
+    return form
+
+
+def basic_auth(client_id: str, secret: str) -> str:
+    """client_secret_basic: both parts form-urlencoded first (RFC 6749 §2.3.1)."""
+    pair = f"{quote(client_id, safe='')}:{quote(secret, safe='')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode()
+
+
+def read_client_secret(path: Path) -> str:
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise AgentError(f"client secret file {path} cannot be read ({type(exc).__name__}); "
+                         "check --client-secret-file and the secret's volume mount") from None
+    if not secret:
+        raise AgentError(f"client secret file {path} is empty; check --client-secret-file")
+    return secret
+
+
+class Exchanger:
+    """Performs exchanges for a TokenSource; discovers FlyteAdmin's metadata once, lazily."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        session: aiohttp.ClientSession,
+        clock: Clock,
+        *,
+        ssl_ctx: ssl.SSLContext | bool = True,
+        ca_pem: bytes | None = None,
+    ) -> None:
+        self._config = config
+        self._session = session
+        self._clock = clock
+        self._ssl = ssl_ctx
+        self._ca_pem = ca_pem
+        self.admin_info: AdminAuthInfo | None = None
+        self._discovered = config.admin is None
+
+    @property
+    def token_endpoint(self) -> str | None:
+        info = self.admin_info
+        return self._config.token_endpoint or (info.token_endpoint if info else None)
+
+    @property
+    def authorization_metadata_key(self) -> str:
+        info = self.admin_info
+        return info.authorization_metadata_key if info else \
+            contract.DEFAULT_AUTHORIZATION_METADATA_KEY
+
+    async def _discover(self) -> None:
+        """Ask FlyteAdmin once. Without an explicit endpoint a failure is an error (retried);
+        with one, discovery only supplies defaults, so a failure is logged and skipped."""
+        admin = self._config.admin
+        if self._discovered or admin is None:
+            return
+        try:
+            self.admin_info = await discover(admin, session=self._session, ssl_ctx=self._ssl,
+                                             ca_pem=self._ca_pem,
+                                             timeout=self._config.exchange_timeout)
+        except DiscoveryError as exc:
+            if self._config.token_endpoint is None:
+                raise
+            log.warning("discovery_skipped", error=str(exc))
+        else:
+            info = self.admin_info
+            log.info("discovered", source=info.source, token_endpoint=info.token_endpoint,
+                     authorization_metadata_key=info.authorization_metadata_key,
+                     audience=info.audience, scopes=list(info.scopes))
+        self._discovered = True
+
+    def request(self) -> Request:
+        c, info = self._config, self.admin_info
+        scope = c.scope or (" ".join(info.scopes) if info and info.scopes else None)
+        return Request(
+            grant=c.grant,
+            subject_token_type=c.subject_token_type,
+            audience=c.audience or (info.audience if info else None),
+            scope=scope,
+            resource=c.resource,
+            client_id=c.client_id,
+            public_client=c.client_id is not None and c.client_secret_file is None,
+        )
+
+    async def fetch(self) -> AccessToken:
+        await self._discover()
+        endpoint = self.token_endpoint
+        if endpoint is None:
+            raise DiscoveryError("FlyteAdmin's OAuth2 metadata names no token_endpoint; "
+                                 "set --token-endpoint")
+        subject = read_subject_token(self._config.token_file)
+        headers = {"Accept": "application/json"}
+        secrets = [subject]
+        if self._config.client_secret_file is not None and self._config.client_id is not None:
+            secret = read_client_secret(self._config.client_secret_file)
+            secrets.append(secret)
+            headers["Authorization"] = basic_auth(self._config.client_id, secret)
+        form = build_form(self.request(), subject)
+        timeout = aiohttp.ClientTimeout(total=self._config.exchange_timeout)
+        try:
+            async with self._session.post(endpoint, data=form, headers=headers, ssl=self._ssl,
+                                          timeout=timeout, allow_redirects=False) as resp:
+                body = await resp.content.read(_MAX_BODY)
+                status, ctype = resp.status, resp.headers.get("Content-Type", "")
+        except TimeoutError:
+            raise UpstreamError(f"token endpoint {endpoint} did not answer within "
+                                f"{self._config.exchange_timeout:g} s (--exchange-timeout)",
+                                kind="timeout") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"token endpoint {endpoint} unreachable: {type(exc).__name__} "
+                                f"{redact(str(exc), *secrets)}".rstrip(),
+                                kind="unreachable") from None
+        return parse_token_response(status, ctype, body, now=self._clock.now(),
+                                    secrets=tuple(secrets))

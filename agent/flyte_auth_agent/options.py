@@ -1,0 +1,189 @@
+"""Settings from a flag, else an env var, else a default, with one error line per problem.
+
+Every component (agent, injector, exchange server) declares its options as a table of
+`Option`s. `Settings` reads them and collects problems instead of stopping at the first,
+so a user sees every bad value at once, each line naming the flag and its env var:
+
+    --socket-mode / FLYTE_AUTH_AGENT_SOCKET_MODE: '999' is not an octal file mode (e.g. 0660)
+
+Stdlib only.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from flyte_auth_agent.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str  # "--token-file"
+    help: str
+    default: str | None = None
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+    is_switch: bool = False  # a flag without a value; env accepts true/false/1/0
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    def env(self, prefix: str) -> str:
+        return prefix + self.dest.upper()
+
+
+def add_options(parser: argparse.ArgumentParser, prefix: str, options: Iterable[Option]) -> None:
+    """Add each option as a flag whose help names its env var, choices and default."""
+    for opt in options:
+        extra = [f"env {opt.env(prefix)}"]
+        if opt.choices:
+            extra.append("one of " + ", ".join(opt.choices))
+        if opt.default is not None:
+            extra.append(f"default {opt.default}")
+        help_text = f"{opt.help} [{'; '.join(extra)}]"
+        if opt.is_switch:
+            parser.add_argument(opt.flag, dest=opt.dest, action="store_const", const="true",
+                                default=None, help=help_text)
+        else:
+            parser.add_argument(opt.flag, dest=opt.dest, default=None, help=help_text,
+                                metavar=opt.metavar or opt.dest.upper())
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class Settings:
+    """The raw values of one component's options, and the problems found converting them."""
+
+    def __init__(
+        self,
+        prefix: str,
+        options: Iterable[Option],
+        args: argparse.Namespace,
+        environ: Mapping[str, str],
+    ) -> None:
+        self._prefix = prefix
+        self._options = {opt.dest: opt for opt in options}
+        self._args = args
+        self._environ = environ
+        self.problems: list[str] = []
+
+    def _opt(self, dest: str) -> Option:
+        return self._options[dest]
+
+    def name(self, dest: str) -> str:
+        opt = self._opt(dest)
+        return f"{opt.flag} / {opt.env(self._prefix)}"
+
+    def given(self, dest: str) -> bool:
+        """True when the user set it (flag or env), not just the default."""
+        return self._explicit(dest) is not None
+
+    def _explicit(self, dest: str) -> str | None:
+        value: str | None = getattr(self._args, dest, None)
+        if value is None:
+            value = self._environ.get(self._opt(dest).env(self._prefix))
+        return value
+
+    def raw(self, dest: str) -> str | None:
+        value = self._explicit(dest)
+        return self._opt(dest).default if value is None else value
+
+    def problem(self, dest: str, message: str) -> None:
+        self.problems.append(f"{self.name(dest)}: {message}")
+
+    def get(self, dest: str, convert: Callable[[str], T]) -> T | None:
+        """The converted value, or None when unset; a ValueError becomes a problem line."""
+        value = self.raw(dest)
+        if value is None or value == "":
+            return None
+        opt = self._opt(dest)
+        if opt.choices and value not in opt.choices:
+            self.problem(dest, f"{value!r} is not one of {', '.join(opt.choices)}")
+            return None
+        try:
+            return convert(value)
+        except ValueError as exc:
+            self.problem(dest, str(exc))
+            return None
+
+    def text(self, dest: str) -> str | None:
+        return self.get(dest, str)
+
+    def flag(self, dest: str) -> bool:
+        return bool(self.get(dest, to_bool))
+
+    def raise_problems(self) -> None:
+        if self.problems:
+            raise ConfigError(self.problems)
+
+
+# --- converters: each raises ValueError with a message that shows the bad value ---------------
+
+
+def to_bool(value: str) -> bool:
+    low = value.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError(f"{value!r} is not a boolean (use true or false)")
+
+
+def to_path(value: str) -> Path:
+    return Path(value)
+
+
+def to_positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number of seconds") from None
+    if not number > 0:
+        raise ValueError(f"{value!r} must be greater than 0")
+    return number
+
+
+def to_file_mode(value: str) -> int:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an octal file mode (e.g. 0660)") from None
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"{value!r} is not an octal file mode between 0000 and 0777")
+    return mode
+
+
+def to_uids(value: str) -> frozenset[int]:
+    uids: set[int] = set()
+    for part in value.replace(" ", ",").split(","):
+        if not part:
+            continue
+        if not part.isdigit():
+            raise ValueError(f"{part!r} is not a numeric uid (give a comma-separated list)")
+        uids.add(int(part))
+    if not uids:
+        raise ValueError("the list of uids is empty")
+    return frozenset(uids)
+
+
+def to_host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 0.0.0.0:8081)")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - an empty host means all
+
+
+def to_http_url(value: str) -> str:
+    scheme, _, rest = value.partition("://")
+    if scheme not in ("http", "https") or not rest or rest.startswith("/"):
+        raise ValueError(f"{value!r} is not an http(s) URL (e.g. https://idp.example/oauth2/token)")
+    return value

@@ -1,0 +1,140 @@
+"""Start and stop the agent: socket, refresher, optional TCP health listener."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from flyte_auth_agent.config import AgentConfig
+from flyte_auth_agent.errors import ConfigError
+from flyte_auth_agent.exchange import Exchanger
+from flyte_auth_agent.metrics import AgentMetrics
+from flyte_auth_agent.server import AgentAPI, display_url, health_app, socket_app
+from flyte_auth_agent.source import Clock, SystemClock, TokenSource
+
+log = structlog.get_logger("flyte_auth_agent")
+
+#: How long SIGTERM waits for in-flight requests before closing them.
+SHUTDOWN_GRACE = 10.0
+_MAX_UNIX_PATH = 107
+
+
+def bind_unix_socket(path: Path, mode: int) -> socket.socket:
+    """A listening-ready socket at `path`; a stale socket file is replaced, anything else
+    at that path (a file, a directory, a live agent) is an error that says so."""
+    if len(os.fsencode(path)) > _MAX_UNIX_PATH:
+        raise ConfigError([f"--socket / FLYTE_AUTH_AGENT_SOCKET: {path} is longer than the "
+                           f"{_MAX_UNIX_PATH} bytes a Unix socket path may have"])
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ConfigError([f"--socket / FLYTE_AUTH_AGENT_SOCKET: {path} exists and is not "
+                               "a socket; remove it or choose another path"])
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # stale: left by an agent that did not shut down cleanly
+        else:
+            raise ConfigError([f"--socket / FLYTE_AUTH_AGENT_SOCKET: another process is "
+                               f"already serving on {path}"])
+        finally:
+            probe.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    os.chmod(path, mode)
+    return sock
+
+
+def tls_material(config: AgentConfig) -> tuple[ssl.SSLContext | bool, bytes | None]:
+    """The TLS context for HTTP upstreams and the PEM for gRPC, from --ca-cert-file."""
+    if config.ca_cert_file is None:
+        return True, None
+    try:
+        pem = config.ca_cert_file.read_bytes()
+        ctx = ssl.create_default_context(cadata=pem.decode("ascii"))
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        raise ConfigError([f"--ca-cert-file / FLYTE_AUTH_AGENT_CA_CERT_FILE: cannot load "
+                           f"{config.ca_cert_file} as a PEM bundle ({type(exc).__name__})"]
+                          ) from None
+    return ctx, pem
+
+
+@dataclass
+class RunningAgent:
+    config: AgentConfig
+    api: AgentAPI
+    source: TokenSource
+    exchanger: Exchanger
+
+
+@contextlib.asynccontextmanager
+async def running_agent(config: AgentConfig, *, clock: Clock | None = None,
+                        ) -> AsyncIterator[RunningAgent]:
+    """Serve until the block exits; then stop accepting, let in-flight requests finish,
+    stop the refresher and remove the socket."""
+    clock = clock or SystemClock()
+    ssl_ctx, ca_pem = tls_material(config)
+    sock = bind_unix_socket(config.socket, config.socket_mode)
+    metrics = AgentMetrics()
+    session = aiohttp.ClientSession()
+    exchanger = Exchanger(config, session, clock, ssl_ctx=ssl_ctx, ca_pem=ca_pem)
+    source = TokenSource(exchanger.fetch, clock=clock, observer=metrics)
+    api = AgentAPI(config, source, exchanger, metrics)
+    runners: list[web.AppRunner] = []
+    try:
+        api.refresher = asyncio.create_task(source.run(), name="token-refresher")
+        runner = web.AppRunner(socket_app(api), access_log=None, handle_signals=False)
+        runners.append(runner)
+        await runner.setup()
+        await web.SockSite(runner, sock, shutdown_timeout=SHUTDOWN_GRACE).start()
+        if config.health_addr is not None:
+            health = web.AppRunner(health_app(api), access_log=None, handle_signals=False)
+            runners.append(health)
+            await health.setup()
+            host, port = config.health_addr
+            await web.TCPSite(health, host, port, shutdown_timeout=SHUTDOWN_GRACE).start()
+        log.info("agent_started", socket=str(config.socket), grant=config.grant,
+                 token_endpoint=display_url(config.token_endpoint),
+                 admin_endpoint=config.admin.host_port if config.admin else None,
+                 health_addr=config.health_addr and "%s:%d" % config.health_addr)
+        yield RunningAgent(config, api, source, exchanger)
+    finally:
+        log.info("agent_stopping")
+        for r in runners:
+            await r.cleanup()  # stops listening first, then waits for in-flight requests
+        if api.refresher is not None:
+            api.refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await api.refresher
+        await session.close()
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            config.socket.unlink()
+        log.info("agent_stopped")
+
+
+async def serve_forever(config: AgentConfig) -> None:
+    """`flyte-auth-agent serve`: run until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_agent(config):
+        await stop.wait()

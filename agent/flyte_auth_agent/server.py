@@ -1,0 +1,185 @@
+"""The socket API (ARCHITECTURE.md, fixed contract): thin handlers over a TokenSource."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from flyte_auth_agent import contract
+from flyte_auth_agent.config import AgentConfig
+from flyte_auth_agent.exchange import Exchanger
+from flyte_auth_agent.metrics import AgentMetrics
+from flyte_auth_agent.peercred import Peer, peer_of
+from flyte_auth_agent.source import TokenSource
+from flyte_auth_agent.tokens import AccessToken, rfc3339
+
+log = structlog.get_logger("flyte_auth_agent")
+JSON = "application/json"
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=json.dumps(body).encode(), status=status, content_type=JSON,
+                        headers=headers)
+
+
+def _error(status: int, error: str, description: str, retry_after: int | None = None,
+           ) -> web.Response:
+    body: contract.ErrorBody = {"error": error, "error_description": description,
+                                "retry_after": retry_after}
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return _json(body, status, headers)
+
+
+def _wants_text(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "text/plain" in accept and JSON not in accept
+
+
+def display_url(url: str | None) -> str | None:
+    """A URL fit for status output: any user:password@ part removed."""
+    if url is None or "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}"
+
+
+class AgentAPI:
+    """Handlers. Each reads the source's snapshot; only the refresher talks upstream."""
+
+    def __init__(self, config: AgentConfig, source: TokenSource, exchanger: Exchanger,
+                 metrics: AgentMetrics) -> None:
+        self.config = config
+        self.source = source
+        self.exchanger = exchanger
+        self.metrics = metrics
+        self.refresher: asyncio.Task[None] | None = None
+        self._counters: dict[tuple[str, int], Any] = {}
+
+    def _count(self, path: str, code: int) -> None:
+        counter = self._counters.get((path, code))
+        if counter is None:
+            counter = self._counters[(path, code)] = self.metrics.requests.labels(path, str(code))
+        counter.inc()
+
+    def _guard(self, request: web.Request) -> tuple[Peer, web.Response | None]:
+        """The required header, then the peer allowlist: (peer, refusal or None)."""
+        peer = peer_of(request.transport.get_extra_info("socket") if request.transport else None)
+        if request.headers.get(contract.REQUIRED_HEADER) != contract.REQUIRED_HEADER_VALUE:
+            return peer, _error(400, contract.ERROR_MISSING_HEADER,
+                                f"requests to /v1/* must carry the header "
+                                f"'{contract.REQUIRED_HEADER}: {contract.REQUIRED_HEADER_VALUE}'")
+        allowed = self.config.allowed_uids
+        if allowed is not None and peer.uid not in allowed:
+            log.warning("peer_refused", peer_pid=peer.pid, peer_uid=peer.uid, path=request.path)
+            return peer, _error(403, contract.ERROR_FORBIDDEN_PEER,
+                                f"uid {peer.uid} may not use this agent; allowed uids are set "
+                                f"by --allowed-uids / FLYTE_AUTH_AGENT_ALLOWED_UIDS")
+        return peer, None
+
+    def _unavailable(self) -> web.Response:
+        err = self.source.last_error
+        reason = err.message if err else "the first token exchange has not finished yet"
+        return _error(503, contract.ERROR_NO_TOKEN, f"no valid token: {reason}",
+                      self.source.retry_after())
+
+    async def token(self, request: web.Request) -> web.Response:
+        peer, refusal = self._guard(request)
+        if refusal is not None:
+            self._count(contract.PATH_TOKEN, refusal.status)
+            return refusal
+        tok = self.source.token() or await self.source.wait(self.config.wait_timeout)
+        if tok is None:
+            self._count(contract.PATH_TOKEN, 503)
+            return self._unavailable()
+        log.info("token_served", peer_pid=peer.pid, peer_uid=peer.uid,
+                 fingerprint=tok.fingerprint, expires_at=int(tok.expires_at))
+        self._count(contract.PATH_TOKEN, 200)
+        if _wants_text(request):
+            return web.Response(text=tok.value + "\n", content_type="text/plain")
+        return web.Response(body=self._token_body(tok), content_type=JSON)
+
+    def _token_body(self, tok: AccessToken) -> bytes:
+        body: contract.TokenBody = {
+            "access_token": tok.value,
+            "token_type": "Bearer",
+            "expires_at": rfc3339(tok.expires_at),
+            "expires_in": max(0, int(tok.expires_at - self.source.clock.now())),
+            "scope": tok.scope,
+        }
+        return json.dumps(body).encode()
+
+    async def config_(self, request: web.Request) -> web.Response:
+        _, refusal = self._guard(request)
+        self._count(contract.PATH_CONFIG, refusal.status if refusal else 200)
+        if refusal is not None:
+            return refusal
+        c = self.config
+        body: contract.ConfigBody = {
+            "endpoint": c.admin.host_port if c.admin else None,
+            "insecure": c.admin.insecure if c.admin else False,
+            "ca_cert_file_path": str(c.ca_cert_file) if c.ca_cert_file else None,
+            "authorization_metadata_key": self.exchanger.authorization_metadata_key,
+            "project": c.execution.project,
+            "domain": c.execution.domain,
+            "execution_id": c.execution.execution_id,
+        }
+        return _json(body)
+
+    async def status(self, request: web.Request) -> web.Response:
+        _, refusal = self._guard(request)
+        self._count(contract.PATH_STATUS, refusal.status if refusal else 200)
+        if refusal is not None:
+            return refusal
+        info = self.exchanger.admin_info
+        body = self.source.status()
+        body["upstream"] = {
+            "token_endpoint": display_url(self.exchanger.token_endpoint),
+            "grant": self.config.grant,
+            "admin_endpoint": self.config.admin.host_port if self.config.admin else None,
+            "discovered_from": info.source if info else None,
+        }
+        body["now"] = rfc3339(time.time())
+        return _json(body)
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        if self.refresher is not None and self.refresher.done():
+            return web.Response(status=500, text="token refresher stopped\n")
+        return web.Response(text="ok\n")
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        if self.source.token() is not None:
+            return web.Response(text="ready: holding a valid token\n")
+        err = self.source.last_error
+        reason = err.message if err else "waiting for the first token"
+        return web.Response(status=503, text=f"not ready: {reason}\n")
+
+    async def metrics_(self, _: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def socket_app(api: AgentAPI) -> web.Application:
+    app = web.Application()
+    app.router.add_get(contract.PATH_TOKEN, api.token)
+    app.router.add_get(contract.PATH_CONFIG, api.config_)
+    app.router.add_get(contract.PATH_STATUS, api.status)
+    app.router.add_get(contract.PATH_HEALTHZ, api.healthz)
+    app.router.add_get(contract.PATH_READYZ, api.readyz)
+    app.router.add_get(contract.PATH_METRICS, api.metrics_)
+    return app
+
+
+def health_app(api: AgentAPI) -> web.Application:
+    """For kubelet probes and Prometheus over TCP: never any /v1/* route."""
+    app = web.Application()
+    app.router.add_get(contract.PATH_HEALTHZ, api.healthz)
+    app.router.add_get(contract.PATH_READYZ, api.readyz)
+    app.router.add_get(contract.PATH_METRICS, api.metrics_)
+    return app
