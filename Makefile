@@ -48,6 +48,7 @@ $(AGENT_STAMP): pyproject.toml
 	touch $@
 
 bench: $(STAMP) $(AGENT_STAMP)
+	$(AGENT_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps --force-reinstall .
 	$(PY) bench/agent_socket.py --agent-python $(AGENT_VENV)/bin/python
 
 clean:

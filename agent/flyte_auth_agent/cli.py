@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the agent (the sidecar's command)",
                            description="Run the agent until SIGTERM.")
     add_options(serve, ENV_PREFIX, OPTIONS)
-    socket_help = f"agent socket [env {contract.SOCKET_ENV}; default {contract.DEFAULT_SOCKET_PATH}]"
+    socket_help = (f"agent socket [env {contract.SOCKET_ENV}; "
+                   f"default {contract.DEFAULT_SOCKET_PATH}]")
     token = sub.add_parser("token", help="print the current token (for flytekit's "
                            "ExternalCommand mode)", description="Print the agent's token.")
     token.add_argument("--socket", help=socket_help)

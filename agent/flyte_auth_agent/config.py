@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Final, Literal, TypeVar
 
 from flyte_auth_agent import contract
 from flyte_auth_agent.options import (
@@ -23,9 +23,9 @@ from flyte_auth_agent.options import (
 )
 
 ENV_PREFIX = "FLYTE_AUTH_AGENT_"
-GRANT_TOKEN_EXCHANGE = "token-exchange"
-GRANT_CLIENT_ASSERTION = "client-assertion"
-JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+GRANT_TOKEN_EXCHANGE: Final = "token-exchange"
+GRANT_CLIENT_ASSERTION: Final = "client-assertion"
+JWT_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:jwt"
 
 _T = TypeVar("_T")
 Grant = Literal["token-exchange", "client-assertion"]

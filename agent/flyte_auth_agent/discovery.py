@@ -37,7 +37,7 @@ class AdminAuthInfo:
 
 def _info(metadata: dict[str, Any], client: dict[str, Any], source: str) -> AdminAuthInfo:
     def field(doc: dict[str, Any], snake: str) -> Any:
-        camel = snake.split("_")[0] + "".join(p.title() for p in snake.split("_")[1:])
+        camel = snake.split("_", maxsplit=1)[0] + "".join(p.title() for p in snake.split("_")[1:])
         return doc.get(snake, doc.get(camel))
 
     scopes = field(client, "scopes") or ()
@@ -72,8 +72,8 @@ async def _via_grpc(admin: AdminEndpoint, ca_pem: bytes | None, timeout: float) 
                                                       timeout=timeout)
     except grpc.aio.AioRpcError as exc:
         raise DiscoveryError(f"gRPC {exc.code().name}: {redact(exc.details() or '')}") from None
-    as_dict = {"preserving_proto_field_name": True}
-    return _info(MessageToDict(metadata, **as_dict), MessageToDict(client, **as_dict), "grpc")
+    return _info(MessageToDict(metadata, preserving_proto_field_name=True),
+                 MessageToDict(client, preserving_proto_field_name=True), "grpc")
 
 
 async def _get_json(session: aiohttp.ClientSession, url: str, ssl_ctx: ssl.SSLContext | bool,

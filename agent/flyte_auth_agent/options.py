@@ -43,8 +43,6 @@ def add_options(parser: argparse.ArgumentParser, prefix: str, options: Iterable[
     """Add each option as a flag whose help names its env var, choices and default."""
     for opt in options:
         extra = [f"env {opt.env(prefix)}"]
-        if opt.choices:
-            extra.append("one of " + ", ".join(opt.choices))
         if opt.default is not None:
             extra.append(f"default {opt.default}")
         help_text = f"{opt.help} [{'; '.join(extra)}]"
@@ -52,8 +50,10 @@ def add_options(parser: argparse.ArgumentParser, prefix: str, options: Iterable[
             parser.add_argument(opt.flag, dest=opt.dest, action="store_const", const="true",
                                 default=None, help=help_text)
         else:
+            metavar = opt.metavar or (
+                "{" + ",".join(opt.choices) + "}" if opt.choices else opt.dest.upper())
             parser.add_argument(opt.flag, dest=opt.dest, default=None, help=help_text,
-                                metavar=opt.metavar or opt.dest.upper())
+                                metavar=metavar)
 
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -100,20 +100,22 @@ async def running_agent(config: AgentConfig, *, clock: Clock | None = None,
     runners: list[web.AppRunner] = []
     try:
         api.refresher = asyncio.create_task(source.run(), name="token-refresher")
-        runner = web.AppRunner(socket_app(api), access_log=None, handle_signals=False)
+        runner = web.AppRunner(socket_app(api), access_log=None, handle_signals=False,
+                               shutdown_timeout=SHUTDOWN_GRACE)
         runners.append(runner)
         await runner.setup()
-        await web.SockSite(runner, sock, shutdown_timeout=SHUTDOWN_GRACE).start()
+        await web.SockSite(runner, sock).start()
         if config.health_addr is not None:
-            health = web.AppRunner(health_app(api), access_log=None, handle_signals=False)
+            health = web.AppRunner(health_app(api), access_log=None, handle_signals=False,
+                                   shutdown_timeout=SHUTDOWN_GRACE)
             runners.append(health)
             await health.setup()
             host, port = config.health_addr
-            await web.TCPSite(health, host, port, shutdown_timeout=SHUTDOWN_GRACE).start()
+            await web.TCPSite(health, host, port).start()
         log.info("agent_started", socket=str(config.socket), grant=config.grant,
                  token_endpoint=display_url(config.token_endpoint),
                  admin_endpoint=config.admin.host_port if config.admin else None,
-                 health_addr=config.health_addr and "%s:%d" % config.health_addr)
+                 health_addr=config.health_addr and "{}:{}".format(*config.health_addr))
         yield RunningAgent(config, api, source, exchanger)
     finally:
         log.info("agent_stopping")

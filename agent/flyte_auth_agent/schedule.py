@@ -44,7 +44,7 @@ class Backoff:
             # Configuration or policy must change first: retry at the slowest pace.
             self.attempt += 1
             return self.cap * (0.5 + 0.5 * self.rand())
-        ceiling = min(self.cap, self.base * 2 ** min(self.attempt, 32))
+        ceiling = min(self.cap, self.base * 2.0 ** min(self.attempt, 32))
         self.attempt += 1
         return max(self.floor, ceiling * self.rand())
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -15,7 +17,7 @@ from flyte_auth_agent import contract
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.exchange import Exchanger
 from flyte_auth_agent.metrics import AgentMetrics
-from flyte_auth_agent.peercred import Peer, peer_of
+from flyte_auth_agent.peercred import UNKNOWN, Peer, peer_of
 from flyte_auth_agent.source import TokenSource
 from flyte_auth_agent.tokens import AccessToken, rfc3339
 
@@ -50,6 +52,12 @@ def display_url(url: str | None) -> str | None:
     return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}"
 
 
+@dataclass
+class _Connection:
+    peer: Peer
+    audited: str | None = None  # fingerprint of the last token logged for this connection
+
+
 class AgentAPI:
     """Handlers. Each reads the source's snapshot; only the refresher talks upstream."""
 
@@ -61,6 +69,10 @@ class AgentAPI:
         self.metrics = metrics
         self.refresher: asyncio.Task[None] | None = None
         self._counters: dict[tuple[str, int], Any] = {}
+        self._connections: weakref.WeakKeyDictionary[Any, _Connection] = (
+            weakref.WeakKeyDictionary())
+        self._body_key: tuple[str, int] | None = None
+        self._body = b""
 
     def _count(self, path: str, code: int) -> None:
         counter = self._counters.get((path, code))
@@ -68,20 +80,32 @@ class AgentAPI:
             counter = self._counters[(path, code)] = self.metrics.requests.labels(path, str(code))
         counter.inc()
 
-    def _guard(self, request: web.Request) -> tuple[Peer, web.Response | None]:
-        """The required header, then the peer allowlist: (peer, refusal or None)."""
-        peer = peer_of(request.transport.get_extra_info("socket") if request.transport else None)
+    def _connection(self, request: web.Request) -> _Connection:
+        """Per-connection state; the peer's credentials are fixed at connect(), read once."""
+        transport = request.transport
+        if transport is None:
+            return _Connection(UNKNOWN)
+        conn = self._connections.get(transport)
+        if conn is None:
+            conn = self._connections[transport] = _Connection(
+                peer_of(transport.get_extra_info("socket")))
+        return conn
+
+    def _guard(self, request: web.Request) -> tuple[_Connection, web.Response | None]:
+        """The required header, then the peer allowlist: (connection, refusal or None)."""
+        conn = self._connection(request)
+        peer = conn.peer
         if request.headers.get(contract.REQUIRED_HEADER) != contract.REQUIRED_HEADER_VALUE:
-            return peer, _error(400, contract.ERROR_MISSING_HEADER,
+            return conn, _error(400, contract.ERROR_MISSING_HEADER,
                                 f"requests to /v1/* must carry the header "
                                 f"'{contract.REQUIRED_HEADER}: {contract.REQUIRED_HEADER_VALUE}'")
         allowed = self.config.allowed_uids
         if allowed is not None and peer.uid not in allowed:
             log.warning("peer_refused", peer_pid=peer.pid, peer_uid=peer.uid, path=request.path)
-            return peer, _error(403, contract.ERROR_FORBIDDEN_PEER,
+            return conn, _error(403, contract.ERROR_FORBIDDEN_PEER,
                                 f"uid {peer.uid} may not use this agent; allowed uids are set "
                                 f"by --allowed-uids / FLYTE_AUTH_AGENT_ALLOWED_UIDS")
-        return peer, None
+        return conn, None
 
     def _unavailable(self) -> web.Response:
         err = self.source.last_error
@@ -90,7 +114,7 @@ class AgentAPI:
                       self.source.retry_after())
 
     async def token(self, request: web.Request) -> web.Response:
-        peer, refusal = self._guard(request)
+        conn, refusal = self._guard(request)
         if refusal is not None:
             self._count(contract.PATH_TOKEN, refusal.status)
             return refusal
@@ -98,22 +122,32 @@ class AgentAPI:
         if tok is None:
             self._count(contract.PATH_TOKEN, 503)
             return self._unavailable()
-        log.info("token_served", peer_pid=peer.pid, peer_uid=peer.uid,
-                 fingerprint=tok.fingerprint, expires_at=int(tok.expires_at))
+        if conn.audited != tok.fingerprint:
+            # Audit: one line per token per connection. A keep-alive client re-reading the
+            # same token adds no fact to the trail (the request counter still counts it).
+            conn.audited = tok.fingerprint
+            log.info("token_served", peer_pid=conn.peer.pid, peer_uid=conn.peer.uid,
+                     fingerprint=tok.fingerprint, expires_at=int(tok.expires_at))
         self._count(contract.PATH_TOKEN, 200)
         if _wants_text(request):
             return web.Response(text=tok.value + "\n", content_type="text/plain")
         return web.Response(body=self._token_body(tok), content_type=JSON)
 
     def _token_body(self, tok: AccessToken) -> bytes:
-        body: contract.TokenBody = {
-            "access_token": tok.value,
-            "token_type": "Bearer",
-            "expires_at": rfc3339(tok.expires_at),
-            "expires_in": max(0, int(tok.expires_at - self.source.clock.now())),
-            "scope": tok.scope,
-        }
-        return json.dumps(body).encode()
+        """The JSON answer; it changes only when the token or `expires_in` does, so it is
+        built at most once a second (the hot path's biggest saving)."""
+        expires_in = max(0, int(tok.expires_at - self.source.clock.now()))
+        key = (tok.fingerprint, expires_in)
+        if self._body_key != key:
+            body: contract.TokenBody = {
+                "access_token": tok.value,
+                "token_type": "Bearer",
+                "expires_at": rfc3339(tok.expires_at),
+                "expires_in": expires_in,
+                "scope": tok.scope,
+            }
+            self._body, self._body_key = json.dumps(body).encode(), key
+        return self._body
 
     async def config_(self, request: web.Request) -> web.Response:
         _, refusal = self._guard(request)

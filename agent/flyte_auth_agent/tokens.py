@@ -96,7 +96,7 @@ def parse_token_response(
     `secrets` (the subject token, the client secret) are scrubbed from any upstream text
     that ends up in an error message.
     """
-    media = content_type.split(";")[0].strip().lower()
+    media = content_type.split(";", maxsplit=1)[0].strip().lower()
     doc: object = None
     if media == "application/json" or media.endswith("+json") or body[:1] == b"{":
         try:

@@ -3,7 +3,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from flyte_auth_agent.config import AgentConfig, parse_admin_endpoint
 from flyte_auth_agent.errors import ConfigError
 
@@ -37,7 +36,7 @@ def test_env_sets_every_flag_and_flags_win() -> None:
     c = AgentConfig.load(["--socket-mode", "0660"], env)
     assert c.token_endpoint == "http://env/oauth2/token"
     assert c.socket_mode == 0o660  # the flag beats the env var
-    assert c.allowed_uids == {1000, 1001}
+    assert c.allowed_uids == frozenset({1000, 1001})
     assert c.health_addr == ("0.0.0.0", 8081)
     assert c.scope == "all offline"
     assert c.admin is not None and c.admin.host_port == "flyteadmin.flyte:81"

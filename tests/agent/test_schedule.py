@@ -3,7 +3,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
 from flyte_auth_agent.schedule import Backoff, RefreshPolicy
 
 

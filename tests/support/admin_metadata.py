@@ -22,13 +22,13 @@ class AuthMetadata(auth_pb2_grpc.AuthMetadataServiceServicer):  # type: ignore[m
     scopes: list[str] = field(default_factory=lambda: ["all"])
     calls: int = 0
 
-    async def GetOAuth2Metadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def GetOAuth2Metadata(self, request: Any, context: Any) -> Any:
         self.calls += 1
         return auth_pb2.OAuth2MetadataResponse(
             issuer="http://flyteadmin.flyte:80", token_endpoint=self.token_endpoint,
             grant_types_supported=["urn:ietf:params:oauth:grant-type:token-exchange"])
 
-    async def GetPublicClientConfig(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def GetPublicClientConfig(self, request: Any, context: Any) -> Any:
         self.calls += 1
         return auth_pb2.PublicClientAuthConfigResponse(
             client_id="flytepropeller", scopes=self.scopes, audience=self.audience,

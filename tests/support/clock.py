@@ -38,3 +38,9 @@ class FakeClock:
         for _, fut in due:
             if not fut.done():
                 fut.set_result(None)
+
+    async def run_next(self) -> float:
+        """Jump to the earliest sleeper's deadline and wait until the woken code sleeps
+        again (for the refresher: one attempt done). Returns the new earliest deadline."""
+        self.advance(await self.next_sleep())
+        return await self.next_sleep()

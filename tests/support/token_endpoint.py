@@ -65,6 +65,8 @@ class TokenEndpoint:
     queued: list[Responder] = field(default_factory=list)
     #: When clear, requests wait here (a stalled upstream).
     gate: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set whenever a token request arrives.
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
     key: jwk.RSAKey = field(init=False)
     url: str = ""
     _runner: web.AppRunner | None = None
@@ -116,6 +118,7 @@ class TokenEndpoint:
     async def _token(self, request: web.Request) -> web.StreamResponse:
         form = {k: str(v) for k, v in (await request.post()).items()}
         self.received.append(Exchange(form, request.headers.get("Authorization")))
+        self.arrived.set()
         await self.gate.wait()
         if self.queued:
             return self.queued.pop(0)(request)

@@ -1,0 +1,177 @@
+"""The `flyte-auth-agent` command as a real subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import H
+from tests.support.token_endpoint import TokenEndpoint
+
+AGENT = str(Path(sys.executable).parent / "flyte-auth-agent")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYTE_")}
+    return env | extra
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([AGENT, *args], capture_output=True, text=True, env=clean_env(**env),
+                          timeout=30, check=False)
+
+
+class Agent:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[dict[str, object]] = []
+
+    async def wait_for(self, event: str) -> dict[str, object]:
+        assert self.proc.stderr is not None
+        while True:
+            raw = await self.proc.stderr.readline()
+            assert raw, f"agent exited before logging {event!r}: {self.lines}"
+            line: dict[str, object] = json.loads(raw)
+            self.lines.append(line)
+            if line["event"] == event:
+                return line
+
+    async def finish(self) -> tuple[int, str]:
+        rest = await self.proc.stderr.read() if self.proc.stderr else b""
+        return await self.proc.wait(), json.dumps(self.lines) + rest.decode()
+
+
+@pytest.fixture
+async def agent(sock_path: Path, token_file: Path, endpoint: TokenEndpoint,
+                ) -> AsyncIterator[Agent]:
+    env = clean_env(FLYTE_AUTH_AGENT_TOKEN_ENDPOINT=endpoint.url)  # env and flags mix
+    proc = await asyncio.create_subprocess_exec(
+        AGENT, "serve", "--socket", str(sock_path), "--token-file", str(token_file),
+        env=env, stderr=asyncio.subprocess.PIPE)
+    a = Agent(proc)
+    await a.wait_for("agent_started")
+    yield a
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+
+
+async def test_serve_token_status_and_sigterm(agent: Agent, sock_path: Path,
+                                              endpoint: TokenEndpoint) -> None:
+    token = await asyncio.to_thread(run, "token", "--socket", str(sock_path))
+    assert token.returncode == 0, token.stderr
+    assert token.stdout.count(".") == 2 and token.stdout.endswith("\n")
+    via_env = await asyncio.to_thread(run, "token", FLYTE_AUTH_AGENT_SOCKET=str(sock_path))
+    assert via_env.stdout == token.stdout
+    status = await asyncio.to_thread(run, "status", "--socket", str(sock_path))
+    assert status.returncode == 0
+    assert json.loads(status.stdout)["state"] == "valid"
+    assert token.stdout.strip() not in status.stdout
+
+    agent.proc.send_signal(signal.SIGTERM)
+    code, logs = await agent.finish()
+    assert code == 0
+    assert not sock_path.exists()
+    assert '"agent_stopped"' in logs
+    assert token.stdout.strip() not in logs
+    assert endpoint.received[0].form["subject_token"] not in logs
+
+
+async def test_sigterm_lets_in_flight_requests_finish(sock_path: Path, token_file: Path,
+                                                      endpoint: TokenEndpoint) -> None:
+    endpoint.gate.clear()  # the cold agent's first exchange will hang until we let it go
+    proc = await asyncio.create_subprocess_exec(
+        AGENT, "serve", "--socket", str(sock_path), "--token-file", str(token_file),
+        "--token-endpoint", endpoint.url, env=clean_env(), stderr=asyncio.subprocess.PIPE)
+    agent = Agent(proc)
+    await agent.wait_for("agent_started")
+    connector = aiohttp.UnixConnector(path=str(sock_path))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        request = asyncio.create_task(http.get("http://agent/v1/token", headers=H))
+        await endpoint.arrived.wait()  # the exchange is in flight and the request waits on it
+        proc.send_signal(signal.SIGTERM)
+        await agent.wait_for("agent_stopping")
+        endpoint.gate.set()
+        resp = await request
+        assert resp.status == 200
+    code, _ = await agent.finish()
+    assert code == 0
+    assert not sock_path.exists()
+
+
+def test_token_without_an_agent_says_what_to_check(short_dir: Path) -> None:
+    out = run("token", "--socket", str(short_dir / "none.sock"))
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert "no agent listens on" in out.stderr
+    assert "flyte-auth.flyte.org/inject=enabled" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+async def test_token_and_status_fail_when_the_agent_has_no_token(
+        sock_path: Path, tmp_path: Path, endpoint: TokenEndpoint) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        AGENT, "serve", "--socket", str(sock_path), "--token-file", str(tmp_path / "missing"),
+        "--token-endpoint", endpoint.url, "--wait-timeout", "0.3",
+        env=clean_env(), stderr=asyncio.subprocess.PIPE)
+    a = Agent(proc)
+    await a.wait_for("agent_started")
+    try:
+        token = await asyncio.to_thread(run, "token", "--socket", str(sock_path))
+        status = await asyncio.to_thread(run, "status", "--socket", str(sock_path))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await a.finish()
+    assert token.returncode == 1
+    assert "token_unavailable" in token.stderr and "does not exist" in token.stderr
+    assert status.returncode == 1
+    assert json.loads(status.stdout)["state"] == "pending"
+    assert "holds no valid token" in status.stderr
+
+
+def test_bad_config_exits_2_with_one_line_per_problem() -> None:
+    out = run("serve", "--socket-mode", "abc", "--allowed-uids", "me",
+              FLYTE_AUTH_AGENT_GRANT="password")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert lines == [
+        "flyte-auth-agent: --token-endpoint / FLYTE_AUTH_AGENT_TOKEN_ENDPOINT: set a token "
+        "endpoint, or --admin-endpoint / FLYTE_AUTH_AGENT_ADMIN_ENDPOINT to discover it from "
+        "FlyteAdmin",
+        "flyte-auth-agent: --grant / FLYTE_AUTH_AGENT_GRANT: 'password' is not one of "
+        "token-exchange, client-assertion",
+        "flyte-auth-agent: --socket-mode / FLYTE_AUTH_AGENT_SOCKET_MODE: 'abc' is not an octal "
+        "file mode (e.g. 0660)",
+        "flyte-auth-agent: --allowed-uids / FLYTE_AUTH_AGENT_ALLOWED_UIDS: 'me' is not a "
+        "numeric uid (give a comma-separated list)",
+    ]
+
+
+def test_a_path_that_is_not_a_socket_is_refused(tmp_path: Path) -> None:
+    blocker = tmp_path / "agent.sock"
+    blocker.write_text("data")
+    out = run("serve", "--socket", str(blocker), "--token-endpoint", "http://127.0.0.1:1/t")
+    assert out.returncode == 2
+    assert "exists and is not a socket" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert blocker.read_text() == "data"
+
+
+def test_help_explains_flags_and_env_vars() -> None:
+    out = run("serve", "--help")
+    assert out.returncode == 0
+    text_ = " ".join(out.stdout.split())
+    for text in ("--token-file", "FLYTE_AUTH_AGENT_TOKEN_FILE", "--allowed-uids",
+                 "FLYTE_AUTH_AGENT_LOG_FORMAT", "--grant {token-exchange,client-assertion}"):
+        assert text in text_
+    top = run("--help")
+    assert "curl -s --unix-socket" in top.stdout

@@ -1,0 +1,56 @@
+"""A local stand-in of the agent's upstream, as one process: the cluster issuer writes a
+projected token file (and rotates it like the kubelet, at 80 % of its life) and a token
+endpoint trades it. Used by the benchmark and `make run`; see cluster.py and
+token_endpoint.py for the behaviour each stand-in follows.
+
+    python -m tests.support.stack --dir DIR   prints one JSON line {"token_endpoint", "token_file"}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+from pathlib import Path
+
+from tests.support.cluster import StubIssuer
+from tests.support.token_endpoint import TokenEndpoint
+
+SA_TOKEN_LIFETIME = 3600
+
+
+async def rotate(issuer: StubIssuer, path: Path, lifetime: int) -> None:
+    while True:
+        await asyncio.sleep(lifetime * 0.8)
+        issuer.write(path, lifetime=lifetime)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dir", type=Path, required=True, help="where to write the token file")
+    parser.add_argument("--lifetime", type=int, default=3600, help="access token lifetime (s)")
+    args = parser.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    issuer = StubIssuer()
+    token_file = args.dir / "sa-token"
+    issuer.write(token_file, lifetime=SA_TOKEN_LIFETIME)
+    endpoint = TokenEndpoint(issuer, lifetime=args.lifetime)
+    url = await endpoint.start()
+    print(json.dumps({"token_endpoint": url, "token_file": str(token_file)}), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    rotator = asyncio.create_task(rotate(issuer, token_file, SA_TOKEN_LIFETIME))
+    await stop.wait()
+    rotator.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await rotator
+    await endpoint.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
