@@ -3,10 +3,17 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from collections.abc import Iterator
 
+import pytest
 import structlog
-
 from flyte_auth_agent import logs
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
 
 
 class CountingStream(io.StringIO):
