@@ -37,7 +37,7 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 run: $(STAMP)
-	$(PY) -m devstack $(if $(ONCE),--once,)
+	$(PY) -m tests.support.devstack $(if $(ONCE),--once,)
 
 # The agent's benchmark runs the agent from a venv with only the `agent` extra, as its image has.
 AGENT_VENV  := .venv-agent
