@@ -8,8 +8,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from flyte_auth_agent import contract
 
+from flyte_auth_agent import contract
 from tests.support.cluster import StubIssuer
 from tests.support.token_endpoint import TokenEndpoint
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from flyte_auth_agent.config import AgentConfig, parse_admin_endpoint
 from flyte_auth_agent.errors import ConfigError
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 import trustme
+
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.runtime import running_agent
-
 from tests.conftest import H
 from tests.support.admin_metadata import AuthMetadata, start_metadata_server
 from tests.support.cluster import StubIssuer

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import structlog
+
 from flyte_auth_agent import logs
 
 

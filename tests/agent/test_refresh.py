@@ -8,10 +8,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.runtime import running_agent
 from flyte_auth_agent.source import MIN_REMAINING
-
 from tests.conftest import H
 from tests.support.clock import FakeClock
 from tests.support.cluster import StubIssuer

@@ -3,6 +3,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+
 from flyte_auth_agent.schedule import Backoff, RefreshPolicy
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
+
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.errors import ConfigError
 from flyte_auth_agent.runtime import bind_unix_socket, running_agent
-from structlog.testing import capture_logs
-
 from tests.conftest import H
 from tests.support.clock import FakeClock
 from tests.support.cluster import StubIssuer

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from flyte_auth_agent.errors import OAuthError, SubjectTokenError, UpstreamError
 from flyte_auth_agent.tokens import (
     DEFAULT_LIFETIME,
@@ -11,7 +12,6 @@ from flyte_auth_agent.tokens import (
     parse_token_response,
     read_subject_token,
 )
-
 from tests.support.cluster import StubIssuer
 
 NOW = 1_800_000_000.0
