@@ -10,10 +10,18 @@ import aiohttp
 import pytest
 
 from flyte_auth_agent import contract
+from flyte_auth_agent.config import AgentConfig
 from tests.support.cluster import StubIssuer
 from tests.support.token_endpoint import TokenEndpoint
 
 H = {contract.REQUIRED_HEADER: contract.REQUIRED_HEADER_VALUE}
+
+
+def agent_config(sock: Path, token_file: Path, endpoint: TokenEndpoint, *extra: str,
+                 ) -> AgentConfig:
+    """The agent's config as a test wants it: flags only, no env leaking in."""
+    return AgentConfig.load(["--socket", str(sock), "--token-file", str(token_file),
+                             "--token-endpoint", endpoint.url, *extra], {})
 
 
 @pytest.fixture

@@ -57,19 +57,14 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    try:
-        config = AgentConfig.from_args(args, os.environ)
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(f"flyte-auth-agent: {line}", file=sys.stderr)
-        return 2
     from flyte_auth_agent.logs import configure  # noqa: PLC0415 - keep token/status light
     from flyte_auth_agent.runtime import serve_forever  # noqa: PLC0415
 
-    configure(config.log_level, config.log_format)
     try:
+        config = AgentConfig.from_args(args, os.environ)
+        configure(config.log_level, config.log_format)
         asyncio.run(serve_forever(config))
-    except ConfigError as exc:
+    except ConfigError as exc:  # one line per problem, each naming its flag and env var
         for line in exc.problems:
             print(f"flyte-auth-agent: {line}", file=sys.stderr)
         return 2

@@ -9,18 +9,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.runtime import running_agent
 from flyte_auth_agent.source import MIN_REMAINING
 from tests.conftest import H
+from tests.conftest import agent_config as config
 from tests.support.clock import FakeClock
 from tests.support.cluster import StubIssuer
 from tests.support.token_endpoint import TokenEndpoint
-
-
-def config(sock: Path, token_file: Path, endpoint: TokenEndpoint, *extra: str) -> AgentConfig:
-    return AgentConfig.load(["--socket", str(sock), "--token-file", str(token_file),
-                             "--token-endpoint", endpoint.url, *extra], {})
 
 
 async def fingerprint(http: aiohttp.ClientSession) -> tuple[int, str | None]:

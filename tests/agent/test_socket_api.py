@@ -19,14 +19,10 @@ from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.errors import ConfigError
 from flyte_auth_agent.runtime import bind_unix_socket, running_agent
 from tests.conftest import H
+from tests.conftest import agent_config as config
 from tests.support.clock import FakeClock
 from tests.support.cluster import StubIssuer
 from tests.support.token_endpoint import JWT_BEARER, TOKEN_EXCHANGE, TokenEndpoint
-
-
-def config(sock: Path, token_file: Path, endpoint: TokenEndpoint, *extra: str) -> AgentConfig:
-    return AgentConfig.load(["--socket", str(sock), "--token-file", str(token_file),
-                             "--token-endpoint", endpoint.url, *extra], {})
 
 
 async def test_token_exchange_round_trip(sock_path: Path, token_file: Path,

@@ -21,7 +21,7 @@ from flyte_auth_agent import contract
 from flyte_auth_agent.client import AgentClient, AgentClientError
 from flyte_auth_agent.tokens import fingerprint, jwt_claims
 from tests.support.cluster import StubIssuer
-from tests.support.stack import SA_TOKEN_LIFETIME, rotate
+from tests.support.stack import SA_TOKEN_LIFETIME, rotate, until_signalled
 from tests.support.token_endpoint import TokenEndpoint
 
 RUN = Path("run")
@@ -86,11 +86,7 @@ Fetch a token yourself:
 """, flush=True)
         if not args.once:
             print("Serving until Ctrl-C.", flush=True)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
+            await until_signalled()
         return 0
     except (AgentClientError, RuntimeError, TimeoutError) as exc:
         print(f"make run: the round trip failed: {exc or type(exc).__name__}; "

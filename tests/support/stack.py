@@ -27,6 +27,15 @@ async def rotate(issuer: StubIssuer, path: Path, lifetime: int) -> None:
         issuer.write(path, lifetime=lifetime)
 
 
+async def until_signalled() -> None:
+    """Return on SIGTERM or SIGINT (Ctrl-C)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,12 +49,8 @@ async def main() -> None:
     endpoint = TokenEndpoint(issuer, lifetime=args.lifetime)
     url = await endpoint.start()
     print(json.dumps({"token_endpoint": url, "token_file": str(token_file)}), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     rotator = asyncio.create_task(rotate(issuer, token_file, SA_TOKEN_LIFETIME))
-    await stop.wait()
+    await until_signalled()
     rotator.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await rotator
