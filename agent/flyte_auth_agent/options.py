@@ -30,6 +30,7 @@ class Option:
     choices: tuple[str, ...] = ()
     metavar: str | None = None
     is_switch: bool = False  # a flag without a value; env accepts true/false/1/0
+    repeatable: bool = False  # the flag may repeat; its env var is comma-separated
 
     @property
     def dest(self) -> str:
@@ -42,18 +43,18 @@ class Option:
 def add_options(parser: argparse.ArgumentParser, prefix: str, options: Iterable[Option]) -> None:
     """Add each option as a flag whose help names its env var, choices and default."""
     for opt in options:
-        extra = [f"env {opt.env(prefix)}"]
+        extra = [f"env {opt.env(prefix)}" + (", comma-separated" if opt.repeatable else "")]
         if opt.default is not None:
             extra.append(f"default {opt.default}")
-        help_text = f"{opt.help} [{'; '.join(extra)}]"
+        help_text = f"{opt.help}{' (repeatable)' if opt.repeatable else ''} [{'; '.join(extra)}]"
         if opt.is_switch:
             parser.add_argument(opt.flag, dest=opt.dest, action="store_const", const="true",
                                 default=None, help=help_text)
-        else:
-            metavar = opt.metavar or (
-                "{" + ",".join(opt.choices) + "}" if opt.choices else opt.dest.upper())
-            parser.add_argument(opt.flag, dest=opt.dest, default=None, help=help_text,
-                                metavar=metavar)
+            continue
+        metavar = opt.metavar or (
+            "{" + ",".join(opt.choices) + "}" if opt.choices else opt.dest.upper())
+        parser.add_argument(opt.flag, dest=opt.dest, default=None, help=help_text,
+                            metavar=metavar, action="append" if opt.repeatable else "store")
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -88,7 +89,9 @@ class Settings:
         return self._explicit(dest) is not None
 
     def _explicit(self, dest: str) -> str | None:
-        value: str | None = getattr(self._args, dest, None)
+        value: str | list[str] | None = getattr(self._args, dest, None)
+        if isinstance(value, list):  # a repeatable flag, given one or more times
+            return ",".join(value)
         if value is None:
             value = self._environ.get(self._opt(dest).env(self._prefix))
         return value
@@ -114,6 +117,11 @@ class Settings:
         except ValueError as exc:
             self.problem(dest, str(exc))
             return None
+
+    def values(self, dest: str) -> tuple[str, ...]:
+        """A repeatable option's values: each flag, or the env var split on commas."""
+        raw = self.raw(dest) or ""
+        return tuple(v.strip() for v in raw.split(",") if v.strip())
 
     def text(self, dest: str) -> str | None:
         return self.get(dest, str)
@@ -177,7 +185,7 @@ def to_uids(value: str) -> frozenset[int]:
 
 def to_host_port(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free port
         raise ValueError(f"{value!r} is not HOST:PORT (e.g. 0.0.0.0:8081)")
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - an empty host means all
 

@@ -35,11 +35,15 @@ class AuthMetadata(auth_pb2_grpc.AuthMetadataServiceServicer):  # type: ignore[m
             authorization_metadata_key=self.authorization_metadata_key)
 
 
+def add_metadata_service(servicer: AuthMetadata, server: Any) -> None:
+    auth_pb2_grpc.add_AuthMetadataServiceServicer_to_server(servicer, server)
+
+
 async def start_metadata_server(servicer: AuthMetadata, *, tls: tuple[bytes, bytes] | None = None,
                                 ) -> tuple[Any, str]:
     """Start on loopback; returns (server, "HOST:PORT"). `tls` is (cert chain PEM, key PEM)."""
     server = grpc.aio.server()
-    auth_pb2_grpc.add_AuthMetadataServiceServicer_to_server(servicer, server)
+    add_metadata_service(servicer, server)
     if tls is None:
         port = server.add_insecure_port("127.0.0.1:0")
         target = f"127.0.0.1:{port}"

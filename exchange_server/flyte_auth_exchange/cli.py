@@ -1,0 +1,56 @@
+"""`flyte-auth-exchange serve`: the FlyteAdmin-side authority."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from flyte_auth_agent.errors import ConfigError
+from flyte_auth_agent.logs import configure
+from flyte_auth_agent.options import add_options
+from flyte_auth_exchange.config import ENV_PREFIX, OPTIONS, ExchangeConfig
+
+DESCRIPTION = """\
+Trades a pod's Kubernetes service-account token (RFC 8693 token exchange) for a FlyteAdmin
+access token minted for the user who launched the pod's execution.
+
+It validates the token (issuer keys and/or TokenReview), reads the pod, asks FlyteAdmin for
+the execution's principal, applies the policy, and signs a JWT FlyteAdmin accepts. Every flag
+can also be set as an env var, shown in [brackets].
+
+debug:
+  curl -s http://HOST:PORT/.well-known/oauth-authorization-server
+  curl -s -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange \\
+       -d subject_token_type=urn:ietf:params:oauth:token-type:jwt \\
+       --data-urlencode subject_token@/var/run/secrets/flyte-auth/token http://HOST:PORT/oauth2/token
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flyte-auth-exchange", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the exchange server",
+                           description="Run the exchange server until SIGTERM.")
+    add_options(serve, ENV_PREFIX, OPTIONS)
+    args = parser.parse_args(argv)
+    from flyte_auth_exchange.runtime import serve_forever  # noqa: PLC0415 - --help stays fast
+
+    try:
+        config = ExchangeConfig.from_args(args, os.environ)
+        configure(config.log_level, config.log_format)
+        asyncio.run(serve_forever(config))
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"flyte-auth-exchange: {line}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"flyte-auth-exchange: cannot start: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""The exchange server's configuration: the option table, and one frozen dataclass."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+from flyte_auth_agent.config import AdminEndpoint, parse_admin_endpoint
+from flyte_auth_agent.options import (
+    Option,
+    Settings,
+    add_options,
+    to_host_port,
+    to_http_url,
+    to_path,
+    to_positive_float,
+)
+
+ENV_PREFIX: Final = "FLYTE_AUTH_EXCHANGE_"
+IDENTITY_EXECUTOR: Final = "executor"
+IDENTITY_SERVICE_ACCOUNT: Final = "service-account"
+Identity = Literal["executor", "service-account"]
+
+OPTIONS = (
+    Option("--listen", "address to serve on", "0.0.0.0:8443", metavar="HOST:PORT"),
+    Option("--tls-cert", "TLS certificate chain (PEM); with --tls-key, serve HTTPS",
+           metavar="FILE"),
+    Option("--tls-key", "TLS private key (PEM)", metavar="FILE"),
+    Option("--public-url", "URL clients reach this server at (issuer and token_endpoint in "
+           "the metadata; default: from --listen)", metavar="URL"),
+    Option("--signing-key", "RSA private key that signs minted tokens: FlyteAdmin's "
+           "token_rsa_key.pem (PKCS#1 PEM)", metavar="PEM"),
+    Option("--key-id", "key id put in minted tokens' `kid` and `key_id` headers (FlyteAdmin "
+           "falls back to its first key for an id it does not know)", "flyte-auth-exchange"),
+    Option("--admin-audience", "FlyteAdmin's public URL, as in its authorizedUris; minted "
+           "tokens carry it in `aud`", metavar="URL", repeatable=True),
+    Option("--token-lifetime", "lifetime of minted tokens in seconds (a policy may cap it)",
+           "3600", metavar="SECONDS"),
+    Option("--subject-issuer", "expected `iss` of service-account tokens (the cluster's "
+           "--service-account-issuer)", metavar="URL"),
+    Option("--subject-audience", "audience service-account tokens must carry (the projected "
+           "volume's audience)", "flyte-auth"),
+    Option("--subject-jwks", "JWKS file with the service-account issuer's public keys",
+           metavar="FILE"),
+    Option("--subject-discovery", "OIDC discovery base URL of the service-account issuer; keys "
+           "are fetched from its jwks_uri, cached, and refreshed on an unknown kid",
+           metavar="URL"),
+    Option("--token-review", "also (or, with no keys configured, only) validate subject tokens "
+           "with the Kubernetes TokenReview API", is_switch=True),
+    Option("--identity", "whose identity minted tokens carry: the executor of the execution "
+           "the pod runs, or the pod's service account", IDENTITY_EXECUTOR,
+           choices=(IDENTITY_EXECUTOR, IDENTITY_SERVICE_ACCOUNT)),
+    Option("--admin-endpoint", "FlyteAdmin gRPC HOST:PORT, for GetExecution (executor identity)",
+           metavar="HOST"),
+    Option("--admin-insecure", "talk to FlyteAdmin without TLS", is_switch=True),
+    Option("--ca-cert-file", "PEM bundle trusted for FlyteAdmin and the issuer discovery URL",
+           metavar="FILE"),
+    Option("--policy", "YAML policy: who may exchange, identity, lifetime cap, scopes "
+           "(default: any namespace, --identity, --token-lifetime)", metavar="FILE"),
+    Option("--kubeconfig", "kubeconfig for the Kubernetes API (default: in-cluster config)",
+           metavar="FILE"),
+    Option("--cache-ttl", "seconds a pod -> execution -> principal lookup is reused; a deleted "
+           "pod can exchange for at most this long after deletion (0: no cache)", "5",
+           metavar="SECONDS"),
+    Option("--clock-skew", "seconds of clock skew tolerated on exp/nbf/iat", "60",
+           metavar="SECONDS"),
+    Option("--log-level", "minimum log level", "info",
+           choices=("debug", "info", "warning", "error")),
+    Option("--log-format", "log line format", "json", choices=("json", "console")),
+)
+
+
+def _non_negative(value: str) -> float:
+    return 0.0 if value.strip() in ("0", "0.0") else to_positive_float(value)
+
+
+@dataclass(frozen=True)
+class ExchangeConfig:
+    listen: tuple[str, int]
+    tls_cert: Path | None
+    tls_key: Path | None
+    public_url: str | None  # None: the URL of the bound listener
+    signing_key: Path
+    key_id: str
+    admin_audiences: tuple[str, ...]
+    token_lifetime: float
+    subject_issuer: str
+    subject_audience: str
+    subject_jwks: Path | None
+    subject_discovery: str | None
+    token_review: bool
+    identity: Identity
+    admin: AdminEndpoint | None
+    ca_cert_file: Path | None
+    policy: Path | None
+    kubeconfig: Path | None
+    cache_ttl: float
+    clock_skew: float
+    log_level: str
+    log_format: str
+
+    @property
+    def needs_kubernetes(self) -> bool:
+        return self.token_review or self.identity == IDENTITY_EXECUTOR
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> ExchangeConfig:
+        s = Settings(ENV_PREFIX, OPTIONS, args, environ)
+        listen = s.get("listen", to_host_port) or ("0.0.0.0", 8443)  # noqa: S104 - a server
+        tls_cert, tls_key = s.get("tls_cert", to_path), s.get("tls_key", to_path)
+        if (tls_cert is None) != (tls_key is None):
+            s.problem("tls_cert" if tls_cert is None else "tls_key",
+                      "--tls-cert and --tls-key go together: give both or neither")
+        signing_key = s.get("signing_key", to_path)
+        if signing_key is None:
+            s.problem("signing_key", "required: the PEM of the RSA key that signs tokens "
+                      "(FlyteAdmin's token_rsa_key.pem)")
+        audiences = s.values("admin_audience")
+        for aud in audiences:
+            try:
+                to_http_url(aud)
+            except ValueError as exc:
+                s.problem("admin_audience", str(exc))
+        if not audiences:
+            s.problem("admin_audience", "required: FlyteAdmin's public URL as listed in its "
+                      "authorizedUris, e.g. http://flyteadmin.flyte.svc.cluster.local:80")
+        issuer = s.text("subject_issuer")
+        if issuer is None:
+            s.problem("subject_issuer", "required: the cluster's service-account issuer, e.g. "
+                      "https://kubernetes.default.svc.cluster.local")
+        jwks, discovery = s.get("subject_jwks", to_path), s.get("subject_discovery", to_http_url)
+        token_review = s.flag("token_review")
+        if jwks is not None and discovery is not None:
+            s.problem("subject_jwks", "give --subject-jwks or --subject-discovery, not both")
+        if jwks is None and discovery is None and not token_review:
+            s.problem("subject_jwks", "no way to validate subject tokens: give --subject-jwks, "
+                      "--subject-discovery or --token-review")
+        identity: Identity = IDENTITY_SERVICE_ACCOUNT \
+            if s.raw("identity") == IDENTITY_SERVICE_ACCOUNT else IDENTITY_EXECUTOR
+        s.get("identity", str)  # reports a value outside the choices
+        insecure = s.flag("admin_insecure")
+        admin = s.get("admin_endpoint", lambda v: parse_admin_endpoint(v, insecure))
+        if identity == IDENTITY_EXECUTOR and admin is None and not s.given("policy"):
+            s.problem("admin_endpoint", "required with --identity executor: FlyteAdmin's gRPC "
+                      "endpoint, to look up who launched each execution")
+        config = cls(
+            listen=listen, tls_cert=tls_cert, tls_key=tls_key,
+            public_url=_strip_slash(s.get("public_url", to_http_url)),
+            signing_key=signing_key or Path(),
+            key_id=s.text("key_id") or "flyte-auth-exchange",
+            admin_audiences=audiences,
+            token_lifetime=s.get("token_lifetime", to_positive_float) or 3600.0,
+            subject_issuer=issuer or "",
+            subject_audience=s.text("subject_audience") or "flyte-auth",
+            subject_jwks=jwks, subject_discovery=discovery, token_review=token_review,
+            identity=identity, admin=admin, ca_cert_file=s.get("ca_cert_file", to_path),
+            policy=s.get("policy", to_path), kubeconfig=s.get("kubeconfig", to_path),
+            cache_ttl=_zero_or(s.get("cache_ttl", _non_negative), 5.0),
+            clock_skew=_zero_or(s.get("clock_skew", _non_negative), 60.0),
+            log_level=s.text("log_level") or "info",
+            log_format=s.text("log_format") or "json",
+        )
+        s.raise_problems()
+        return config
+
+    @classmethod
+    def load(cls, argv: list[str], environ: Mapping[str, str] | None = None) -> ExchangeConfig:
+        parser = argparse.ArgumentParser()
+        add_options(parser, ENV_PREFIX, OPTIONS)
+        return cls.from_args(parser.parse_args(argv), os.environ if environ is None else environ)
+
+
+def _strip_slash(url: str | None) -> str | None:
+    return url.rstrip("/") if url else None
+
+
+def _zero_or(value: float | None, default: float) -> float:
+    return default if value is None else value

@@ -1,0 +1,30 @@
+"""Why an exchange is refused, as RFC 6749 §5.2 / RFC 8693 §2.2.2 errors.
+
+    Refusal                   answered as {"error": code, "error_description": ...}
+    ├── codes invalid_request, invalid_grant, invalid_target, invalid_scope,
+    │         unsupported_grant_type, access_denied          → HTTP 400
+    └── temporarily_unavailable (Kubernetes or FlyteAdmin unreachable) → HTTP 503
+
+Descriptions say which check failed and never contain the presented token.
+"""
+
+from __future__ import annotations
+
+INVALID_REQUEST = "invalid_request"
+INVALID_GRANT = "invalid_grant"
+INVALID_TARGET = "invalid_target"
+INVALID_SCOPE = "invalid_scope"
+UNSUPPORTED_GRANT_TYPE = "unsupported_grant_type"
+ACCESS_DENIED = "access_denied"
+TEMPORARILY_UNAVAILABLE = "temporarily_unavailable"
+
+
+class Refusal(Exception):
+    def __init__(self, code: str, description: str) -> None:
+        super().__init__(f"{code}: {description}")
+        self.code = code
+        self.description = description
+
+    @property
+    def status(self) -> int:
+        return 503 if self.code == TEMPORARILY_UNAVAILABLE else 400

@@ -1,0 +1,96 @@
+"""The Kubernetes API, through kubernetes-asyncio: read a pod, review a token.
+
+Responses are read as raw JSON (`_preload_content=False`): we need a handful of fields,
+and never a typed round trip of objects we do not own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.config import ConfigException
+
+from flyte_auth_agent.errors import ConfigError
+from flyte_auth_exchange.errors import TEMPORARILY_UNAVAILABLE, Refusal
+
+# TokenReview `status.user.extra` keys the API server sets for pod-bound tokens.
+EXTRA_POD_NAME = "authentication.kubernetes.io/pod-name"
+EXTRA_POD_UID = "authentication.kubernetes.io/pod-uid"
+
+
+@dataclass(frozen=True)
+class Review:
+    authenticated: bool
+    username: str
+    pod_name: str | None
+    pod_uid: str | None
+    error: str
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient, timeout: float = 10.0) -> None:
+        self._api = api
+        self._core = client.CoreV1Api(api)
+        self._authn = client.AuthenticationV1Api(api)
+        self._timeout = timeout
+
+    @classmethod
+    async def connect(cls, kubeconfig: Path | None) -> Kube:
+        try:
+            if kubeconfig is not None:
+                api = await config.new_client_from_config(config_file=str(kubeconfig))
+            else:
+                config.load_incluster_config()  # type: ignore[no-untyped-call]
+                api = client.ApiClient()
+        except (ConfigException, OSError, ValueError) as exc:
+            where = f"--kubeconfig {kubeconfig}" if kubeconfig else "in-cluster config"
+            raise ConfigError([f"{where}: cannot configure the Kubernetes client ({exc}); set "
+                               "--kubeconfig / FLYTE_AUTH_EXCHANGE_KUBECONFIG outside a "
+                               "cluster"]) from None
+        return cls(api)
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    async def _json(self, what: str, call: Any) -> tuple[int, dict[str, Any]]:
+        try:
+            resp = await call
+            body = await resp.read()
+            status = resp.status
+        except (OSError, TimeoutError, client.ApiException) as exc:
+            raise Refusal(TEMPORARILY_UNAVAILABLE, f"the Kubernetes API is unreachable "
+                          f"({what}: {type(exc).__name__})") from None
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = {}
+        if status >= 500 or status in (401, 403, 429):
+            raise Refusal(TEMPORARILY_UNAVAILABLE, f"the Kubernetes API answered {what} with "
+                          f"HTTP {status}; check this server's RBAC and the API server")
+        return status, doc if isinstance(doc, dict) else {}
+
+    async def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The pod as raw JSON, or None if it does not exist."""
+        status, doc = await self._json("get pod", self._core.read_namespaced_pod(
+            name, namespace, _preload_content=False, _request_timeout=self._timeout))
+        return None if status == 404 else doc
+
+    async def review(self, token: str, audiences: list[str]) -> Review:
+        body: Any = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": token, "audiences": audiences}}
+        _, doc = await self._json("create tokenreview", self._authn.create_token_review(
+            body, _preload_content=False, _request_timeout=self._timeout))
+        status = doc.get("status") or {}
+        user = status.get("user") or {}
+        extra = user.get("extra") or {}
+
+        def first(key: str) -> str | None:
+            values = extra.get(key)
+            return values[0] if isinstance(values, list) and values else None
+
+        return Review(bool(status.get("authenticated")), str(user.get("username", "")),
+                      first(EXTRA_POD_NAME), first(EXTRA_POD_UID), str(status.get("error", "")))

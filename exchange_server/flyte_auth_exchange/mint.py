@@ -1,0 +1,78 @@
+"""Minting tokens FlyteAdmin accepts (FLYTE_FACTS.md, "How FlyteAdmin validates a bearer token").
+
+RS256; the header names the key with `key_id` (what FlyteAdmin reads) and `kid` (what
+everyone else reads); claims `aud` (FlyteAdmin's public URL), `sub`, `scp` as a list (FlyteAdmin
+reads `scp`, not `scope`, and needs `all`), `iat`, `exp`, `jti`, RFC 8693 `act` naming the
+service account that asked, and the execution the pod runs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import RSAKey
+from joserfc.jws import JWSRegistry
+
+from flyte_auth_agent.errors import ConfigError
+
+# FlyteAdmin's header parameter `key_id` is not a registered JWS header: allow it.
+_REGISTRY = JWSRegistry(strict_check_header=False)
+
+
+@dataclass(frozen=True)
+class Minted:
+    token: str
+    jti: str
+    expires_in: int
+
+
+class Minter:
+    def __init__(self, key: RSAKey, key_id: str, issuer: str) -> None:
+        self._key = key
+        self.key_id = key_id
+        self.issuer = issuer
+
+    @staticmethod
+    def load_key(path: Path) -> RSAKey:
+        """FlyteAdmin's token_rsa_key.pem (PKCS#1; PKCS#8 works too); ConfigError if not."""
+        where = f"--signing-key {path}"
+        try:
+            pem = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError([f"{where}: cannot be read ({exc.strerror})"]) from None
+        try:
+            key = RSAKey.import_key(pem)
+        except (JoseError, ValueError, TypeError):
+            raise ConfigError([f"{where}: not an RSA private key in PEM (FlyteAdmin's "
+                               "token_rsa_key.pem is PKCS#1: -----BEGIN RSA PRIVATE KEY-----)"]
+                              ) from None
+        if not key.is_private:
+            raise ConfigError([f"{where}: holds a public key; the private key is needed"])
+        return key
+
+    def jwks(self) -> dict[str, Any]:
+        public = self._key.as_dict(private=False)
+        return {"keys": [public | {"kid": self.key_id, "use": "sig", "alg": "RS256"}]}
+
+    def mint(self, *, subject: str, audience: list[str], scopes: list[str], lifetime: int,
+             now: float, extra: dict[str, Any] | None = None) -> Minted:
+        jti = str(uuid.uuid4())
+        iat = int(now)
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": audience,
+            "sub": subject,
+            "scp": scopes,
+            "iat": iat,
+            "nbf": iat,
+            "exp": iat + lifetime,
+            "jti": jti,
+            **(extra or {}),
+        }
+        header = {"alg": "RS256", "typ": "JWT", "kid": self.key_id, "key_id": self.key_id}
+        return Minted(jwt.encode(header, claims, self._key, registry=_REGISTRY), jti, lifetime)

@@ -1,0 +1,127 @@
+"""Wire the exchange server together, serve, and stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from flyte_auth_agent.errors import ConfigError
+from flyte_auth_exchange.admin import SELF_SUBJECT, Admin, SelfToken
+from flyte_auth_exchange.config import ExchangeConfig
+from flyte_auth_exchange.kube import Kube
+from flyte_auth_exchange.mint import Minter
+from flyte_auth_exchange.policy import Policy
+from flyte_auth_exchange.server import ExchangeAPI, app
+from flyte_auth_exchange.service import ExchangeService
+from flyte_auth_exchange.subject import IssuerKeys
+
+log = structlog.get_logger("flyte_auth_exchange")
+SELF_TOKEN_LIFETIME = 600
+
+
+def _client_tls(config: ExchangeConfig) -> tuple[ssl.SSLContext | bool, bytes | None]:
+    if config.ca_cert_file is None:
+        return True, None
+    try:
+        pem = config.ca_cert_file.read_bytes()
+        return ssl.create_default_context(cadata=pem.decode("ascii")), pem
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        raise ConfigError([f"--ca-cert-file / FLYTE_AUTH_EXCHANGE_CA_CERT_FILE: cannot load "
+                           f"{config.ca_cert_file} ({type(exc).__name__})"]) from None
+
+
+def _server_tls(config: ExchangeConfig) -> ssl.SSLContext | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError([f"--tls-cert / --tls-key: cannot load {config.tls_cert} and "
+                           f"{config.tls_key} ({type(exc).__name__})"]) from None
+    return ctx
+
+
+@dataclass
+class RunningExchange:
+    config: ExchangeConfig
+    api: ExchangeAPI
+    url: str
+
+
+@contextlib.asynccontextmanager
+async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExchange]:
+    policy = Policy.load(config.policy, config.identity) if config.policy \
+        else Policy.default(config.identity)
+    if policy.uses_executor and config.admin is None:
+        raise ConfigError(["--admin-endpoint / FLYTE_AUTH_EXCHANGE_ADMIN_ENDPOINT: required: "
+                           "the policy uses the executor identity, which FlyteAdmin supplies"])
+    client_ssl, ca_pem = _client_tls(config)
+    server_ssl = _server_tls(config)
+    signing_key = Minter.load_key(config.signing_key)
+    host, port = config.listen
+    sock = socket.create_server((host, port))  # bound first: the URL needs the real port
+    url = f"{'https' if server_ssl else 'http'}://{host}:{sock.getsockname()[1]}"
+    public_url = config.public_url or url
+    minter = Minter(signing_key, config.key_id, public_url)
+    needs_kube = config.token_review or policy.uses_executor
+    session = aiohttp.ClientSession()
+    kube: Kube | None = None
+    admin: Admin | None = None
+    runner: web.AppRunner | None = None
+    try:
+        kube = await Kube.connect(config.kubeconfig) if needs_kube else None
+        if config.admin is not None and policy.uses_executor:
+            audience = list(config.admin_audiences)
+
+            def mint_self(now: float) -> tuple[str, float]:
+                minted = minter.mint(subject=SELF_SUBJECT, audience=audience, scopes=["all"],
+                                     lifetime=SELF_TOKEN_LIFETIME, now=now)
+                return minted.token, now + minted.expires_in
+
+            admin = Admin(config.admin, SelfToken(mint_self), ca_pem=ca_pem)
+        keys = None
+        if config.subject_jwks is not None or config.subject_discovery is not None:
+            keys = IssuerKeys(jwks_file=config.subject_jwks,
+                              discovery_url=config.subject_discovery, session=session,
+                              ssl_ctx=client_ssl)
+            await keys.start()
+        service = ExchangeService(config, policy=policy, keys=keys, minter=minter, kube=kube,
+                                  admin=admin)
+        api = ExchangeAPI(service, minter, keys, public_url)
+        runner = web.AppRunner(app(api), access_log=None, handle_signals=False,
+                               shutdown_timeout=10.0)
+        await runner.setup()
+        await web.SockSite(runner, sock, ssl_context=server_ssl).start()
+        log.info("exchange_started", listen=url, public_url=public_url,
+                 identity=config.identity, token_review=config.token_review,
+                 rules=[r.name for r in policy.rules])
+        yield RunningExchange(config, api, url)
+    finally:
+        log.info("exchange_stopping")
+        if runner is not None:
+            await runner.cleanup()
+        if admin is not None:
+            await admin.close()
+        if kube is not None:
+            await kube.close()
+        await session.close()
+        sock.close()
+
+
+async def serve_forever(config: ExchangeConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_exchange(config):
+        await stop.wait()

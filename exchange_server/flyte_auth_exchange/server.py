@@ -1,0 +1,124 @@
+"""HTTP: thin handlers over ExchangeService. One audit line per decision, never a token."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+
+from flyte_auth_exchange.errors import INVALID_REQUEST, Refusal
+from flyte_auth_exchange.mint import Minter
+from flyte_auth_exchange.service import GRANT_TOKEN_EXCHANGE, ExchangeService, Form
+from flyte_auth_exchange.subject import IssuerKeys
+
+log = structlog.get_logger("flyte_auth_exchange")
+TOKEN_PATH = "/oauth2/token"
+MAX_FORM_BYTES = 64 * 1024
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}  # RFC 6749 §5.1
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.decisions = Counter("flyte_auth_exchange_decisions",
+                                 "Exchange decisions, by outcome and error code",
+                                 ["outcome", "code"], registry=self.registry)
+        self.seconds = Histogram("flyte_auth_exchange_duration_seconds",
+                                 "Time to decide one exchange", registry=self.registry,
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                          0.5, 1, 2.5))
+
+
+class ExchangeAPI:
+    def __init__(self, service: ExchangeService, minter: Minter, keys: IssuerKeys | None,
+                 public_url: str) -> None:
+        self.service = service
+        self.minter = minter
+        self.keys = keys
+        self.public_url = public_url
+        self.metrics = Metrics()
+
+    async def token(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        audit: dict[str, Any] = {"peer": request.remote}
+        try:
+            form = await self._form(request)
+            body = await self.service.exchange(form, audit)
+        except Refusal as refusal:
+            self.metrics.decisions.labels("refused", refusal.code).inc()
+            log.info("exchange_decision", outcome="refused", error=refusal.code,
+                     reason=refusal.description, **audit)
+            return web.json_response({"error": refusal.code,
+                                      "error_description": refusal.description},
+                                     status=refusal.status, headers=_NO_STORE)
+        finally:
+            self.metrics.seconds.observe(time.perf_counter() - started)
+        self.metrics.decisions.labels("granted", "").inc()
+        log.info("exchange_decision", outcome="granted", reason="", **audit)
+        return web.json_response(body, headers=_NO_STORE)
+
+    @staticmethod
+    async def _form(request: web.Request) -> Form:
+        if request.content_type != "application/x-www-form-urlencoded":
+            raise Refusal(INVALID_REQUEST, "the body must be application/x-www-form-urlencoded "
+                          "(RFC 6749 §3.2)")
+        if (request.content_length or 0) > MAX_FORM_BYTES:
+            raise Refusal(INVALID_REQUEST, f"the body is larger than {MAX_FORM_BYTES} bytes")
+        try:
+            fields = await request.post()
+        except ValueError:
+            raise Refusal(INVALID_REQUEST, "the body is not a valid form") from None
+        grouped: dict[str, list[str]] = {}
+        for key, value in fields.items():
+            if not isinstance(value, str):
+                raise Refusal(INVALID_REQUEST, f"parameter {key} must be a plain form value")
+            grouped.setdefault(key, []).append(value)
+        return Form(grouped)
+
+    async def metadata(self, _: web.Request) -> web.Response:
+        """RFC 8414 authorization server metadata."""
+        return web.json_response({
+            "issuer": self.public_url,
+            "token_endpoint": self.public_url + TOKEN_PATH,
+            "jwks_uri": self.public_url + "/jwks",
+            "grant_types_supported": [GRANT_TOKEN_EXCHANGE],
+            "token_endpoint_auth_methods_supported": ["none"],
+            "response_types_supported": [],
+            "scopes_supported": ["all"],
+        })
+
+    async def jwks(self, _: web.Request) -> web.Response:
+        return web.json_response(self.minter.jwks())
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        if self.keys is not None and not self.keys.ready:
+            return web.Response(status=503, text="not ready: the service-account issuer's keys "
+                                "are not loaded yet\n")
+        return web.Response(text="ready\n")
+
+    async def metrics_(self, _: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def app(api: ExchangeAPI) -> web.Application:
+    application = web.Application(client_max_size=MAX_FORM_BYTES)
+    application.router.add_post(TOKEN_PATH, api.token)
+    application.router.add_get("/.well-known/oauth-authorization-server", api.metadata)
+    application.router.add_get("/jwks", api.jwks)
+    application.router.add_get("/healthz", api.healthz)
+    application.router.add_get("/readyz", api.readyz)
+    application.router.add_get("/metrics", api.metrics_)
+    return application

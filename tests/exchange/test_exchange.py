@@ -1,0 +1,298 @@
+"""The exchange server over real HTTP, validating against the stand-in Kubernetes API and
+asking the stand-in FlyteAdmin over real gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+import grpc
+import pytest
+from flyteidl.service import identity_pb2, identity_pb2_grpc
+from joserfc import jwt
+from joserfc.jwk import KeySet
+from joserfc.jws import JWSRegistry
+from structlog.testing import capture_logs
+
+from flyte_auth_agent.tokens import jwt_claims
+from tests.exchange.conftest import StartExchange, form, post
+from tests.support.cluster import StubIssuer
+from tests.support.world import ADMIN_URL, EXECUTOR, NAMESPACE, World
+
+
+def header(token: str) -> dict[str, Any]:
+    head = base64.urlsafe_b64decode(token.split(".", maxsplit=1)[0] + "==")
+    return cast(dict[str, Any], json.loads(head))
+
+
+async def user_info(world: World, token: str) -> str:
+    async with grpc.aio.insecure_channel(world.admin_target) as channel:
+        stub = identity_pb2_grpc.IdentityServiceStub(channel)
+        reply = await stub.UserInfo(identity_pb2.UserInfoRequest(),
+                                    metadata=(("flyte-authorization", f"Bearer {token}"),))
+    return str(reply.subject)
+
+
+async def test_executor_identity_round_trip(world: World, exchange: StartExchange,
+                                            http: aiohttp.ClientSession) -> None:
+    pod = world.task_pod(identity_label="alice-example-com")
+    subject = world.kube.token_for(pod)
+    async with exchange() as ex:
+        status, body = await post(http, ex.url, form(subject, scope="all", audience=ADMIN_URL))
+    assert status == 200, body
+    assert body["token_type"] == "Bearer"
+    assert body["issued_token_type"] == "urn:ietf:params:oauth:token-type:access_token"
+    assert body["expires_in"] == 3600
+    assert body["scope"] == "all"
+    token = str(body["access_token"])
+    head, claims = header(token), jwt_claims(token) or {}
+    assert head["alg"] == "RS256"
+    assert head["kid"] == head["key_id"] == "flyte-auth-exchange"
+    assert claims["sub"] == EXECUTOR
+    assert claims["aud"] == [ADMIN_URL]
+    assert claims["scp"] == ["all"]
+    assert claims["exp"] - claims["iat"] == 3600
+    assert claims["act"] == {"sub": f"system:serviceaccount:{NAMESPACE}:default"}
+    assert claims["execution_id"] == {"project": "flytesnacks", "domain": "development",
+                                      "name": "f3a1b2c4d5e6"}
+    assert isinstance(claims["jti"], str)
+    # FlyteAdmin (stand-in, validating as the real one does) accepts it as the executor.
+    assert await user_info(world, token) == EXECUTOR
+    # The server asked FlyteAdmin with a token it minted for itself.
+    assert ("GetExecution", "flyte-auth-exchange") in world.admin.calls
+
+
+async def test_metadata_and_jwks(world: World, exchange: StartExchange,
+                                 http: aiohttp.ClientSession) -> None:
+    subject = world.kube.token_for(world.task_pod())
+    async with exchange() as ex:
+        meta = await (await http.get(ex.url + "/.well-known/oauth-authorization-server")).json()
+        jwks = await (await http.get(ex.url + "/jwks")).json()
+        _, body = await post(http, ex.url, form(subject))
+        ready = await http.get(ex.url + "/readyz")
+        metrics = await (await http.get(ex.url + "/metrics")).text()
+    assert meta["issuer"] == ex.url
+    assert meta["token_endpoint"] == ex.url + "/oauth2/token"
+    assert meta["grant_types_supported"] == ["urn:ietf:params:oauth:grant-type:token-exchange"]
+    lenient = JWSRegistry(strict_check_header=False)  # FlyteAdmin's `key_id` header
+    decoded = jwt.decode(str(body["access_token"]), KeySet.import_key_set(jwks), registry=lenient)
+    assert decoded.claims["sub"] == EXECUTOR
+    assert ready.status == 200
+    assert 'flyte_auth_exchange_decisions_total{code="",outcome="granted"} 1.0' in metrics
+
+
+Mutate = Callable[[World], Any]
+
+
+def _other_key(world: World, **kw: Any) -> str:
+    forged = StubIssuer(issuer=world.kube.issuer.issuer, **kw)
+    pod = world.task_pod()
+    meta = pod["metadata"]
+    return forged.mint(namespace=meta["namespace"], pod=meta["name"], pod_uid=meta["uid"])
+
+
+def _mint(world: World, **kw: Any) -> str:
+    return world.kube.token_for(world.task_pod(), **kw)
+
+
+def _wrong_issuer(world: World) -> str:
+    real = world.kube.issuer.issuer
+    world.kube.issuer.issuer = "https://evil.example"
+    try:
+        return _mint(world)
+    finally:
+        world.kube.issuer.issuer = real
+
+
+def _deleted_pod(world: World) -> str:
+    token = _mint(world)
+    world.kube.pods.clear()
+    return token
+
+
+def _recreated_pod(world: World) -> str:
+    token = _mint(world)
+    world.task_pod()  # same name, new uid
+    return token
+
+
+REFUSALS: list[Any] = [
+    pytest.param(lambda w: form(_other_key(w)), "invalid_grant", "signature does not verify",
+                 id="wrong-signature"),
+    pytest.param(lambda w: form(_other_key(w, kid="unknown-kid")), "invalid_grant",
+                 "key (kid) the service-account issuer does not publish", id="unknown-kid"),
+    pytest.param(lambda w: form(_mint(w, now=time.time() - 7200)), "invalid_grant",
+                 "subject token expired", id="expired"),
+    pytest.param(lambda w: form(_mint(w, now=time.time() + 3600)), "invalid_grant",
+                 "not valid yet", id="not-yet-valid"),
+    pytest.param(lambda w: form(_mint(w, audience="vault")), "invalid_grant",
+                 "audience does not include 'flyte-auth'", id="wrong-audience"),
+    pytest.param(lambda w: form(_wrong_issuer(w)), "invalid_grant",
+                 "is not the trusted service-account issuer", id="wrong-issuer"),
+    pytest.param(lambda w: form(_deleted_pod(w)), "invalid_grant", "does not exist",
+                 id="pod-deleted"),
+    pytest.param(lambda w: form(_recreated_pod(w)), "invalid_grant", "another uid",
+                 id="pod-uid-mismatch"),
+    pytest.param(lambda w: form(w.kube.token_for(w.task_pod(phase="Succeeded"))),
+                 "invalid_grant", "has finished (phase Succeeded)", id="pod-finished"),
+    pytest.param(lambda w: form(w.kube.token_for(w.task_pod(namespace="kube-system"))),
+                 "access_denied", "policy rule 'no-system' refuses namespace 'kube-system'",
+                 id="namespace-refused"),
+    pytest.param(lambda w: form(w.kube.token_for(w.task_pod(namespace="other-production"))),
+                 "access_denied", "no policy rule allows namespace 'other-production'",
+                 id="namespace-not-allowed"),
+    pytest.param(lambda w: form(w.kube.token_for(w.task_pod(principal=""))), "access_denied",
+                 "has no principal and policy rule 'flyte' refuses", id="no-principal"),
+    pytest.param(lambda w: form(w.kube.token_for(w.task_pod(identity_label="mallory"))),
+                 "access_denied", "execution-identity label does not match",
+                 id="identity-label-mismatch"),
+    pytest.param(lambda w: form(w.kube.token_for(w.task_pod(principal=None))), "invalid_grant",
+                 "does not exist in FlyteAdmin", id="execution-unknown"),
+    pytest.param(lambda w: form(w.kube.token_for(w.kube.add_pod(NAMESPACE, "plain-pod"))),
+                 "access_denied", "is not a Flyte task pod", id="not-a-flyte-pod"),
+    pytest.param(lambda w: {**form(_mint(w)), "grant_type": "password"},
+                 "unsupported_grant_type", "grant_type 'password' is not supported",
+                 id="wrong-grant-type"),
+    pytest.param(lambda w: {k: v for k, v in form(_mint(w)).items() if k != "subject_token"},
+                 "invalid_request", "subject_token is missing", id="no-subject-token"),
+    pytest.param(lambda w: form(_mint(w), subject_token_type="urn:x"), "invalid_request",
+                 "subject_token_type must be one of", id="wrong-subject-type"),
+    pytest.param(lambda w: form("not-a-jwt"), "invalid_grant", "not a JWT", id="not-a-jwt"),
+    pytest.param(lambda w: form(_mint(w), audience="https://other.example"), "invalid_target",
+                 "is not served here", id="unknown-audience"),
+    pytest.param(lambda w: form(_mint(w), scope="all admin"), "invalid_scope",
+                 "scope 'admin' is not allowed by policy rule 'flyte'", id="scope-not-allowed"),
+    pytest.param(lambda w: json.dumps(form(_mint(w))), "invalid_request",
+                 "must be application/x-www-form-urlencoded", id="malformed-body"),
+]
+
+POLICY = """
+rules:
+  - name: no-system
+    namespaces: ["kube-*"]
+    allow: false
+  - name: flyte
+    namespaces: ["flytesnacks-*"]
+    no_principal: refuse
+"""
+
+
+@pytest.mark.parametrize(("make", "code", "text"), REFUSALS)
+async def test_refusals_name_the_failed_check(world: World, exchange: StartExchange,
+                                              http: aiohttp.ClientSession, tmp_path: Path,
+                                              make: Callable[[World], Any], code: str,
+                                              text: str) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    data = make(world)
+    presented = data["subject_token"] if isinstance(data, dict) and "subject_token" in data \
+        else None
+    with capture_logs() as logs:
+        async with exchange("--policy", str(policy)) as ex:
+            status, body = await post(http, ex.url, data)
+    assert (status, body["error"]) == (400, code), body
+    assert text in str(body["error_description"])
+    decisions = [e for e in logs if e["event"] == "exchange_decision"]
+    assert len(decisions) == 1
+    assert decisions[0]["outcome"] == "refused"
+    assert decisions[0]["error"] == code
+    if presented:
+        assert presented not in json.dumps(body) + json.dumps(logs, default=str)
+
+
+async def test_policy_can_fall_back_to_the_service_account(
+        world: World, exchange: StartExchange, http: aiohttp.ClientSession,
+        tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n  - name: lenient\n    no_principal: service-account\n"
+                      "    max_lifetime: 600\n    scopes: [all, offline]\n")
+    subject = world.kube.token_for(world.task_pod(principal=""))
+    async with exchange("--policy", str(policy)) as ex:
+        status, body = await post(http, ex.url, form(subject))
+    assert status == 200
+    claims = jwt_claims(str(body["access_token"])) or {}
+    assert claims["sub"] == f"system:serviceaccount:{NAMESPACE}:default"
+    assert body["expires_in"] == 600  # capped by the rule
+    assert claims["scp"] == ["all", "offline"]
+
+
+async def test_service_account_identity_needs_no_flyteadmin(
+        world: World, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    from flyte_auth_exchange.config import ExchangeConfig  # noqa: PLC0415
+    from flyte_auth_exchange.runtime import running_exchange  # noqa: PLC0415
+
+    args = ["--listen", "127.0.0.1:0", "--signing-key", str(world.key_file),
+            "--admin-audience", ADMIN_URL, "--subject-issuer", world.kube.url,
+            "--subject-discovery", world.kube.url, "--identity", "service-account"]
+    subject = world.kube.token_for(world.task_pod())
+    async with running_exchange(ExchangeConfig.load(args, {})) as ex:
+        status, body = await post(http, ex.url, form(subject))
+    assert status == 200
+    assert (jwt_claims(str(body["access_token"])) or {})["sub"] == \
+        f"system:serviceaccount:{NAMESPACE}:default"
+    assert world.kube.pod_reads == 0
+    assert await user_info(world, str(body["access_token"])) == \
+        f"system:serviceaccount:{NAMESPACE}:default"
+
+
+async def test_token_review_as_well_as_the_signature(world: World, exchange: StartExchange,
+                                                     http: aiohttp.ClientSession) -> None:
+    pod = world.task_pod()
+    subject = world.kube.token_for(pod)
+    async with exchange("--token-review", "--cache-ttl", "0") as ex:
+        assert (await post(http, ex.url, form(subject)))[0] == 200
+        world.kube.pods.clear()  # the pod is deleted: the API server no longer vouches
+        status, body = await post(http, ex.url, form(subject))
+    assert world.kube.reviews == 2
+    assert (status, body["error"]) == (400, "invalid_grant")
+    assert "TokenReview did not authenticate" in str(body["error_description"])
+
+
+async def test_token_review_alone(world: World, http: aiohttp.ClientSession) -> None:
+    from flyte_auth_exchange.config import ExchangeConfig  # noqa: PLC0415
+    from flyte_auth_exchange.runtime import running_exchange  # noqa: PLC0415
+
+    args = [a for a in world.exchange_args("--token-review")]
+    i = args.index("--subject-discovery")
+    del args[i:i + 2]
+    subject = world.kube.token_for(world.task_pod())
+    async with running_exchange(ExchangeConfig.load(args, {})) as ex:
+        ok, _ = await post(http, ex.url, form(subject))
+        forged, body = await post(http, ex.url, form(_other_key(world)))
+    assert ok == 200
+    assert (forged, body["error"]) == (400, "invalid_grant")
+    assert world.kube.reviews == 2
+
+
+async def test_a_burst_from_one_pod_costs_one_lookup(world: World, exchange: StartExchange,
+                                                     http: aiohttp.ClientSession) -> None:
+    subject = world.kube.token_for(world.task_pod())
+    async with exchange() as ex:
+        results = await asyncio.gather(*(post(http, ex.url, form(subject)) for _ in range(20)))
+    assert {status for status, _ in results} == {200}
+    assert world.kube.pod_reads == 1
+    assert [c for c in world.admin.calls if c[0] == "GetExecution"] == [
+        ("GetExecution", "flyte-auth-exchange")]
+
+
+async def test_issuer_key_rotation_is_picked_up_on_unknown_kid(
+        world: World, exchange: StartExchange, http: aiohttp.ClientSession) -> None:
+    async with exchange() as ex:
+        assert (await post(http, ex.url, form(_mint(world))))[0] == 200
+        keys = ex.api.keys
+        assert keys is not None
+        keys._fetched_at -= 60  # the last fetch was long enough ago to refresh again
+        world.kube.issuer = StubIssuer(issuer=world.kube.url, kid="sa-key-2")  # rotation
+        status, _ = await post(http, ex.url, form(_mint(world)))
+        fetches = keys.fetches
+        forged, _ = await post(http, ex.url, form(_other_key(world, kid="sa-key-3")))
+    assert status == 200
+    assert fetches == 2
+    assert forged == 400
+    assert keys.fetches == 2  # an unknown kid right after a fetch does not fetch again

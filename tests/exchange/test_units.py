@@ -1,0 +1,145 @@
+"""Pure parts of the exchange server: label sanitising, policy files, config, the memo."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flyte_auth_agent.errors import ConfigError
+from flyte_auth_exchange.config import ExchangeConfig
+from flyte_auth_exchange.memo import Memo
+from flyte_auth_exchange.policy import Policy
+from flyte_auth_exchange.service import sanitize_label_value
+
+EXCHANGE = str(Path(sys.executable).parent / "flyte-auth-exchange")
+
+
+@pytest.mark.parametrize(("principal", "label"), [
+    ("alice@example.com", "alice-example-com"),
+    ("Alice.Smith@Example.COM", "alice-smith-example-com"),
+    ("00u1abcd2EFGH3ijk4x7", "00u1abcd2efgh3ijk4x7"),
+    ("--weird__name--", "weird-name"),
+    ("x" * 70, "x" * 63),
+    ("system:serviceaccount:ns:sa", "system-serviceaccount-ns-sa"),
+])
+def test_sanitize_label_value_matches_flytepropeller(principal: str, label: str) -> None:
+    assert sanitize_label_value(principal) == label
+
+
+def test_policy_first_match_wins(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("""
+rules:
+  - name: deny
+    namespaces: [kube-*]
+    allow: false
+  - name: ci
+    namespaces: [ci-*]
+    service_accounts: [builder]
+    identity: service-account
+  - name: rest
+""")
+    policy = Policy.load(path, "executor")
+    assert policy.rule_for("kube-system", "default").name == "deny"  # type: ignore[union-attr]
+    ci = policy.rule_for("ci-production", "builder")
+    assert ci is not None and ci.identity == "service-account"
+    rest = policy.rule_for("ci-production", "default")
+    assert rest is not None and (rest.name, rest.identity) == ("rest", "executor")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("rules: [", "not valid YAML at line"),
+    ("rules: []", "expected a mapping with a non-empty list `rules`"),
+    ("- a\n- b", "expected a mapping"),
+    ("rules:\n  - name: r\n    identity: root", "rule 'r': identity must be executor or"),
+    ("rules:\n  - name: r\n    max_lifetime: -5", "rule 'r': max_lifetime must be a positive"),
+    ("rules:\n  - name: r\n    namespaces: 3", "rule 'r': `namespaces` must be a non-empty"),
+    ("rules:\n  - name: r\n    namepsaces: [a]", "rule 'r': unknown field(s) namepsaces"),
+    ("rules:\n  - name: r\n    no_principal: allow", "no_principal must be refuse or"),
+])
+def test_bad_policy_files_say_what_and_where(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        Policy.load(path, "executor")
+    assert any(message in p and str(path) in p for p in err.value.problems), err.value.problems
+
+
+def test_config_problems_name_flag_and_env() -> None:
+    with pytest.raises(ConfigError) as err:
+        ExchangeConfig.load(["--tls-cert", "c.pem", "--admin-audience", "not-a-url"], {})
+    lines = err.value.problems
+    assert "--tls-key / FLYTE_AUTH_EXCHANGE_TLS_KEY: --tls-cert and --tls-key go together: " \
+           "give both or neither" in lines
+    assert any(line.startswith("--signing-key / FLYTE_AUTH_EXCHANGE_SIGNING_KEY: required")
+               for line in lines)
+    assert any(line.startswith("--admin-audience / FLYTE_AUTH_EXCHANGE_ADMIN_AUDIENCE: "
+                               "'not-a-url' is not an http(s) URL") for line in lines)
+    assert any(line.startswith("--subject-jwks / FLYTE_AUTH_EXCHANGE_SUBJECT_JWKS: no way to "
+                               "validate") for line in lines)
+
+
+def test_repeatable_flag_and_its_env_var() -> None:
+    base = ["--signing-key", "k", "--subject-issuer", "https://k8s", "--subject-jwks", "j",
+            "--identity", "service-account"]
+    flags = ExchangeConfig.load([*base, "--admin-audience", "http://a", "--admin-audience",
+                                 "http://b"], {})
+    env = ExchangeConfig.load(base, {"FLYTE_AUTH_EXCHANGE_ADMIN_AUDIENCE": "http://a, http://b"})
+    assert flags.admin_audiences == env.admin_audiences == ("http://a", "http://b")
+
+
+def test_cli_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
+    out = subprocess.run([EXCHANGE, "serve", "--identity", "root"], capture_output=True,
+                         text=True, env={"PATH": "/usr/bin"}, timeout=60, check=False)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert all(line.startswith("flyte-auth-exchange: --") for line in lines)
+    assert any("--identity / FLYTE_AUTH_EXCHANGE_IDENTITY: 'root' is not one of" in line
+               for line in lines)
+    assert "Traceback" not in out.stderr
+
+
+def test_cli_unreadable_signing_key_is_a_clear_error(tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    key.write_text("not a key")
+    out = subprocess.run([EXCHANGE, "serve", "--signing-key", str(key), "--admin-audience",
+                          "http://admin", "--subject-issuer", "https://k8s", "--subject-jwks",
+                          str(tmp_path / "none.json"), "--identity", "service-account",
+                          "--listen", "127.0.0.1:0"],
+                         capture_output=True, text=True, env={"PATH": "/usr/bin"}, timeout=60,
+                         check=False)
+    assert out.returncode == 2
+    assert f"--signing-key {key}: not an RSA private key in PEM" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+async def test_memo_single_flight_ttl_and_no_cached_failures() -> None:
+    now = [0.0]
+    memo: Memo[int] = Memo(ttl=5, clock=lambda: now[0])
+    calls = 0
+    gate = asyncio.Event()
+
+    async def load() -> int:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        return calls
+
+    waiters = [asyncio.create_task(memo.get("k", load)) for _ in range(10)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(*waiters) == [1] * 10
+    assert await memo.get("k", load) == 1  # within the TTL
+    now[0] = 6.0
+    assert await memo.get("k", load) == 2  # expired: loaded again
+
+    async def fail() -> int:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        await memo.get("f", fail)
+    assert await memo.get("f", load) == 3  # the failure was not cached

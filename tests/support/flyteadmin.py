@@ -1,0 +1,125 @@
+"""Stand-in for FlyteAdmin: a real gRPC server from flyteidl stubs. We cannot run
+FlyteAdmin here; this follows its documented behaviour (FLYTE_FACTS.md, flyteadmin/auth at
+v1.16.8) for what this project relies on:
+
+- AuthMetadataService (GetOAuth2Metadata, GetPublicClientConfig) answers anonymously.
+- Every other call must carry `flyte-authorization: Bearer <jwt>` (or `authorization`):
+  RS256 verified with the public half of token_rsa_key.pem; the header's `key_id` picks the
+  key, an unknown id falls back to the first key; exp/iat/nbf are checked only when present;
+  iss is not checked; `aud` (string or list) must contain the public URL; `client_id`, if
+  present, must be a string; `scp` is a list, or one string taken whole; no client_id and no
+  scp grants `all`; BlanketAuthorization then requires scope `all`; `user_info`, if present,
+  must be an object. Anything else is UNAUTHENTICATED.
+- IdentityService.UserInfo returns the token's subject; AdminService.GetExecution returns an
+  execution from an in-memory table (NOT_FOUND otherwise) with spec.metadata.principal.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from flyteidl.admin import execution_pb2
+from flyteidl.service import admin_pb2_grpc, identity_pb2, identity_pb2_grpc
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import RSAKey
+
+from tests.support.admin_metadata import AuthMetadata, add_metadata_service
+
+HEADER = "flyte-authorization"
+
+
+class Unauthenticated(Exception):
+    pass
+
+
+def validate_bearer(value: str | None, keys: list[tuple[str, RSAKey]], audience: str,
+                    now: float) -> dict[str, Any]:
+    """FlyteAdmin's checks on a bearer token, in its order; the claims if they pass."""
+    if not value or not value.startswith("Bearer "):
+        raise Unauthenticated("no bearer token")
+    token = value.removeprefix("Bearer ").strip()
+    try:
+        header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    except (ValueError, IndexError):
+        raise Unauthenticated("malformed token") from None
+    key = dict(keys).get(header.get("key_id"), keys[0][1])
+    registry = jws.JWSRegistry(strict_check_header=False, algorithms=["RS256"])
+    try:
+        claims = json.loads(jws.deserialize_compact(token, key, registry=registry).payload)
+    except (JoseError, ValueError):
+        raise Unauthenticated("signature") from None
+    exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
+    if (exp is not None and now >= exp) or (nbf is not None and now < nbf) or (
+            iat is not None and now < iat):
+        raise Unauthenticated("exp/nbf/iat check failed")
+    aud = claims.get("aud")
+    if audience not in ([aud] if isinstance(aud, str) else aud or []):
+        raise Unauthenticated("audience")
+    if "client_id" in claims and not isinstance(claims["client_id"], str):
+        raise Unauthenticated("client_id")
+    if "user_info" in claims and not isinstance(claims["user_info"], dict):
+        raise Unauthenticated("user_info")
+    scp = claims.get("scp")
+    if "client_id" not in claims and scp is None:
+        scopes = ["all"]
+    else:
+        scopes = [scp] if isinstance(scp, str) else scp if isinstance(scp, list) else []
+    if "all" not in scopes:
+        raise Unauthenticated("scope all required")
+    return dict(claims)
+
+
+@dataclass
+class FlyteAdmin(admin_pb2_grpc.AdminServiceServicer,  # type: ignore[misc]
+                 identity_pb2_grpc.IdentityServiceServicer):  # type: ignore[misc]
+    public_key_pem: bytes
+    public_url: str = "http://flyteadmin.flyte.svc.cluster.local:80"
+    #: (project, domain, name) -> principal
+    executions: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    calls: list[tuple[str, str]] = field(default_factory=list)  # (method, subject)
+    rejected: int = 0
+
+    def __post_init__(self) -> None:
+        self.keys = [("token_rsa_key.pem", RSAKey.import_key(self.public_key_pem))]
+
+    async def _authenticate(self, method: str, context: Any) -> dict[str, Any]:
+        md = dict(context.invocation_metadata())
+        try:
+            claims = validate_bearer(md.get(HEADER) or md.get("authorization"), self.keys,
+                                     self.public_url, time.time())
+        except Unauthenticated as exc:
+            self.rejected += 1
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"token rejected: {exc}")
+        self.calls.append((method, str(claims.get("sub", ""))))
+        return claims
+
+    async def UserInfo(self, request: Any, context: Any) -> Any:
+        claims = await self._authenticate("UserInfo", context)
+        return identity_pb2.UserInfoResponse(subject=claims.get("sub", ""),
+                                             name=claims.get("sub", ""))
+
+    async def GetExecution(self, request: Any, context: Any) -> Any:
+        await self._authenticate("GetExecution", context)
+        key = (request.id.project, request.id.domain, request.id.name)
+        if key not in self.executions:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"execution {key} not found")
+        execution = execution_pb2.Execution(id=request.id)
+        execution.spec.metadata.principal = self.executions[key]
+        return execution
+
+
+async def start_flyteadmin(admin: FlyteAdmin, metadata: AuthMetadata) -> tuple[Any, str]:
+    """Serve AdminService, IdentityService and AuthMetadataService on one loopback port."""
+    server = grpc.aio.server()
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
+    identity_pb2_grpc.add_IdentityServiceServicer_to_server(admin, server)
+    add_metadata_service(metadata, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"

@@ -1,0 +1,147 @@
+"""Stand-in for the Kubernetes API server: the part of it the exchange server uses. We
+cannot run kube-apiserver here (issue 7 does); this follows its documented behaviour:
+
+- Service-account issuer discovery (anonymous): GET /.well-known/openid-configuration
+  (issuer, jwks_uri = ISSUER/openid/v1/jwks) and GET /openid/v1/jwks.
+- GET /api/v1/namespaces/NS/pods/NAME: the pod as JSON, or 404 with a Status object.
+- POST /apis/authentication.k8s.io/v1/tokenreviews: checks the token's signature, expiry
+  and audiences (against spec.audiences), and that the pod it is bound to still exists
+  with the same uid; answers status.authenticated, status.user (username, uid, groups,
+  extra authentication.kubernetes.io/pod-name and pod-uid), status.audiences, status.error.
+- Requests other than discovery must carry the bearer token of the kubeconfig it writes
+  (401 with a Status object otherwise).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+from joserfc import jwt
+from joserfc.errors import JoseError
+
+from tests.support.cluster import StubIssuer
+
+
+def status(code: int, reason: str, message: str) -> web.Response:
+    return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                              "message": message, "reason": reason, "code": code}, status=code)
+
+
+@dataclass
+class StubKubeAPI:
+    issuer: StubIssuer = field(default_factory=StubIssuer)
+    bearer: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    pods: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    pod_reads: int = 0
+    reviews: int = 0
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_get("/.well-known/openid-configuration", self._discovery)
+        app.router.add_get("/openid/v1/jwks", self._jwks)
+        app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._pod)
+        app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self._review)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        self.issuer.issuer = self.url  # the issuer serves its own discovery document
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def kubeconfig(self, path: Path) -> Path:
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "stand-in",
+            "clusters": [{"name": "stand-in", "cluster": {"server": self.url}}],
+            "users": [{"name": "exchange", "user": {"token": self.bearer}}],
+            "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in",
+                                                          "user": "exchange"}}],
+        }))
+        return path
+
+    def add_pod(self, namespace: str, name: str, *, labels: dict[str, str] | None = None,
+                phase: str = "Running", uid: str | None = None) -> dict[str, Any]:
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": namespace,
+                            "uid": uid or str(uuid.uuid4()), "labels": labels or {}},
+               "spec": {"serviceAccountName": "default", "containers": [{"name": "main"}]},
+               "status": {"phase": phase}}
+        self.pods[(namespace, name)] = pod
+        return pod
+
+    def token_for(self, pod: dict[str, Any], **kwargs: Any) -> str:
+        """A projected token bound to `pod`, as the kubelet would request it."""
+        meta = pod["metadata"]
+        return self.issuer.mint(namespace=meta["namespace"], pod=meta["name"], pod_uid=meta["uid"],
+                                service_account=pod["spec"]["serviceAccountName"], **kwargs)
+
+    def _authorized(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bearer {self.bearer}"
+
+    async def _discovery(self, _: web.Request) -> web.Response:
+        return web.json_response({
+            "issuer": self.issuer.issuer, "jwks_uri": f"{self.url}/openid/v1/jwks",
+            "response_types_supported": ["id_token"], "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"]})
+
+    async def _jwks(self, _: web.Request) -> web.Response:
+        return web.json_response(self.issuer.jwks())
+
+    async def _pod(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return status(401, "Unauthorized", "Unauthorized")
+        self.pod_reads += 1
+        ns, name = request.match_info["ns"], request.match_info["name"]
+        pod = self.pods.get((ns, name))
+        if pod is None:
+            return status(404, "NotFound", f'pods "{name}" not found')
+        return web.json_response(pod)
+
+    async def _review(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return status(401, "Unauthorized", "Unauthorized")
+        self.reviews += 1
+        body = await request.json()
+        spec = body.get("spec", {})
+        result = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                  "spec": spec, "status": self._check(spec.get("token", ""),
+                                                      spec.get("audiences") or [])}
+        return web.json_response(result, status=201)
+
+    def _check(self, token: str, audiences: list[str]) -> dict[str, Any]:
+        try:
+            claims = jwt.decode(token, self.issuer.key, algorithms=["RS256"]).claims
+        except (JoseError, ValueError):
+            return {"authenticated": False, "error": "invalid bearer token"}
+        if claims.get("exp", 0) < time.time():
+            return {"authenticated": False, "error": "token has expired"}
+        matched = [a for a in claims.get("aud", []) if a in audiences] if audiences else \
+            claims.get("aud", [])
+        if not matched:
+            return {"authenticated": False, "error": "token audiences do not match"}
+        k8s = claims["kubernetes.io"]
+        pod = self.pods.get((k8s["namespace"], k8s["pod"]["name"]))
+        if pod is None or pod["metadata"]["uid"] != k8s["pod"]["uid"]:
+            return {"authenticated": False, "error": "pod bound to the token no longer exists"}
+        ns, sa = k8s["namespace"], k8s["serviceaccount"]["name"]
+        return {"authenticated": True, "audiences": matched, "user": {
+            "username": f"system:serviceaccount:{ns}:{sa}",
+            "uid": k8s["serviceaccount"]["uid"],
+            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}",
+                       "system:authenticated"],
+            "extra": {"authentication.kubernetes.io/pod-name": [k8s["pod"]["name"]],
+                      "authentication.kubernetes.io/pod-uid": [k8s["pod"]["uid"]]}}}

@@ -1,0 +1,80 @@
+"""The stand-in world the exchange server lives in: a Kubernetes API server (issuer, pods,
+TokenReview), FlyteAdmin (with its token_rsa_key.pem), and Flyte task pods with their
+executions. Used by the tests, the benchmark and `make run`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.support.admin_metadata import AuthMetadata
+from tests.support.flyteadmin import FlyteAdmin, start_flyteadmin
+from tests.support.kube_api import StubKubeAPI
+
+ADMIN_URL = "http://flyteadmin.flyte.svc.cluster.local:80"
+NAMESPACE = "flytesnacks-development"
+EXECUTOR = "alice@example.com"
+
+
+def write_signing_key(path: Path) -> bytes:
+    """A token_rsa_key.pem as FlyteAdmin's bootstrap writes it (PKCS#1); returns the public
+    key PEM."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.TraditionalOpenSSL,
+                                       serialization.NoEncryption()))
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@dataclass
+class World:
+    workdir: Path
+    kube: StubKubeAPI = field(default_factory=StubKubeAPI)
+    admin: FlyteAdmin = field(init=False)
+    metadata: AuthMetadata = field(init=False)
+    admin_target: str = ""
+    key_file: Path = field(init=False)
+    kubeconfig: Path = field(init=False)
+    _admin_server: Any = None
+
+    async def start(self) -> World:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.key_file = self.workdir / "token_rsa_key.pem"
+        public = write_signing_key(self.key_file)
+        await self.kube.start()
+        self.kubeconfig = self.kube.kubeconfig(self.workdir / "kubeconfig")
+        self.admin = FlyteAdmin(public, public_url=ADMIN_URL)
+        self.metadata = AuthMetadata(token_endpoint="", audience=ADMIN_URL)
+        self._admin_server, self.admin_target = await start_flyteadmin(self.admin, self.metadata)
+        return self
+
+    async def stop(self) -> None:
+        if self._admin_server is not None:
+            await self._admin_server.stop(None)
+        await self.kube.stop()
+
+    def exchange_args(self, *extra: str) -> list[str]:
+        """`flyte-auth-exchange serve` flags for this world, in executor mode."""
+        return ["--listen", "127.0.0.1:0", "--signing-key", str(self.key_file),
+                "--admin-audience", ADMIN_URL, "--subject-issuer", self.kube.url,
+                "--subject-discovery", self.kube.url, "--subject-audience", "flyte-auth",
+                "--admin-endpoint", self.admin_target, "--admin-insecure",
+                "--kubeconfig", str(self.kubeconfig), *extra]
+
+    def task_pod(self, name: str = "f3a1b2c4d5e6-n0-0", *, execution: str = "f3a1b2c4d5e6",
+                 principal: str | None = EXECUTOR, namespace: str = NAMESPACE,
+                 identity_label: str | None = None, phase: str = "Running") -> dict[str, Any]:
+        """A Flyte task pod (propeller's labels) whose execution FlyteAdmin knows."""
+        project, domain = namespace.rsplit("-", 1)
+        labels = {"execution-id": execution, "project": project, "domain": domain,
+                  "node-id": "n0", "task-name": "my-task"}
+        if identity_label is not None:
+            labels["execution-identity"] = identity_label
+        if principal is not None:
+            self.admin.executions[(project, domain, execution)] = principal
+        return self.kube.add_pod(namespace, name, labels=labels, phase=phase)
