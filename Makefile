@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 PACKAGES := agent/flyte_auth_agent exchange_server/flyte_auth_exchange
 
-.PHONY: help venv test unit lint fmt run bench clean
+.PHONY: help venv test unit lint fmt run bench bench-agent bench-exchange clean
 
 help:
 	@echo "make run    run the whole chain locally and print the token round trip"
@@ -47,9 +47,14 @@ $(AGENT_STAMP): pyproject.toml
 	$(AGENT_VENV)/bin/python -m pip install -q --disable-pip-version-check '.[agent]'
 	touch $@
 
-bench: $(STAMP) $(AGENT_STAMP)
+bench: bench-agent bench-exchange
+
+bench-agent: $(STAMP) $(AGENT_STAMP)
 	$(AGENT_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps --force-reinstall .
 	$(PY) bench/agent_socket.py --agent-python $(AGENT_VENV)/bin/python
+
+bench-exchange: $(STAMP)
+	$(PY) bench/exchange_server.py
 
 clean:
 	rm -rf $(VENV) $(AGENT_VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache run

@@ -1,9 +1,14 @@
-"""`make run`: the chain on this machine, with stand-ins for what only a cluster has.
+"""`make run`: the whole chain on this machine, with stand-ins for what only a cluster has.
 
-Starts the stand-in cluster issuer (writes and rotates ./run/sa-token like the kubelet),
-the stand-in token endpoint, and the real agent as its own process on ./run/agent.sock;
-then fetches a token the way a task would and prints the round trip. With --once it
-exits after printing (0 on success); otherwise it serves until Ctrl-C.
+In this process, on loopback: the stand-in Kubernetes API server (service-account issuer with
+OIDC discovery, pods, TokenReview), a "kubelet" that writes the pod's projected token to
+./run/sa-token and rotates it at 80 % of its life, and the stand-in FlyteAdmin (gRPC) with one
+execution launched by a named user. As real processes: the exchange server in executor mode,
+and the agent on ./run/agent.sock, which discovers the exchange server from FlyteAdmin.
+
+It prints the round trip — pod, execution, the principal FlyteAdmin's UserInfo reports for the
+agent's token — and the curl commands to see for yourself. --once exits after that (0 on
+success); otherwise it serves until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -11,96 +16,169 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-from flyte_auth_agent import contract
+import grpc
+from flyteidl.service import identity_pb2, identity_pb2_grpc
+
 from flyte_auth_agent.client import AgentClient, AgentClientError
 from flyte_auth_agent.tokens import fingerprint, jwt_claims
-from tests.support.cluster import StubIssuer
-from tests.support.stack import SA_TOKEN_LIFETIME, rotate, until_signalled
-from tests.support.token_endpoint import TokenEndpoint
+from tests.support.stack import until_signalled
+from tests.support.world import EXECUTOR, World
 
 RUN = Path("run")
+SA_TOKEN_LIFETIME = 3600
+BIN = Path(sys.executable).parent
 
 
-async def first_token(client: AgentClient, agent: asyncio.subprocess.Process,
-                      timeout: float = 15.0) -> contract.TokenBody:
-    """Wait for the agent's socket, then for its first token (the agent itself waits up to
-    its --wait-timeout for the exchange)."""
-    async with asyncio.timeout(timeout):
+class Failed(Exception):
+    pass
+
+
+async def kubelet(world: World, pod: dict[str, Any], path: Path) -> None:
+    """Rewrite the projected token at 80 % of its life, as the kubelet does."""
+    while True:
+        await asyncio.sleep(SA_TOKEN_LIFETIME * 0.8)
+        write_token(world, pod, path)
+
+
+def write_token(world: World, pod: dict[str, Any], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(world.kube.token_for(pod, lifetime=SA_TOKEN_LIFETIME))
+    tmp.replace(path)
+
+
+@contextlib.asynccontextmanager
+async def process(name: str, *argv: str, ready: str | None = None,
+                  ) -> AsyncIterator[tuple[asyncio.subprocess.Process, dict[str, Any]]]:
+    """Run a project CLI with JSON logs to run/NAME.log; with `ready`, wait for that log event
+    and yield it. SIGTERM on exit."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYTE_")}
+    proc = await asyncio.create_subprocess_exec(str(BIN / name), *argv, env=env,
+                                                stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    stderr = proc.stderr
+    log = (RUN / f"{name}.log").open("wb")
+    event: dict[str, Any] = {}
+    while ready is not None:
+        line = await stderr.readline()
+        if not line:
+            log.close()
+            raise Failed(f"{name} exited before it was ready; see {RUN / (name + '.log')}")
+        log.write(line)
+        log.flush()
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+        if event.get("event") == ready:
+            break
+
+    async def copy() -> None:
+        while line := await stderr.readline():
+            log.write(line)
+            log.flush()
+
+    copier = asyncio.create_task(copy())
+    try:
+        yield proc, event
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            await proc.wait()
+        await copier
+        log.close()
+
+
+async def first_token(client: AgentClient, agent: asyncio.subprocess.Process) -> dict[str, Any]:
+    async with asyncio.timeout(20):
         while True:
             if agent.returncode is not None:
-                raise RuntimeError(f"the agent exited with {agent.returncode}; see run/agent.log")
+                raise Failed(f"the agent exited with {agent.returncode}; see run/flyte-auth-agent.log")
             try:
-                return await asyncio.to_thread(client.token)
+                return dict(await asyncio.to_thread(client.token))
             except AgentClientError:
                 await asyncio.sleep(0.05)  # the agent process is still starting
 
 
-async def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--once", action="store_true", help="print the round trip and exit")
-    args = parser.parse_args()
+async def user_info(target: str, header: str, token: str) -> str:
+    async with grpc.aio.insecure_channel(target) as channel:
+        reply = await identity_pb2_grpc.IdentityServiceStub(channel).UserInfo(
+            identity_pb2.UserInfoRequest(), metadata=((header, f"Bearer {token}"),), timeout=10)
+    return str(reply.subject)
+
+
+async def main(once: bool) -> int:
     shutil.rmtree(RUN, ignore_errors=True)
     RUN.mkdir()
     token_file, sock = RUN / "sa-token", RUN / "agent.sock"
-
-    issuer = StubIssuer()
-    sa_token = issuer.write(token_file, lifetime=SA_TOKEN_LIFETIME)
-    endpoint = TokenEndpoint(issuer)
-    await endpoint.start()
-    rotator = asyncio.create_task(rotate(issuer, token_file, SA_TOKEN_LIFETIME))
-    agent_bin = str(Path(sys.executable).parent / "flyte-auth-agent")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYTE_AUTH_AGENT_")}
-    with (RUN / "agent.log").open("wb") as log:
-        agent = await asyncio.create_subprocess_exec(
-            agent_bin, "serve", "--socket", str(sock), "--token-file", str(token_file),
-            "--token-endpoint", endpoint.url, "--audience", "flyteadmin", "--scope", "all",
-            stderr=log, env=env)
+    world = await World(RUN / "world").start()
+    pod = world.task_pod()
+    write_token(world, pod, token_file)
+    rotator = asyncio.create_task(kubelet(world, pod, token_file))
     try:
-        body = await first_token(AgentClient(str(sock)), agent)
-        status = await asyncio.to_thread(AgentClient(str(sock)).status)
-        pod = (jwt_claims(sa_token) or {}).get("kubernetes.io", {})
-        claims = jwt_claims(body["access_token"]) or {}
-        print(f"""
-flyte-auth-agent: local round trip (stand-ins: cluster issuer, token endpoint)
+        async with process("flyte-auth-exchange", "serve", *world.exchange_args(),
+                           ready="exchange_started") as (_, started):
+            world.metadata.token_endpoint = started["listen"] + "/oauth2/token"
+            async with process("flyte-auth-agent", "serve", "--socket", str(sock),
+                               "--token-file", str(token_file), "--admin-endpoint",
+                               world.admin_target, "--admin-insecure") as (agent, _):
+                client = AgentClient(str(sock))
+                body = await first_token(client, agent)
+                config = await asyncio.to_thread(client.config)
+                status = await asyncio.to_thread(client.status)
+                header = config["authorization_metadata_key"]
+                principal = await user_info(world.admin_target, header, body["access_token"])
+                report(world, pod, started["listen"], body, status, header, principal, sock)
+                if principal != EXECUTOR:
+                    raise Failed(f"FlyteAdmin saw {principal!r}, expected {EXECUTOR!r}")
+                if not once:
+                    print("Serving until Ctrl-C.", flush=True)
+                    await until_signalled()
+        return 0
+    except (Failed, AgentClientError, grpc.aio.AioRpcError, TimeoutError) as exc:
+        print(f"make run: the round trip failed: {exc or type(exc).__name__}; logs in {RUN}/",
+              file=sys.stderr)
+        return 1
+    finally:
+        rotator.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await rotator
+        await world.stop()
 
-  pod             {pod["namespace"]}/{pod["pod"]["name"]}, service account \
-{pod["serviceaccount"]["name"]}
-  token file      {token_file} (rotated at 80% of {SA_TOKEN_LIFETIME} s, like the kubelet)
-  token endpoint  {endpoint.url}  (RFC 8693 token exchange)
-  agent           {sock}  (log: {RUN / "agent.log"})
-  token           {fingerprint(body["access_token"])}  for {claims.get("sub")}
-                  scope {body["scope"]!r}, expires {body["expires_at"]} \
-(in {body["expires_in"]} s)
-  agent state     {status["state"]}, next refresh {status["next_attempt_at"]}
+
+def report(world: World, pod: dict[str, Any], exchange_url: str, body: dict[str, Any],
+           status: dict[str, Any], header: str, principal: str, sock: Path) -> None:
+    meta, claims = pod["metadata"], jwt_claims(body["access_token"]) or {}
+    labels = meta["labels"]
+    print(f"""
+flyte-auth-agent: the round trip on this machine
+(stand-ins: Kubernetes API server + kubelet, FlyteAdmin; real: exchange server, agent)
+
+  pod             {meta["namespace"]}/{meta["name"]}  (service account \
+{pod["spec"]["serviceAccountName"]}, token file {RUN / "sa-token"})
+  execution       {labels["project"]}/{labels["domain"]}/{labels["execution-id"]}  launched by \
+{EXECUTOR}
+  exchange server {exchange_url}  (discovered by the agent from FlyteAdmin over gRPC)
+  agent           {sock}  ({status["state"]}, next refresh {status["next_attempt_at"]})
+  token           {fingerprint(body["access_token"])}  sub={claims.get("sub")} \
+scp={claims.get("scp")} expires {body["expires_at"]}
+  FlyteAdmin      UserInfo with `{header}: Bearer <token>` says: {principal}
 
 Fetch a token yourself:
   curl -s --unix-socket {sock} -H 'X-Flyte-Auth-Agent: 1' http://localhost/v1/token
   curl -s --unix-socket {sock} -H 'X-Flyte-Auth-Agent: 1' http://localhost/v1/status
+Logs: {RUN}/flyte-auth-agent.log, {RUN}/flyte-auth-exchange.log
 """, flush=True)
-        if not args.once:
-            print("Serving until Ctrl-C.", flush=True)
-            await until_signalled()
-        return 0
-    except (AgentClientError, RuntimeError, TimeoutError) as exc:
-        print(f"make run: the round trip failed: {exc or type(exc).__name__}; "
-              f"see {RUN / 'agent.log'}", file=sys.stderr)
-        return 1
-    finally:
-        if agent.returncode is None:
-            agent.send_signal(signal.SIGTERM)
-            await agent.wait()
-        rotator.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await rotator
-        await endpoint.stop()
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--once", action="store_true", help="print the round trip and exit")
+    sys.exit(asyncio.run(main(parser.parse_args().once)))
