@@ -99,7 +99,8 @@ async def first_token(client: AgentClient, agent: asyncio.subprocess.Process) ->
     async with asyncio.timeout(20):
         while True:
             if agent.returncode is not None:
-                raise Failed(f"the agent exited with {agent.returncode}; see run/flyte-auth-agent.log")
+                raise Failed(f"the agent exited with {agent.returncode}; "
+                             f"see {RUN}/flyte-auth-agent.log")
             try:
                 return dict(await asyncio.to_thread(client.token))
             except AgentClientError:
