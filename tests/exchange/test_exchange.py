@@ -296,3 +296,43 @@ async def test_issuer_key_rotation_is_picked_up_on_unknown_kid(
     assert fetches == 2
     assert forged == 400
     assert keys.fetches == 2  # an unknown kid right after a fetch does not fetch again
+
+
+async def test_es256_issuer_from_a_jwks_file_over_tls(world: World, tmp_path: Path,
+                                                      http: aiohttp.ClientSession) -> None:
+    """An issuer that signs with ES256, keys from --subject-jwks; the server on HTTPS."""
+    import ssl  # noqa: PLC0415
+
+    import trustme  # noqa: PLC0415
+    from joserfc.jwk import ECKey  # noqa: PLC0415
+
+    from flyte_auth_exchange.config import ExchangeConfig  # noqa: PLC0415
+    from flyte_auth_exchange.runtime import running_exchange  # noqa: PLC0415
+
+    ec = ECKey.generate_key("P-256", parameters={"kid": "ec-1"})
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [ec.as_dict(private=False)]}))
+    pod = world.task_pod()
+    rs = jwt_claims(world.kube.token_for(pod)) or {}
+    subject = jwt.encode({"alg": "ES256", "kid": "ec-1"}, rs, ec)
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert_file.write_bytes(b"".join(p.bytes() for p in cert.cert_chain_pems))
+    key_file.write_bytes(cert.private_key_pem.bytes())
+    args = world.exchange_args("--tls-cert", str(cert_file), "--tls-key", str(key_file))
+    i = args.index("--subject-discovery")
+    args[i:i + 2] = ["--subject-jwks", str(jwks)]
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    async with running_exchange(ExchangeConfig.load(args, {})) as ex:
+        assert ex.url.startswith("https://")
+        async with http.post(ex.url + "/oauth2/token", data=form(subject), ssl=client_ctx) as r:
+            status, body = r.status, await r.json()
+        rs_forged = world.kube.token_for(pod)  # RS256 by a key not in the file: refused
+        async with http.post(ex.url + "/oauth2/token", data=form(rs_forged),
+                             ssl=client_ctx) as r:
+            refused = await r.json()
+    assert status == 200, body
+    assert (jwt_claims(str(body["access_token"])) or {})["sub"] == EXECUTOR
+    assert refused["error"] == "invalid_grant"
