@@ -70,11 +70,14 @@ class Settings:
         options: Iterable[Option],
         args: argparse.Namespace,
         environ: Mapping[str, str],
+        fallback: Mapping[str, str] | None = None,
     ) -> None:
+        """`fallback`: values (by dest) from a config file, below flags and env vars."""
         self._prefix = prefix
         self._options = {opt.dest: opt for opt in options}
         self._args = args
         self._environ = environ
+        self._fallback = fallback or {}
         self.problems: list[str] = []
 
     def _opt(self, dest: str) -> Option:
@@ -98,6 +101,8 @@ class Settings:
 
     def raw(self, dest: str) -> str | None:
         value = self._explicit(dest)
+        if value is None:
+            value = self._fallback.get(dest)
         return self._opt(dest).default if value is None else value
 
     def problem(self, dest: str, message: str) -> None:

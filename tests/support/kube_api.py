@@ -8,12 +8,16 @@ cannot run kube-apiserver here (issue 7 does); this follows its documented behav
   and audiences (against spec.audiences), and that the pod it is bound to still exists
   with the same uid; answers status.authenticated, status.user (username, uid, groups,
   extra authentication.kubernetes.io/pod-name and pod-uid), status.audiences, status.error.
+- GET /api/v1/namespaces lists namespaces; with watch=true it streams JSON-line watch events
+  (ADDED, MODIFIED) from the given resourceVersion until timeoutSeconds.
 - Requests other than discovery must carry the bearer token of the kubeconfig it writes
   (401 with a Status object otherwise).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import secrets
 import time
 import uuid
@@ -41,6 +45,9 @@ class StubKubeAPI:
     pods: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     pod_reads: int = 0
     reviews: int = 0
+    namespaces: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _version: int = 1
+    _watchers: list[asyncio.Queue[dict[str, Any]]] = field(default_factory=list)
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -50,6 +57,7 @@ class StubKubeAPI:
         app.router.add_get("/openid/v1/jwks", self._jwks)
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._pod)
         app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self._review)
+        app.router.add_get("/api/v1/namespaces", self._namespaces)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -60,8 +68,21 @@ class StubKubeAPI:
         return self.url
 
     async def stop(self) -> None:
+        for queue in self._watchers:
+            queue.put_nowait({})  # ends each open watch
         if self._runner is not None:
             await self._runner.cleanup()
+
+    def set_namespace(self, name: str, annotations: dict[str, str] | None = None) -> None:
+        """Create or update a namespace; open watches see ADDED or MODIFIED."""
+        self._version += 1
+        kind = "MODIFIED" if name in self.namespaces else "ADDED"
+        ns = {"apiVersion": "v1", "kind": "Namespace",
+              "metadata": {"name": name, "annotations": annotations or {},
+                           "resourceVersion": str(self._version)}}
+        self.namespaces[name] = ns
+        for queue in self._watchers:
+            queue.put_nowait({"type": kind, "object": ns})
 
     def kubeconfig(self, path: Path) -> Path:
         path.write_text(yaml.safe_dump({
@@ -88,6 +109,29 @@ class StubKubeAPI:
         meta = pod["metadata"]
         return self.issuer.mint(namespace=meta["namespace"], pod=meta["name"], pod_uid=meta["uid"],
                                 service_account=pod["spec"]["serviceAccountName"], **kwargs)
+
+    async def _namespaces(self, request: web.Request) -> web.StreamResponse:
+        """List, or with ?watch=true a stream of JSON-line events (ends at timeoutSeconds)."""
+        if not self._authorized(request):
+            return status(401, "Unauthorized", "Unauthorized")
+        if request.query.get("watch") not in ("true", "True", "1"):
+            return web.json_response({"apiVersion": "v1", "kind": "NamespaceList",
+                                      "metadata": {"resourceVersion": str(self._version)},
+                                      "items": list(self.namespaces.values())})
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._watchers.append(queue)
+        timeout = float(request.query.get("timeoutSeconds", "300"))
+        try:
+            async with asyncio.timeout(timeout):
+                while event := await queue.get():
+                    await response.write(json.dumps(event).encode() + b"\n")
+        except TimeoutError:
+            pass
+        finally:
+            self._watchers.remove(queue)
+        return response
 
     def _authorized(self, request: web.Request) -> bool:
         return request.headers.get("Authorization") == f"Bearer {self.bearer}"

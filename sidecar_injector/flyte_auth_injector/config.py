@@ -1,0 +1,223 @@
+"""The injector's configuration: flags, env vars and an optional YAML file, in that order.
+
+    # --config injector.yaml: the same settings as the flags (underscored), plus
+    agent_image: registry.example.com/flyte-auth-agent:0.1.0
+    admin_endpoint: flyteadmin.flyte.svc.cluster.local:81
+    token_audience: flyte-auth          # the projected token's audience
+    token_expiration: 3600
+    scopes: all                         # what the agent asks for (space-separated)
+    allowed_audiences: [flyte-auth]     # what pod/namespace annotations may choose
+    allowed_scopes: [all]
+    max_expiration: 86400
+    probe_port: 9787
+    resources: {requests: {cpu: 5m, memory: 48Mi}, limits: {memory: 128Mi}}
+    security_context: {...}             # replaces the locked-down default whole
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from flyte_auth_agent.config import GRANT_CLIENT_ASSERTION, GRANT_TOKEN_EXCHANGE
+from flyte_auth_agent.errors import ConfigError
+from flyte_auth_agent.options import (
+    Option,
+    Settings,
+    add_options,
+    to_bool,
+    to_host_port,
+    to_http_url,
+    to_path,
+)
+from flyte_auth_injector import consts
+
+ENV_PREFIX: Final = "FLYTE_AUTH_INJECTOR_"
+
+OPTIONS = (
+    Option("--listen", "HTTPS address for /mutate", "0.0.0.0:8443", metavar="HOST:PORT"),
+    Option("--tls-cert", "TLS certificate chain (PEM), reloaded when the file changes",
+           metavar="FILE"),
+    Option("--tls-key", "TLS private key (PEM), reloaded when the file changes", metavar="FILE"),
+    Option("--metrics-addr", "plain HTTP address for /metrics, /healthz, /readyz (off if unset)",
+           metavar="HOST:PORT"),
+    Option("--agent-image", "the agent sidecar's image", consts.DEFAULT_AGENT_IMAGE,
+           metavar="IMAGE"),
+    Option("--admin-endpoint", "FlyteAdmin HOST:PORT for the agent (discovery) and the task's "
+           "FLYTE_PLATFORM_URL", metavar="HOST"),
+    Option("--admin-insecure", "FlyteAdmin without TLS (FLYTE_PLATFORM_INSECURE=true)",
+           is_switch=True),
+    Option("--token-endpoint", "token endpoint URL for the agent (else it discovers it)",
+           metavar="URL"),
+    Option("--token-audience", "audience of the projected service-account token",
+           consts.DEFAULT_AUDIENCE),
+    Option("--token-expiration", f"expirationSeconds of the projected token "
+           f"({consts.MIN_EXPIRATION}-{consts.MAX_EXPIRATION})", str(consts.DEFAULT_EXPIRATION),
+           metavar="SECONDS"),
+    Option("--grant", "the agent's grant", GRANT_TOKEN_EXCHANGE,
+           choices=(GRANT_TOKEN_EXCHANGE, GRANT_CLIENT_ASSERTION)),
+    Option("--config", "YAML file with these settings and the sidecar's resources and "
+           "security context; flags and env vars win over it", metavar="FILE"),
+    Option("--namespace", "the injector's own namespace, never injected", "flyte-auth"),
+    Option("--kubeconfig", "kubeconfig for reading namespace annotations (default: in-cluster "
+           "config when in a cluster, else namespace annotations are not read)", metavar="FILE"),
+    Option("--log-level", "minimum log level", "info",
+           choices=("debug", "info", "warning", "error")),
+    Option("--log-format", "log line format", "json", choices=("json", "console")),
+)
+_FILE_ONLY = {"scopes", "allowed_audiences", "allowed_scopes", "max_expiration", "probe_port",
+              "resources", "security_context"}
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """What goes into every injected pod, the same for all of them."""
+
+    image: str
+    admin_endpoint: str | None
+    admin_insecure: bool
+    token_endpoint: str | None
+    grant: str
+    probe_port: int
+    resources: Mapping[str, Any]
+    security_context: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    """Defaults a pod or namespace annotation may override, and the ranges they must keep."""
+
+    audience: str
+    expiration: int
+    scopes: str
+    allowed_audiences: tuple[str, ...]
+    allowed_scopes: tuple[str, ...]
+    max_expiration: int
+
+
+@dataclass(frozen=True)
+class InjectorConfig:
+    listen: tuple[str, int]
+    tls_cert: Path | None
+    tls_key: Path | None
+    metrics_addr: tuple[str, int] | None
+    namespace: str
+    kubeconfig: Path | None
+    sidecar: Sidecar
+    tokens: TokenSettings
+    log_level: str
+    log_format: str
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> InjectorConfig:
+        path = getattr(args, "config", None) or environ.get(ENV_PREFIX + "CONFIG")
+        doc = _read_file(Path(path)) if path else {}
+        fallback = {k: _text(v) for k, v in doc.items() if k not in _FILE_ONLY}
+        s = Settings(ENV_PREFIX, OPTIONS, args, environ, fallback)
+        unknown = sorted(set(doc) - _FILE_ONLY - {o.dest for o in OPTIONS})
+        if unknown:
+            s.problem("config", f"unknown setting(s) {', '.join(unknown)} in {path}")
+        expiration = s.get("token_expiration", _expiration) or consts.DEFAULT_EXPIRATION
+        tls_cert, tls_key = s.get("tls_cert", to_path), s.get("tls_key", to_path)
+        if (tls_cert is None) != (tls_key is None):
+            s.problem("tls_cert" if tls_cert is None else "tls_key",
+                      "--tls-cert and --tls-key go together: give both or neither")
+        audience = s.text("token_audience") or consts.DEFAULT_AUDIENCE
+        scopes = " ".join(str(doc.get("scopes", "all")).split())
+        tokens = TokenSettings(
+            audience=audience, expiration=expiration, scopes=scopes,
+            allowed_audiences=_strings(doc, "allowed_audiences", [audience], s),
+            allowed_scopes=_strings(doc, "allowed_scopes", scopes.split(), s),
+            max_expiration=_int(doc, "max_expiration", consts.MAX_EXPIRATION, s),
+        )
+        sidecar = Sidecar(
+            image=s.text("agent_image") or consts.DEFAULT_AGENT_IMAGE,
+            admin_endpoint=s.text("admin_endpoint"),
+            admin_insecure=s.flag("admin_insecure"),
+            token_endpoint=s.get("token_endpoint", to_http_url),
+            grant=s.text("grant") or GRANT_TOKEN_EXCHANGE,
+            probe_port=_int(doc, "probe_port", consts.DEFAULT_PROBE_PORT, s),
+            resources=_mapping(doc, "resources", consts.DEFAULT_RESOURCES, s),
+            security_context=_mapping(doc, "security_context", consts.DEFAULT_SECURITY_CONTEXT,
+                                      s),
+        )
+        if sidecar.admin_endpoint is None and sidecar.token_endpoint is None:
+            s.problem("admin_endpoint", "set FlyteAdmin's endpoint (or at least "
+                      "--token-endpoint): the agent needs one to get tokens")
+        config = cls(
+            listen=s.get("listen", to_host_port) or ("0.0.0.0", 8443),  # noqa: S104 - a server
+            tls_cert=tls_cert, tls_key=tls_key,
+            metrics_addr=s.get("metrics_addr", to_host_port),
+            namespace=s.text("namespace") or "flyte-auth",
+            kubeconfig=s.get("kubeconfig", to_path),
+            sidecar=sidecar, tokens=tokens,
+            log_level=s.text("log_level") or "info", log_format=s.text("log_format") or "json",
+        )
+        s.raise_problems()
+        return config
+
+    @classmethod
+    def load(cls, argv: list[str], environ: Mapping[str, str] | None = None) -> InjectorConfig:
+        parser = argparse.ArgumentParser()
+        add_options(parser, ENV_PREFIX, OPTIONS)
+        return cls.from_args(parser.parse_args(argv), os.environ if environ is None else environ)
+
+
+def _expiration(value: str) -> int:
+    if not value.isdigit() or not consts.MIN_EXPIRATION <= int(value) <= consts.MAX_EXPIRATION:
+        raise ValueError(f"{value!r} is not a whole number of seconds between "
+                         f"{consts.MIN_EXPIRATION} and {consts.MAX_EXPIRATION}")
+    return int(value)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    where = f"--config {path}"
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{where}: cannot be read ({exc.strerror})"]) from None
+    except yaml.YAMLError:
+        raise ConfigError([f"{where}: not valid YAML"]) from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError([f"{where}: expected a mapping of settings"])
+    return {str(k).replace("-", "_"): v for k, v in doc.items()}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(to_bool(str(value)))
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _strings(doc: Mapping[str, Any], key: str, default: list[str], s: Settings,
+             ) -> tuple[str, ...]:
+    value = doc.get(key, default)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        s.problem("config", f"`{key}` must be a list of strings")
+        return tuple(default)
+    return tuple(value)
+
+
+def _int(doc: Mapping[str, Any], key: str, default: int, s: Settings) -> int:
+    value = doc.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        s.problem("config", f"`{key}` must be a positive whole number")
+        return default
+    return value
+
+
+def _mapping(doc: Mapping[str, Any], key: str, default: Mapping[str, Any], s: Settings,
+             ) -> Mapping[str, Any]:
+    value = doc.get(key, default)
+    if not isinstance(value, dict):
+        s.problem("config", f"`{key}` must be a mapping")
+        return default
+    return value

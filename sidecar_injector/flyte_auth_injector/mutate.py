@@ -1,0 +1,292 @@
+"""The mutation: small pure steps on the pod's raw JSON. Each step is idempotent — run on
+its own output it changes nothing — and nothing outside what it adds is touched, so fields
+this code has never heard of survive. The patch is the diff of before and after.
+
+Names we add (volumes, the sidecar, mount paths) may collide with the user's: we then take
+the next free name (`flyte-auth-token-1`, ...), never the user's item. The status annotation
+records the names we took, so a re-run finds and updates exactly our items.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flyte_auth_agent import contract
+from flyte_auth_injector import consts
+from flyte_auth_injector.config import Sidecar, TokenSettings
+
+Json = dict[str, Any]
+
+
+class Refused(Exception):
+    """A pod the injector must refuse (allowed: false); the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    audience: str
+    expiration: int
+    scopes: str
+    init_containers: tuple[str, ...]
+
+
+# --- selection and settings ------------------------------------------------------------------
+
+
+def as_object(value: Any) -> Json:
+    """`value` if it is a JSON object, else an empty one (for reading, never writing)."""
+    return value if isinstance(value, dict) else {}
+
+
+def shape_problem(pod: Json) -> str | None:  # noqa: PLR0911 - one return per part checked
+    """What, in the parts of the pod this webhook edits, is not shaped as Kubernetes says."""
+    if not isinstance(pod.get("metadata", {}), dict):
+        return "metadata is not an object"
+    meta = pod.get("metadata", {})
+    for key in ("labels", "annotations"):
+        if not isinstance(meta.get(key, {}), dict):
+            return f"metadata.{key} is not an object"
+    spec = pod.get("spec")
+    if not isinstance(spec, dict):
+        return "spec is not an object"
+    containers = spec.get("containers")
+    if not isinstance(containers, list) or not containers:
+        return "spec.containers is not a non-empty list"
+    for key in ("containers", "initContainers", "volumes"):
+        items = spec.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            return f"spec.{key} is not a list of objects"
+    for c in containers + spec.get("initContainers", []):
+        for key in ("env", "volumeMounts"):
+            items = c.get(key, [])
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                return f"{key} of container {str(c.get('name'))[:63]!r} is not a list of objects"
+    return None
+
+
+def skip_reason(pod: Json, namespace: str, own_namespace: str) -> str | None:
+    """Why this pod is not injected, or None to inject."""
+    meta = as_object(pod.get("metadata"))
+    labels = as_object(meta.get("labels"))
+    annotations = as_object(meta.get("annotations"))
+    if namespace in consts.SYSTEM_NAMESPACES or namespace == own_namespace:
+        return f"namespace {namespace} is never injected"
+    if consts.FLYTE_TASK_LABEL not in labels:
+        return f"not a Flyte task pod (no {consts.FLYTE_TASK_LABEL} label)"
+    if str(annotations.get(consts.ANNOTATION_INJECT, "")).lower() == "false":
+        return f"opted out ({consts.ANNOTATION_INJECT}: \"false\")"
+    if as_object(pod.get("spec")).get("hostNetwork") is True:
+        return "hostNetwork pods are not injected (the agent's probe port would be the node's)"
+    return None
+
+
+def _override(key: str, pod_ann: Mapping[str, Any], ns_ann: Mapping[str, Any]) -> tuple[
+        str | None, str]:
+    if key in pod_ann:
+        return str(pod_ann[key]), "pod annotation"
+    if key in ns_ann:
+        return str(ns_ann[key]), "namespace annotation"
+    return None, ""
+
+
+def resolve(pod: Json, ns_annotations: Mapping[str, Any], tokens: TokenSettings) -> PodSettings:
+    """Pod annotation > namespace annotation > injector config, each within the allowed
+    range; Refused names the annotation, the value and the range."""
+    pod_ann = as_object(as_object(pod.get("metadata")).get("annotations"))
+    audience, where = _override(consts.ANNOTATION_AUDIENCE, pod_ann, ns_annotations)
+    if audience is not None and audience not in tokens.allowed_audiences:
+        raise Refused(f"{where} {consts.ANNOTATION_AUDIENCE}={audience!r} is not an allowed "
+                      f"audience ({', '.join(tokens.allowed_audiences)})")
+    raw_exp, where = _override(consts.ANNOTATION_EXPIRATION, pod_ann, ns_annotations)
+    expiration = tokens.expiration
+    if raw_exp is not None:
+        if not raw_exp.isdigit() or not (consts.MIN_EXPIRATION <= int(raw_exp)
+                                         <= tokens.max_expiration):
+            raise Refused(f"{where} {consts.ANNOTATION_EXPIRATION}={raw_exp!r} must be a whole "
+                          f"number of seconds between {consts.MIN_EXPIRATION} and "
+                          f"{tokens.max_expiration}")
+        expiration = int(raw_exp)
+    scopes, where = _override(consts.ANNOTATION_SCOPES, pod_ann, ns_annotations)
+    if scopes is not None:
+        refused = [s for s in scopes.split() if s not in tokens.allowed_scopes]
+        if refused or not scopes.split():
+            raise Refused(f"{where} {consts.ANNOTATION_SCOPES}={scopes!r}: allowed scopes are "
+                          f"{' '.join(tokens.allowed_scopes)}")
+    inits = str(pod_ann.get(consts.ANNOTATION_INIT_CONTAINERS, ""))
+    return PodSettings(
+        audience=audience or tokens.audience,
+        expiration=expiration,
+        scopes=" ".join(scopes.split()) if scopes else tokens.scopes,
+        init_containers=tuple(n.strip() for n in inits.split(",") if n.strip()),
+    )
+
+
+# --- the steps -------------------------------------------------------------------------------
+
+
+def _named(items: list[Json], name: str) -> int | None:
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("name") == name:
+            return i
+    return None
+
+
+def _claim(items: list[Json], base: str, body: Callable[[str], Json], owned: str | None,
+           insert_at: int | None = None) -> str:
+    """Put our item named `base` (or the next free variant) into `items`; return its name.
+
+    An item we added before (`owned`, from the status annotation) is updated in place;
+    an identical item is left alone; a different item of the user's is never touched."""
+    if owned is not None and (i := _named(items, owned)) is not None:
+        items[i] = body(owned)
+        return owned
+    n = 0
+    while True:
+        name = base if n == 0 else f"{base}-{n}"
+        i = _named(items, name)
+        if i is None:
+            if insert_at is None:
+                items.append(body(name))
+            else:
+                items.insert(insert_at, body(name))
+            return name
+        if items[i] == body(name):
+            return name
+        n += 1
+
+
+def _list(parent: Json, key: str) -> list[Json]:
+    value = parent.get(key)
+    if not isinstance(value, list):
+        value = parent[key] = []
+    return value
+
+
+def token_volume(name: str, settings: PodSettings) -> Json:
+    return {"name": name, "projected": {
+        "defaultMode": consts.TOKEN_FILE_MODE,
+        "sources": [{"serviceAccountToken": {
+            "audience": settings.audience,
+            "expirationSeconds": settings.expiration,
+            "path": consts.TOKEN_FILE_NAME}}]}}
+
+
+def socket_volume(name: str) -> Json:
+    return {"name": name, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
+
+
+def _label_env(env: str, label: str) -> Json:
+    return {"name": env, "valueFrom": {"fieldRef": {
+        "apiVersion": "v1", "fieldPath": f"metadata.labels['{label}']"}}}
+
+
+def sidecar_container(name: str, sidecar: Sidecar, settings: PodSettings, token_vol: str,
+                      socket_vol: str) -> Json:
+    env: list[Json] = [
+        {"name": "FLYTE_AUTH_AGENT_SOCKET", "value": contract.DEFAULT_SOCKET_PATH},
+        {"name": "FLYTE_AUTH_AGENT_TOKEN_FILE",
+         "value": f"{consts.TOKEN_DIR}/{consts.TOKEN_FILE_NAME}"},
+        {"name": "FLYTE_AUTH_AGENT_HEALTH_ADDR", "value": f"0.0.0.0:{sidecar.probe_port}"},
+        {"name": "FLYTE_AUTH_AGENT_GRANT", "value": sidecar.grant},
+        {"name": "FLYTE_AUTH_AGENT_SCOPE", "value": settings.scopes},
+    ]
+    if sidecar.token_endpoint:
+        env.append({"name": "FLYTE_AUTH_AGENT_TOKEN_ENDPOINT", "value": sidecar.token_endpoint})
+    if sidecar.admin_endpoint:
+        env.append({"name": "FLYTE_AUTH_AGENT_ADMIN_ENDPOINT", "value": sidecar.admin_endpoint})
+        env.append({"name": "FLYTE_AUTH_AGENT_ADMIN_INSECURE",
+                    "value": str(sidecar.admin_insecure).lower()})
+    env += [_label_env(contract.ENV_EXECUTION_ID, "execution-id"),
+            _label_env(contract.ENV_EXECUTION_PROJECT, "project"),
+            _label_env(contract.ENV_EXECUTION_DOMAIN, "domain")]
+    return {
+        "name": name,
+        "image": sidecar.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["flyte-auth-agent", "serve"],
+        "restartPolicy": "Always",  # a native sidecar: ends with the task, starts before it
+        "env": env,
+        "volumeMounts": [
+            {"name": token_vol, "mountPath": consts.TOKEN_DIR, "readOnly": True},
+            {"name": socket_vol, "mountPath": consts.SOCKET_DIR},
+        ],
+        # The task's containers start only once the agent holds a token.
+        "startupProbe": {"httpGet": {"path": contract.PATH_READYZ, "port": sidecar.probe_port},
+                         "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 300},
+        "livenessProbe": {"httpGet": {"path": contract.PATH_HEALTHZ,
+                                      "port": sidecar.probe_port},
+                          "periodSeconds": 10, "timeoutSeconds": 1, "failureThreshold": 3},
+        "resources": copy.deepcopy(dict(sidecar.resources)),
+        "securityContext": copy.deepcopy(dict(sidecar.security_context)),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def _mount_socket(mounts: list[Json], socket_vol: str) -> str:
+    """Our socket mount's path: where it already is, else the first path the user's mounts
+    leave free."""
+    for m in mounts:
+        if isinstance(m, dict) and m.get("name") == socket_vol and m.get("mountPath"):
+            return str(m["mountPath"])
+    used = {m.get("mountPath") for m in mounts if isinstance(m, dict)}
+    path = consts.SOCKET_DIR
+    n = 0
+    while path in used:
+        n += 1
+        path = f"{consts.SOCKET_DIR}-{n}"
+    mounts.append({"name": socket_vol, "mountPath": path, "readOnly": True})
+    return path
+
+
+def wire_container(container: Json, socket_vol: str, sidecar: Sidecar) -> None:
+    """Mount the socket into an app container and set the env it lacks (the user's wins)."""
+    path = _mount_socket(_list(container, "volumeMounts"), socket_vol)
+    env = _list(container, "env")
+    present = {e.get("name") for e in env if isinstance(e, dict)}
+    wanted = [(contract.SOCKET_ENV, f"{path}/agent.sock"),
+              (contract.ENV_AUTH_MODE, contract.PLUGIN_AUTH_MODE)]
+    if sidecar.admin_endpoint:
+        wanted += [(contract.ENV_PLATFORM_URL, sidecar.admin_endpoint),
+                   (contract.ENV_PLATFORM_INSECURE, str(sidecar.admin_insecure).lower())]
+    env.extend({"name": k, "value": v} for k, v in wanted if k not in present)
+
+
+def _owned(pod: Json) -> dict[str, Any]:
+    raw = as_object(as_object(pod.get("metadata")).get("annotations")).get(consts.ANNOTATION_STATUS)
+    try:
+        status = json.loads(raw) if isinstance(raw, str) else {}
+    except ValueError:
+        status = {}
+    return status if isinstance(status, dict) else {}
+
+
+def inject(pod: Json, sidecar: Sidecar, settings: PodSettings) -> Json:
+    """The pod with the agent, its volumes, and the socket and env in every app container."""
+    out = copy.deepcopy(pod)
+    owned = _owned(out)
+    spec = out.setdefault("spec", {})
+    volumes = _list(spec, "volumes")
+    token_vol = _claim(volumes, consts.TOKEN_VOLUME, lambda n: token_volume(n, settings),
+                       owned.get("token_volume"))
+    socket_vol = _claim(volumes, consts.SOCKET_VOLUME, socket_volume, owned.get("socket_volume"))
+    inits = _list(spec, "initContainers")
+    name = _claim(inits, consts.SIDECAR_NAME,
+                  lambda n: sidecar_container(n, sidecar, settings, token_vol, socket_vol),
+                  owned.get("sidecar"), insert_at=0)
+    apps = [c for c in _list(spec, "containers") if isinstance(c, dict)]
+    apps += [c for c in inits if isinstance(c, dict) and c.get("name") != name and
+             c.get("name") in settings.init_containers]
+    for container in apps:
+        wire_container(container, socket_vol, sidecar)
+    meta = out.setdefault("metadata", {})
+    annotations = meta.get("annotations")
+    if not isinstance(annotations, dict):
+        annotations = meta["annotations"] = {}
+    annotations[consts.ANNOTATION_STATUS] = json.dumps(
+        {"version": 1, "sidecar": name, "token_volume": token_vol, "socket_volume": socket_vol,
+         "image": sidecar.image}, separators=(",", ":"), sort_keys=True)
+    return out

@@ -1,0 +1,102 @@
+"""Start and stop the injector: HTTPS webhook, optional metrics listener, namespace cache."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+from kubernetes_asyncio import client
+from kubernetes_asyncio import config as kube_config
+from kubernetes_asyncio.config import ConfigException
+
+from flyte_auth_agent.errors import ConfigError
+from flyte_auth_injector.config import InjectorConfig
+from flyte_auth_injector.namespaces import NamespaceAnnotations
+from flyte_auth_injector.server import CertReloader, InjectorAPI, metrics_app, webhook_app
+
+log = structlog.get_logger("flyte_auth_injector")
+
+
+@dataclass
+class RunningInjector:
+    api: InjectorAPI
+    url: str
+    certs: CertReloader | None
+    namespaces: NamespaceAnnotations | None
+
+
+async def _namespace_cache(config: InjectorConfig,
+                           ) -> tuple[NamespaceAnnotations | None, client.ApiClient | None]:
+    """A watch-backed cache when the injector can reach the Kubernetes API, else None."""
+    try:
+        if config.kubeconfig is not None:
+            api = await kube_config.new_client_from_config(config_file=str(config.kubeconfig))
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            kube_config.load_incluster_config()  # type: ignore[no-untyped-call]
+            api = client.ApiClient()
+        else:
+            log.warning("namespace_annotations_off",
+                        why="no --kubeconfig and not in a cluster: namespace defaults unread")
+            return None, None
+    except (ConfigException, OSError, ValueError) as exc:
+        raise ConfigError([f"--kubeconfig / FLYTE_AUTH_INJECTOR_KUBECONFIG: cannot configure "
+                           f"the Kubernetes client ({exc})"]) from None
+    return NamespaceAnnotations(api), api
+
+
+@contextlib.asynccontextmanager
+async def running_injector(config: InjectorConfig) -> AsyncIterator[RunningInjector]:
+    certs = CertReloader(config.tls_cert, config.tls_key) \
+        if config.tls_cert and config.tls_key else None
+    namespaces, kube_api = await _namespace_cache(config)
+    tasks: list[asyncio.Task[None]] = []
+    runners: list[web.AppRunner] = []
+    sock = socket.create_server(config.listen)
+    try:
+        if namespaces is not None:
+            tasks.append(asyncio.create_task(namespaces.run(), name="namespace-watch"))
+        if certs is not None:
+            tasks.append(asyncio.create_task(certs.watch(), name="tls-reload"))
+        api = InjectorAPI(config, namespaces.get if namespaces else lambda _: {},
+                          namespaces.synced.is_set if namespaces else lambda: True)
+        runner = web.AppRunner(webhook_app(api), access_log=None, handle_signals=False,
+                               shutdown_timeout=10.0)
+        runners.append(runner)
+        await runner.setup()
+        await web.SockSite(runner, sock, ssl_context=certs.context if certs else None).start()
+        url = f"{'https' if certs else 'http'}://{config.listen[0]}:{sock.getsockname()[1]}"
+        if config.metrics_addr is not None:
+            extra = web.AppRunner(metrics_app(api), access_log=None, handle_signals=False)
+            runners.append(extra)
+            await extra.setup()
+            await web.TCPSite(extra, *config.metrics_addr).start()
+        log.info("injector_started", listen=url, tls=certs is not None,
+                 namespace_annotations=namespaces is not None, image=config.sidecar.image)
+        yield RunningInjector(api, url, certs, namespaces)
+    finally:
+        log.info("injector_stopping")
+        for r in runners:
+            await r.cleanup()
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if kube_api is not None:
+            await kube_api.close()
+        sock.close()
+
+
+async def serve_forever(config: InjectorConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_injector(config):
+        await stop.wait()

@@ -1,0 +1,134 @@
+"""HTTPS webhook: thin handlers over review.decide(), TLS files reloaded when they change."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+
+from flyte_auth_agent.errors import ConfigError
+from flyte_auth_injector.config import InjectorConfig
+from flyte_auth_injector.review import BadReview, decide, parse
+
+log = structlog.get_logger("flyte_auth_injector")
+#: AdmissionReviews carry whole pods; the API server caps requests at ~3 MiB.
+MAX_REVIEW_BYTES = 4 * 1024 * 1024
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.reviews = Counter("flyte_auth_injector_reviews", "Admission reviews, by outcome",
+                               ["outcome"], registry=self.registry)
+        self.seconds = Histogram("flyte_auth_injector_review_duration_seconds",
+                                 "Time to answer one review", registry=self.registry,
+                                 buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1))
+
+
+class CertReloader:
+    """Keeps one SSLContext loaded with the current files; cert-manager rewrites them."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.cert, self.key = cert, key
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._stamp: tuple[float, float] | None = None
+        self.reloads = 0
+        self.check()
+
+    def _mtimes(self) -> tuple[float, float]:
+        return os.stat(self.cert).st_mtime, os.stat(self.key).st_mtime
+
+    def check(self) -> bool:
+        """Load the files if they changed since the last load; True if reloaded."""
+        try:
+            stamp = self._mtimes()
+            if stamp == self._stamp:
+                return False
+            self.context.load_cert_chain(self.cert, self.key)  # new handshakes use it
+        except (OSError, ssl.SSLError) as exc:
+            if self._stamp is None:
+                raise ConfigError([f"--tls-cert / --tls-key: cannot load {self.cert} and "
+                                   f"{self.key} ({type(exc).__name__})"]) from None
+            log.warning("tls_reload_failed", error=type(exc).__name__, keeping="previous")
+            return False
+        if self._stamp is not None:
+            self.reloads += 1
+            log.info("tls_reloaded", cert=str(self.cert))
+        self._stamp = stamp
+        return True
+
+    async def watch(self, interval: float = 10.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.check()
+
+
+class InjectorAPI:
+    def __init__(self, config: InjectorConfig,
+                 namespace_annotations: Callable[[str], Mapping[str, str]],
+                 ready: Callable[[], bool] = lambda: True) -> None:
+        self.config = config
+        self.namespace_annotations = namespace_annotations
+        self.ready = ready
+        self.metrics = Metrics()
+
+    async def mutate(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            if (request.content_length or 0) > MAX_REVIEW_BYTES:
+                raise BadReview(f"body larger than {MAX_REVIEW_BYTES} bytes")
+            review = parse(await request.read())
+            outcome = decide(review, self.config, self.namespace_annotations)
+        except BadReview as exc:
+            self.metrics.reviews.labels("bad_review").inc()
+            log.warning("review_rejected", error=str(exc))
+            return web.json_response({"error": "bad_review", "message": str(exc)}, status=400)
+        finally:
+            self.metrics.seconds.observe(time.perf_counter() - started)
+        self.metrics.reviews.labels(outcome.kind).inc()
+        log.info("review", outcome=outcome.kind, reason=outcome.reason,
+                 namespace=outcome.namespace, pod=outcome.pod,
+                 uid=outcome.response["response"]["uid"])
+        return web.json_response(outcome.response)
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        if not self.ready():
+            return web.Response(status=503, text="not ready: namespace cache not synced\n")
+        return web.Response(text="ready\n")
+
+    async def metrics_(self, _: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def webhook_app(api: InjectorAPI) -> web.Application:
+    app = web.Application(client_max_size=MAX_REVIEW_BYTES)
+    app.router.add_post("/mutate", api.mutate)
+    app.router.add_get("/healthz", api.healthz)
+    app.router.add_get("/readyz", api.readyz)
+    app.router.add_get("/metrics", api.metrics_)
+    return app
+
+
+def metrics_app(api: InjectorAPI) -> web.Application:
+    app = web.Application()
+    app.router.add_get("/healthz", api.healthz)
+    app.router.add_get("/readyz", api.readyz)
+    app.router.add_get("/metrics", api.metrics_)
+    return app

@@ -1,0 +1,54 @@
+"""The MutatingWebhookConfiguration that registers the injector, as data."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from flyte_auth_injector import consts
+
+FailurePolicy = Literal["Fail", "Ignore"]
+WEBHOOK_NAME = "inject.flyte-auth.flyte.org"
+
+# CEL, evaluated by the API server before it calls us (matchConditions, GA in 1.30).
+MATCH_CONDITIONS = [
+    {"name": "flyte-task-pods",
+     "expression": f"has(object.metadata.labels) && "
+                   f"'{consts.FLYTE_TASK_LABEL}' in object.metadata.labels"},
+    {"name": "not-opted-out",
+     "expression": f"!has(object.metadata.annotations) || "
+                   f"!('{consts.ANNOTATION_INJECT}' in object.metadata.annotations) || "
+                   f"object.metadata.annotations['{consts.ANNOTATION_INJECT}'] != 'false'"},
+]
+
+
+def webhook_configuration(*, service: str = "flyte-auth-injector",
+                          namespace: str = "flyte-auth", ca_bundle: str | None = None,
+                          failure_policy: FailurePolicy = "Fail", timeout_seconds: int = 10,
+                          port: int = 443, name: str = "flyte-auth-injector") -> dict[str, Any]:
+    client_config: dict[str, Any] = {"service": {"name": service, "namespace": namespace,
+                                                 "path": "/mutate", "port": port}}
+    if ca_bundle:
+        client_config["caBundle"] = ca_bundle
+    excluded = sorted({*consts.SYSTEM_NAMESPACES, namespace})
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "flyte-auth-injector"}},
+        "webhooks": [{
+            "name": WEBHOOK_NAME,
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": failure_policy,
+            "reinvocationPolicy": "IfNeeded",
+            "timeoutSeconds": timeout_seconds,
+            "clientConfig": client_config,
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["pods"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchExpressions": [
+                {"key": consts.NAMESPACE_LABEL, "operator": "In",
+                 "values": [consts.NAMESPACE_LABEL_VALUE]},
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": excluded},
+            ]},
+            "matchConditions": MATCH_CONDITIONS,
+        }],
+    }

@@ -1,0 +1,254 @@
+"""The webhook over real HTTPS (trustme CA): each pod's patch applied, compared with a golden
+pod, validated against the Kubernetes schema, and re-run for an empty patch."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from flyte_auth_injector import consts
+from tests.injector.conftest import Call, apply, review
+from tests.injector.pods import bare_pod, busy_pod, propeller_pod, variant
+
+GOLDEN = Path(__file__).parent / "golden"
+#: Oldest and newest Kubernetes releases we support (native sidecars need >= 1.29).
+K8S_VERSIONS = ("1.30", "1.37")
+Json = dict[str, Any]
+
+
+def unknown_fields_pod() -> Json:
+    pod = propeller_pod()
+    pod["spec"]["futureSchedulingHint"] = {"kind": "gang", "size": 4}
+    pod["spec"]["containers"][0]["futureField"] = [1, 2, 3]
+    pod["metadata"]["futureMeta"] = "x"
+    return pod
+
+
+def collisions_pod() -> Json:
+    pod = bare_pod()
+    pod["spec"]["volumes"] = [{"name": "flyte-auth-token", "secret": {"secretName": "mine"}}]
+    pod["spec"]["initContainers"] = [{"name": "flyte-auth-agent", "image": "my/agent:1"}]
+    pod["spec"]["containers"][0]["volumeMounts"] = [
+        {"name": "flyte-auth-token", "mountPath": "/var/run/flyte-auth"}]
+    return pod
+
+
+def init_opt_in_pod() -> Json:
+    pod = busy_pod()
+    pod["metadata"]["annotations"] = {consts.ANNOTATION_INIT_CONTAINERS: "fetch"}
+    return pod
+
+
+def overrides_pod() -> Json:
+    pod = bare_pod()
+    pod["metadata"]["annotations"] = {consts.ANNOTATION_EXPIRATION: "7200"}
+    return pod
+
+
+def several_pod() -> Json:
+    pod = bare_pod()
+    pod["spec"]["containers"].append({"name": "helper", "image": "busybox",
+                                      "env": [{"name": contract_socket(), "value": "/mine.sock"}]})
+    return pod
+
+
+def contract_socket() -> str:
+    from flyte_auth_agent.contract import SOCKET_ENV  # noqa: PLC0415
+    return SOCKET_ENV
+
+
+INJECTED: list[Any] = [
+    pytest.param(propeller_pod, id="propeller-pod"),
+    pytest.param(bare_pod, id="no-volumes-env-or-init-containers"),
+    pytest.param(busy_pod, id="existing-volumes-env-init-and-native-sidecar"),
+    pytest.param(lambda: variant(bare_pod(), metadata__name=None,
+                                 metadata__generateName="wf-n0-"), id="generate-name"),
+    pytest.param(several_pod, id="several-containers"),
+    pytest.param(unknown_fields_pod, id="unknown-fields"),
+    pytest.param(collisions_pod, id="name-collisions"),
+    pytest.param(init_opt_in_pod, id="init-container-opt-in"),
+    pytest.param(overrides_pod, id="annotation-override"),
+]
+
+
+def golden(name: str, pod: Json) -> Json:
+    path = GOLDEN / f"{name}.json"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.write_text(json.dumps(pod, indent=2, sort_keys=True) + "\n")
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+def validate(pod: Json, *, strict: bool = True) -> None:
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(pod, version, strict=strict)
+
+
+@pytest.mark.parametrize("make", INJECTED)
+async def test_injection(call: Call, make: Callable[[], Json], request: pytest.FixtureRequest,
+                         ) -> None:
+    pod = make()
+    status, answer = await call(review(pod))
+    assert status == 200
+    response = answer["response"]
+    assert response["allowed"] is True
+    mutated = apply(pod, answer)
+    name = request.node.callspec.id
+    assert mutated == golden(name, mutated)
+    validate(mutated, strict=name != "unknown-fields")
+    # Re-running on its own output changes nothing.
+    status, again = await call(review(mutated))
+    assert (status, "patch" in again["response"]) == (200, False)
+
+
+async def test_the_agent_is_the_first_init_container_and_user_items_survive(call: Call) -> None:
+    pod = busy_pod()
+    mutated = apply(pod, (await call(review(pod)))[1])
+    inits = mutated["spec"]["initContainers"]
+    assert inits[0]["name"] == consts.SIDECAR_NAME
+    assert inits[0]["restartPolicy"] == "Always"
+    assert inits[1:] == pod["spec"]["initContainers"]  # the user's native sidecar kept its
+    assert inits[2]["restartPolicy"] == "Always"       # restartPolicy (Azure WI #1312)
+    main = mutated["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in main["env"]}
+    assert env["FLYTE_PLATFORM_URL"] == "dns:///admin.example:443"  # the user's value wins
+    assert env["FLYTE_CREDENTIALS_AUTH_MODE"] == "flyte-auth-agent"
+    assert env["FLYTE_AUTH_AGENT_SOCKET"] == "/var/run/flyte-auth/agent.sock"
+    assert {"name": "data", "mountPath": "/data"} in main["volumeMounts"]
+    sidecar = inits[0]
+    assert sidecar["securityContext"]["runAsNonRoot"] is True
+    assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
+    assert sidecar["securityContext"]["allowPrivilegeEscalation"] is False
+    assert sidecar["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert sidecar["startupProbe"]["httpGet"]["path"] == "/readyz"
+    token = next(v for v in mutated["spec"]["volumes"] if v["name"] == consts.TOKEN_VOLUME)
+    source = token["projected"]["sources"][0]["serviceAccountToken"]
+    assert source == {"audience": "flyte-auth", "expirationSeconds": 3600, "path": "token"}
+    status = json.loads(mutated["metadata"]["annotations"][consts.ANNOTATION_STATUS])
+    assert status["sidecar"] == consts.SIDECAR_NAME
+
+
+async def test_collisions_take_the_next_name_and_leave_the_users_items(call: Call) -> None:
+    pod = collisions_pod()
+    mutated = apply(pod, (await call(review(pod)))[1])
+    spec = mutated["spec"]
+    assert spec["volumes"][0] == pod["spec"]["volumes"][0]
+    assert {v["name"] for v in spec["volumes"]} == {"flyte-auth-token", "flyte-auth-token-1",
+                                                    "flyte-auth-socket"}
+    assert [c["name"] for c in spec["initContainers"]] == ["flyte-auth-agent-1",
+                                                           "flyte-auth-agent"]
+    assert spec["initContainers"][1] == pod["spec"]["initContainers"][0]
+    main = spec["containers"][0]
+    assert {"name": "flyte-auth-socket", "mountPath": "/var/run/flyte-auth-1",
+            "readOnly": True} in main["volumeMounts"]
+    env = {e["name"]: e["value"] for e in main["env"]}
+    assert env["FLYTE_AUTH_AGENT_SOCKET"] == "/var/run/flyte-auth-1/agent.sock"
+
+
+@pytest.mark.parametrize(("pod", "namespace"), [
+    pytest.param(variant(propeller_pod(), metadata__annotations={
+        consts.ANNOTATION_INJECT: "false"}), "flytesnacks-development", id="opted-out"),
+    pytest.param(variant(propeller_pod(), metadata__labels={"app": "web"}),
+                 "flytesnacks-development", id="not-a-flyte-pod"),
+    pytest.param(propeller_pod(), "kube-system", id="kube-system"),
+    pytest.param(propeller_pod(), "flyte-auth", id="own-namespace"),
+    pytest.param(variant(propeller_pod(), spec__hostNetwork=True), "flytesnacks-development",
+                 id="host-network"),
+])
+async def test_pods_left_alone(call: Call, pod: Json, namespace: str) -> None:
+    status, answer = await call(review(pod, namespace))
+    assert status == 200
+    assert answer["response"]["allowed"] is True
+    assert "patch" not in answer["response"]
+
+
+async def test_every_answer_echoes_the_uid(call: Call) -> None:
+    for pod in (propeller_pod(), variant(propeller_pod(), metadata__labels={})):
+        sent = review(pod)
+        _, answer = await call(sent)
+        assert answer["apiVersion"] == "admission.k8s.io/v1"
+        assert answer["kind"] == "AdmissionReview"
+        assert answer["response"]["uid"] == sent["request"]["uid"]
+
+
+@pytest.mark.parametrize(("annotations", "message"), [
+    pytest.param({consts.ANNOTATION_EXPIRATION: "60"}, "token-expiration='60' must be a whole "
+                 "number of seconds between 600 and 86400", id="expiration-too-short"),
+    pytest.param({consts.ANNOTATION_EXPIRATION: "soon"}, "token-expiration='soon'",
+                 id="expiration-not-a-number"),
+    pytest.param({consts.ANNOTATION_AUDIENCE: "vault"}, "token-audience='vault' is not an "
+                 "allowed audience (flyte-auth)", id="audience-not-allowed"),
+    pytest.param({consts.ANNOTATION_SCOPES: "all admin"}, "allowed scopes are all",
+                 id="scope-not-allowed"),
+])
+async def test_out_of_range_annotations_are_refused_with_the_reason(
+        call: Call, annotations: dict[str, str], message: str) -> None:
+    pod = variant(propeller_pod(), metadata__annotations=annotations)
+    status, answer = await call(review(pod))
+    assert status == 200
+    response = answer["response"]
+    assert response["allowed"] is False
+    assert "patch" not in response
+    assert message in response["status"]["message"]
+    assert response["status"]["message"].startswith("flyte-auth: pod annotation ")
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    pytest.param(b"{not json", "body is not JSON", id="not-json"),
+    pytest.param(b"[1]", "not a JSON object", id="not-an-object"),
+    pytest.param({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview",
+                  "request": {}}, "expected apiVersion admission.k8s.io/v1", id="v1beta1"),
+    pytest.param({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"},
+                 "has no request object", id="no-request"),
+    pytest.param(lambda r: r["request"].pop("uid"), "request.uid is missing", id="no-uid"),
+    pytest.param(lambda r: r["request"].update(kind={"group": "apps", "version": "v1",
+                                                     "kind": "Deployment"}),
+                 "request.kind must be core/v1 Pod", id="not-a-pod"),
+    pytest.param(lambda r: r["request"].update(object="pod"), "request.object (the pod) is "
+                 "missing", id="object-not-an-object"),
+])
+async def test_malformed_reviews_get_400_saying_what_is_wrong(call: Call, body: Any,
+                                                              message: str) -> None:
+    if callable(body):
+        sent = review(propeller_pod())
+        body(sent)
+        body = sent
+    status, answer = await call(body)
+    assert status == 400
+    assert message in answer["message"]
+
+
+async def test_reinvocation_after_another_webhook_adds_a_container(call: Call) -> None:
+    """reinvocationPolicy IfNeeded: our steps run again; only the new container changes."""
+    pod = propeller_pod()
+    mutated = apply(pod, (await call(review(pod)))[1])
+    mutated["spec"]["containers"].append({"name": "added-later", "image": "envoy"})
+    before = copy.deepcopy(mutated)
+    again = apply(mutated, (await call(review(mutated)))[1])
+    assert again["spec"]["containers"][:1] == before["spec"]["containers"][:1]
+    added = again["spec"]["containers"][1]
+    assert {"name": "FLYTE_CREDENTIALS_AUTH_MODE", "value": "flyte-auth-agent"} in added["env"]
+    assert again["spec"]["initContainers"] == before["spec"]["initContainers"]
+
+
+async def test_operator_settings_flow_into_the_sidecar(call: Call) -> None:
+    pod = propeller_pod()
+    mutated = apply(pod, (await call(review(pod)))[1])
+    agent = mutated["spec"]["initContainers"][0]
+    env = {e["name"]: e.get("value") or e.get("valueFrom") for e in agent["env"]}
+    assert agent["image"] == "flyte-auth-agent:test"
+    assert env["FLYTE_AUTH_AGENT_ADMIN_ENDPOINT"] == "flyteadmin.flyte.svc.cluster.local:81"
+    assert env["FLYTE_AUTH_AGENT_ADMIN_INSECURE"] == "true"
+    assert env["FLYTE_AUTH_AGENT_HEALTH_ADDR"] == "0.0.0.0:9787"
+    assert env["FLYTE_INTERNAL_EXECUTION_ID"] == {
+        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.labels['execution-id']"}}
+    app = {e["name"]: e.get("value") for e in mutated["spec"]["containers"][0]["env"]}
+    assert app["FLYTE_PLATFORM_URL"] == "flyteadmin.flyte.svc.cluster.local:81"
+    assert app["FLYTE_PLATFORM_INSECURE"] == "true"
+    assert app["FLYTE_INTERNAL_EXECUTION_ID"] == "f3a1b2c4d5e6"  # propeller's env untouched
