@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 PACKAGES := agent/flyte_auth_agent exchange_server/flyte_auth_exchange sidecar_injector/flyte_auth_injector
 
-.PHONY: help venv test unit lint fmt run bench bench-agent bench-exchange clean
+.PHONY: help venv test unit lint fmt run bench bench-agent bench-exchange bench-injector clean
 
 help:
 	@echo "make run    run the whole chain locally and print the token round trip"
@@ -47,7 +47,7 @@ $(AGENT_STAMP): pyproject.toml
 	$(AGENT_VENV)/bin/python -m pip install -q --disable-pip-version-check '.[agent]'
 	touch $@
 
-bench: bench-agent bench-exchange
+bench: bench-agent bench-exchange bench-injector
 
 bench-agent: $(STAMP) $(AGENT_STAMP)
 	$(AGENT_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps --force-reinstall .
@@ -55,6 +55,9 @@ bench-agent: $(STAMP) $(AGENT_STAMP)
 
 bench-exchange: $(STAMP)
 	$(PY) bench/exchange_server.py
+
+bench-injector: $(STAMP)
+	$(PY) bench/injector_webhook.py
 
 clean:
 	rm -rf $(VENV) $(AGENT_VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache run

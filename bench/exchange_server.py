@@ -17,9 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +28,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import free_port, ms, pin_self, pinned, wait_ready  # noqa: E402
 from tests.support.world import World  # noqa: E402 - after the path set-up
 
 RAW = r'''
@@ -51,10 +49,6 @@ while time.perf_counter() - t0 < float(sys.argv[2]):
     n += 1
 print(json.dumps({"rate": n / (time.perf_counter() - t0)}))
 '''
-
-
-def pinned(core: int) -> list[str]:
-    return ["taskset", "-c", str(core)] if shutil.which("taskset") and os.cpu_count() else []
 
 
 async def load(url: str, subject: str, clients: int, seconds: float,
@@ -91,8 +85,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="load duration")
     parser.add_argument("--clients", type=int, default=16)
     args = parser.parse_args()
-    if pinned(0):
-        os.sched_setaffinity(0, {0})  # stand-ins and clients on core 0, the server on core 1
+    pin_self(0)  # stand-ins and clients on core 0, the server on core 1
     tmp = Path(tempfile.mkdtemp(prefix="fa-xbench-"))
     world = await World(tmp).start()
     subject = world.kube.token_for(world.task_pod())
@@ -114,32 +107,11 @@ async def main() -> None:
         proc.terminate()
         await proc.wait()
         await world.stop()
-    q = statistics.quantiles(latencies, n=100)
     print(f"exchange server, {args.clients} clients, {args.seconds:g} s, pinned="
-          f"{bool(pinned(1))}: {rate:.0f} exchanges/s, p50 {q[49] * 1000:.1f} ms, "
-          f"p99 {q[98] * 1000:.1f} ms, failures {failures}")
+          f"{bool(pinned(1))}: {rate:.0f} exchanges/s, p50 {ms(latencies, 50):.1f} ms, "
+          f"p99 {ms(latencies, 99):.1f} ms, failures {failures}")
     print(f"raw RS256 sign + verify (same key, same library, one core): {raw_rate:.0f}/s")
     print(f"ratio exchanges / raw sign+verify: {rate / raw_rate:.2f}  (target >= 0.40)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_ready(url: str, proc: asyncio.subprocess.Process) -> None:
-    async with asyncio.timeout(30), aiohttp.ClientSession() as session:
-        while True:
-            if proc.returncode is not None:
-                raise RuntimeError("flyte-auth-exchange exited; run it by hand to see why")
-            try:
-                async with session.get(url + "/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)  # still starting
 
 
 if __name__ == "__main__":

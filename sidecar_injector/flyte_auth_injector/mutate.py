@@ -159,11 +159,19 @@ def _claim(items: list[Json], base: str, body: Callable[[str], Json], owned: str
         n += 1
 
 
-def _list(parent: Json, key: str) -> list[Json]:
+def _own_list(parent: Json, key: str) -> list[Json]:
+    """`parent[key]` replaced by a copy this mutation may change (copy-on-write: the input
+    pod is never modified, and parts we do not touch are shared, not copied)."""
     value = parent.get(key)
-    if not isinstance(value, list):
-        value = parent[key] = []
-    return value
+    copied: list[Json] = list(value) if isinstance(value, list) else []
+    parent[key] = copied
+    return copied
+
+
+def _own_dict(parent: Json, key: str) -> Json:
+    copied = dict(as_object(parent.get(key)))
+    parent[key] = copied
+    return copied
 
 
 def token_volume(name: str, settings: PodSettings) -> Json:
@@ -244,8 +252,8 @@ def _mount_socket(mounts: list[Json], socket_vol: str) -> str:
 
 def wire_container(container: Json, socket_vol: str, sidecar: Sidecar) -> None:
     """Mount the socket into an app container and set the env it lacks (the user's wins)."""
-    path = _mount_socket(_list(container, "volumeMounts"), socket_vol)
-    env = _list(container, "env")
+    path = _mount_socket(_own_list(container, "volumeMounts"), socket_vol)
+    env = _own_list(container, "env")
     present = {e.get("name") for e in env if isinstance(e, dict)}
     wanted = [(contract.SOCKET_ENV, f"{path}/agent.sock"),
               (contract.ENV_AUTH_MODE, contract.PLUGIN_AUTH_MODE)]
@@ -266,26 +274,26 @@ def _owned(pod: Json) -> dict[str, Any]:
 
 def inject(pod: Json, sidecar: Sidecar, settings: PodSettings) -> Json:
     """The pod with the agent, its volumes, and the socket and env in every app container."""
-    out = copy.deepcopy(pod)
+    out = dict(pod)
     owned = _owned(out)
-    spec = out.setdefault("spec", {})
-    volumes = _list(spec, "volumes")
+    spec = _own_dict(out, "spec")
+    volumes = _own_list(spec, "volumes")
     token_vol = _claim(volumes, consts.TOKEN_VOLUME, lambda n: token_volume(n, settings),
                        owned.get("token_volume"))
     socket_vol = _claim(volumes, consts.SOCKET_VOLUME, socket_volume, owned.get("socket_volume"))
-    inits = _list(spec, "initContainers")
+    inits = _own_list(spec, "initContainers")
     name = _claim(inits, consts.SIDECAR_NAME,
                   lambda n: sidecar_container(n, sidecar, settings, token_vol, socket_vol),
                   owned.get("sidecar"), insert_at=0)
-    apps = [c for c in _list(spec, "containers") if isinstance(c, dict)]
-    apps += [c for c in inits if isinstance(c, dict) and c.get("name") != name and
-             c.get("name") in settings.init_containers]
-    for container in apps:
-        wire_container(container, socket_vol, sidecar)
-    meta = out.setdefault("metadata", {})
-    annotations = meta.get("annotations")
-    if not isinstance(annotations, dict):
-        annotations = meta["annotations"] = {}
+    containers = _own_list(spec, "containers")
+    for i, container in enumerate(containers):
+        containers[i] = dict(container)
+        wire_container(containers[i], socket_vol, sidecar)
+    for i, container in enumerate(inits):
+        if container.get("name") != name and container.get("name") in settings.init_containers:
+            inits[i] = dict(container)
+            wire_container(inits[i], socket_vol, sidecar)
+    annotations = _own_dict(_own_dict(out, "metadata"), "annotations")
     annotations[consts.ANNOTATION_STATUS] = json.dumps(
         {"version": 1, "sidecar": name, "token_volume": token_vol, "socket_volume": socket_vol,
          "image": sidecar.image}, separators=(",", ":"), sort_keys=True)

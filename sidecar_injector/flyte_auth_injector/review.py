@@ -13,8 +13,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import jsonpatch
-
 from flyte_auth_injector.config import InjectorConfig
 from flyte_auth_injector.mutate import (
     Refused,
@@ -24,6 +22,7 @@ from flyte_auth_injector.mutate import (
     shape_problem,
     skip_reason,
 )
+from flyte_auth_injector.patch import diff
 
 API_VERSION = "admission.k8s.io/v1"
 
@@ -98,7 +97,7 @@ def decide(request: Mapping[str, Any], config: InjectorConfig,
         return outcome("refused", str(exc), allowed=False,
                        status={"code": 403, "reason": "Forbidden", "message": message})
     mutated = inject(pod, config.sidecar, settings)
-    patch = jsonpatch.make_patch(pod, mutated).patch
+    patch = diff(pod, mutated)
     if not patch:
         return outcome("unchanged", "already injected")
     encoded = base64.b64encode(json.dumps(patch).encode()).decode()

@@ -5,6 +5,7 @@ applies, and applying it twice is the same as once."""
 from __future__ import annotations
 
 import base64
+import copy
 import json
 from pathlib import Path
 from typing import Any, cast
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from flyte_auth_injector import consts
 from flyte_auth_injector.config import InjectorConfig
+from flyte_auth_injector.patch import diff
 from flyte_auth_injector.review import BadReview, decide, parse
 from tests.injector.conftest import ADMIN, review
 
@@ -64,7 +66,10 @@ def answer(pod: Any) -> dict[str, Any]:
         request = parse(body)
     except BadReview:
         return {}
-    return cast(dict[str, Any], decide(request, CONFIG, lambda _: {}).response["response"])
+    untouched = copy.deepcopy(request["object"])
+    response = decide(request, CONFIG, lambda _: {}).response["response"]
+    assert request["object"] == untouched  # the input is never modified (copy-on-write)
+    return cast(dict[str, Any], response)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -84,3 +89,20 @@ def test_property_strategy_reaches_injection() -> None:
            "spec": {"containers": [{"name": "main", "image": "img"}]}}
     assert "patch" in answer(pod)
     assert Path(__file__).exists()
+
+
+# Values that Python's == does not confuse (no bool/int/float mix): the diff treats equal
+# values as unchanged, and the mutation never turns 1 into true or 1.0.
+plain = st.one_of(st.none(), st.integers(-3, 3), st.sampled_from(["a", "b", "/x", "~y"]))
+docs = st.recursive(plain, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(["a", "b", "c/d", "e~f"]),
+                                                 inner, max_size=4)), max_leaves=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.sampled_from(["metadata", "spec", "x"]), docs, max_size=3),
+       st.dictionaries(st.sampled_from(["metadata", "spec", "x"]), docs, max_size=3))
+def test_diff_is_a_patch_from_before_to_after(before: Any, after: Any) -> None:
+    patch = diff(before, after)
+    assert jsonpatch.apply_patch(before, patch) == after
+    assert (patch == []) == (before == after)
