@@ -5,7 +5,8 @@ PY     := $(VENV)/bin/python
 # The venv is rebuilt when pyproject.toml changes.
 STAMP  := $(VENV)/.installed
 
-PACKAGES := agent/flyte_auth_agent exchange_server/flyte_auth_exchange sidecar_injector/flyte_auth_injector
+PACKAGES := agent/flyte_auth_agent exchange_server/flyte_auth_exchange sidecar_injector/flyte_auth_injector \
+            flytekit_plugin/flytekitplugins
 
 .PHONY: help venv test unit lint fmt run bench bench-agent bench-exchange bench-injector clean
 

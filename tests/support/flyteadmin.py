@@ -83,13 +83,22 @@ class FlyteAdmin(admin_pb2_grpc.AdminServiceServicer,  # type: ignore[misc]
     #: (project, domain, name) -> principal
     executions: dict[tuple[str, str, str], str] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)  # (method, subject)
+    bearers: list[str] = field(default_factory=list)  # every token presented, in order
     rejected: int = 0
+    #: Refuse the next N calls with UNAUTHENTICATED whatever they carry (a revoked token).
+    reject_next: int = 0
 
     def __post_init__(self) -> None:
         self.keys = [("token_rsa_key.pem", RSAKey.import_key(self.public_key_pem))]
 
     async def _authenticate(self, method: str, context: Any) -> dict[str, Any]:
         md = dict(context.invocation_metadata())
+        presented = md.get(HEADER) or md.get("authorization") or ""
+        self.bearers.append(presented.removeprefix("Bearer "))
+        if self.reject_next > 0:
+            self.reject_next -= 1
+            self.rejected += 1
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "token rejected: revoked")
         try:
             claims = validate_bearer(md.get(HEADER) or md.get("authorization"), self.keys,
                                      self.public_url, time.time())

@@ -1,0 +1,211 @@
+"""flytekit inside a task: FlyteRemote(Config.auto()) and friends authenticate through the
+agent with no code change."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from flyteidl.service import identity_pb2, identity_pb2_grpc
+from flytekit import task
+from flytekit.clients.auth_helper import get_authenticated_channel
+from flytekit.clients.grpc_utils.auth_interceptor import AuthUnaryInterceptor
+from flytekit.configuration import Config, PlatformConfig
+from flytekit.configuration.plugin import get_plugin
+from flytekit.models.core.identifier import WorkflowExecutionIdentifier
+from flytekit.remote import FlyteRemote
+
+from flyte_auth_agent.client import AgentClient
+from flytekitplugins.auth_agent import AgentAuthenticator, AgentAuthError, default_remote
+from tests.plugin.conftest import EXECUTION, Chain, in_thread
+from tests.support.world import EXECUTOR
+
+EXECUTION_ID = WorkflowExecutionIdentifier(*EXECUTION)
+
+
+def principal_via(remote: FlyteRemote) -> str:
+    return str(remote.client.get_execution(EXECUTION_ID).spec.metadata.principal)
+
+
+def user_info(channel: grpc.Channel) -> str:
+    reply = identity_pb2_grpc.IdentityServiceStub(channel).UserInfo(
+        identity_pb2.UserInfoRequest())
+    return str(reply.subject)
+
+
+async def test_config_auto_carries_the_agent_token_from_the_first_call(chain: Chain) -> None:
+    principal = await in_thread(lambda: principal_via(FlyteRemote(Config.auto())))
+    assert principal == EXECUTOR
+    admin = chain.world.admin
+    agent_token = chain.agent.source.token()
+    assert agent_token is not None
+    assert admin.bearers == [agent_token.value]  # one call, authenticated from the start
+    assert admin.rejected == 0
+    assert ("GetExecution", EXECUTOR) in admin.calls
+
+
+async def test_user_info_reports_the_executor(chain: Chain) -> None:
+    channel = get_authenticated_channel(PlatformConfig.auto())
+    try:
+        assert await in_thread(user_info, channel) == EXECUTOR
+    finally:
+        channel.close()
+
+
+async def test_unauthenticated_once_makes_the_plugin_ask_again(chain: Chain) -> None:
+    chain.world.admin.reject_next = 1
+    assert await in_thread(lambda: principal_via(FlyteRemote(Config.auto()))) == EXECUTOR
+    assert chain.world.admin.rejected == 1
+    assert chain.token_requests() == 2  # the first fetch, and the one after the rejection
+
+
+async def test_the_same_token_refused_twice_is_a_clear_error(chain: Chain) -> None:
+    chain.world.admin.reject_next = 10
+    remote = FlyteRemote(Config.auto())
+    with pytest.raises(Exception):  # noqa: B017, PT011 - flytekit's own wrapper, first time
+        await in_thread(principal_via, remote)
+    with pytest.raises(Exception) as err:  # noqa: PT011 - the second refusal: ours
+        await in_thread(principal_via, remote)
+    cause = err.value.__cause__  # flytekit wraps it in a FlyteSystemException
+    assert isinstance(cause, AgentAuthError)
+    text = str(cause)
+    assert "FlyteAdmin rejected the agent's token" in text
+    assert "flyte-authorization: Bearer ..." in text
+    token = chain.agent.source.token()
+    assert token is not None
+    assert token.value not in text
+
+
+async def test_agent_gone_is_a_clear_error(chain: Chain, monkeypatch: pytest.MonkeyPatch,
+                                           short_dir: Path) -> None:
+    monkeypatch.setenv("FLYTE_AUTH_AGENT_SOCKET", str(short_dir / "missing.sock"))
+    with pytest.raises(Exception) as err:  # noqa: PT011 - whatever flytekit wraps it in
+        await in_thread(lambda: principal_via(FlyteRemote(Config.auto())))
+    cause = err.value.__cause__
+    assert isinstance(cause, AgentAuthError)
+    text = str(cause)
+    assert "no agent listens on" in text
+    assert "flyte-auth.flyte.org/inject=enabled" in text
+    assert chain.world.admin.bearers == []  # nothing went out without a token
+
+
+def interceptor_channel(chain: Chain, auth: AgentAuthenticator) -> grpc.Channel:
+    """flytekit's own AuthUnaryInterceptor around a channel to FlyteAdmin."""
+    return grpc.intercept_channel(grpc.insecure_channel(chain.world.admin_target),
+                                  AuthUnaryInterceptor(lambda: auth))
+
+
+async def test_eight_threads_share_one_token_without_a_socket_storm(chain: Chain) -> None:
+    auth = AgentAuthenticator(chain.world.admin_target, "flyte-authorization",
+                              client=AgentClient(str(chain.sock)))
+    channel = interceptor_channel(chain, auth)
+    failures: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(200):
+                auth.fetch_grpc_call_auth_metadata()  # what every RPC does first
+        except BaseException as exc:
+            failures.append(exc)
+
+    def run() -> str:
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return user_info(channel)
+
+    try:
+        assert await in_thread(run) == EXECUTOR
+    finally:
+        channel.close()
+    assert failures == []
+    assert auth.fetches == 1
+    assert chain.token_requests() == 1
+
+
+async def test_a_rotated_agent_token_is_used_before_the_old_one_expires(chain: Chain) -> None:
+    clock = chain.clock
+    auth = AgentAuthenticator(chain.world.admin_target, "flyte-authorization",
+                              client=AgentClient(str(chain.sock)), clock=clock.now)
+    channel = interceptor_channel(chain, auth)
+    try:
+        assert await in_thread(user_info, channel) == EXECUTOR
+        first = chain.world.admin.bearers[-1]
+        old = chain.agent.source.token()
+        assert old is not None
+        await clock.run_next()  # the agent refreshes at half life (+ jitter)
+        new = chain.agent.source.token()
+        assert new is not None and new.value != first
+        clock.advance(old.issued_at + old.lifetime * 0.75)  # when the plugin looks again
+        assert await in_thread(user_info, channel) == EXECUTOR
+    finally:
+        channel.close()
+    assert chain.world.admin.bearers[-1] == new.value
+    assert clock.now() < old.expires_at - 60
+    assert auth.fetches == 2
+
+
+async def test_default_remote_for_this_execution(chain: Chain) -> None:
+    remote = await in_thread(default_remote)
+    assert (remote.default_project, remote.default_domain) == EXECUTION[:2]
+    assert await in_thread(principal_via, remote) == EXECUTOR
+
+
+@task  # type: ignore[untyped-decorator]
+def who_launched_me(name: str) -> str:
+    """A task as a user writes it: no credentials anywhere."""
+    remote = default_remote()
+    execution = remote.client.get_execution(WorkflowExecutionIdentifier(
+        remote.default_project, remote.default_domain, name))
+    return str(execution.spec.metadata.principal)
+
+
+async def test_a_real_task_using_default_remote(chain: Chain) -> None:
+    assert await in_thread(who_launched_me, EXECUTION[2]) == EXECUTOR
+
+
+async def test_the_eager_workflow_remote_uses_the_agent(chain: Chain) -> None:
+    """@eager builds its remote with get_plugin().get_remote(config=None, ...), from the
+    FLYTE_* env the injector sets; its calls carry the agent's token."""
+    remote = get_plugin().get_remote(config=None, project=EXECUTION[0], domain=EXECUTION[1])
+    assert await in_thread(principal_via, remote) == EXECUTOR
+    assert chain.world.admin.rejected == 0
+
+
+async def test_external_command_fallback_for_older_flytekit(
+        chain: Chain, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys  # noqa: PLC0415
+
+    agent = str(Path(sys.executable).parent / "flyte-auth-agent")
+    monkeypatch.setenv("FLYTE_CREDENTIALS_AUTH_MODE", "ExternalCommand")
+    monkeypatch.setenv("FLYTE_CREDENTIALS_COMMAND", f"{agent},token")
+    assert await in_thread(lambda: principal_via(FlyteRemote(Config.auto()))) == EXECUTOR
+    admin = chain.world.admin
+    # ExternalCommand runs only after a failed call: the first goes out without a token.
+    assert admin.rejected == 1
+    assert admin.bearers[0] == ""
+    token = chain.agent.source.token()
+    assert token is not None
+    assert admin.bearers[1] == token.value
+
+
+def test_the_plugin_imports_only_stdlib_and_flytekit() -> None:
+    """Beyond what flytekit itself loads, the plugin brings only our stdlib-only modules."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    code = ("import sys\n"
+            "import flytekit.clients.auth.authenticator, flytekit.configuration, flytekit.remote\n"
+            "before = set(sys.modules)\n"
+            "import flytekitplugins.auth_agent\n"
+            "import json\n"
+            "print(json.dumps(sorted(m.split('.')[0] for m in set(sys.modules) - before)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    added = set(json.loads(out.stdout.splitlines()[-1]))
+    assert added <= {"flyte_auth_agent", "flytekitplugins"}
