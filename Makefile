@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed
 PACKAGES := agent/flyte_auth_agent exchange_server/flyte_auth_exchange sidecar_injector/flyte_auth_injector \
             flytekit_plugin/flytekitplugins
 
-.PHONY: help venv test unit lint fmt run bench bench-agent bench-exchange bench-injector clean
+.PHONY: help venv test unit lint fmt run bench bench-agent bench-exchange bench-injector \
+        bench-plugin clean
 
 help:
 	@echo "make run    run the whole chain locally and print the token round trip"
@@ -48,7 +49,7 @@ $(AGENT_STAMP): pyproject.toml
 	$(AGENT_VENV)/bin/python -m pip install -q --disable-pip-version-check '.[agent]'
 	touch $@
 
-bench: bench-agent bench-exchange bench-injector
+bench: bench-agent bench-exchange bench-injector bench-plugin
 
 bench-agent: $(STAMP) $(AGENT_STAMP)
 	$(AGENT_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps --force-reinstall .
@@ -59,6 +60,9 @@ bench-exchange: $(STAMP)
 
 bench-injector: $(STAMP)
 	$(PY) bench/injector_webhook.py
+
+bench-plugin: $(STAMP)
+	$(PY) bench/plugin_overhead.py
 
 clean:
 	rm -rf $(VENV) $(AGENT_VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache run

@@ -22,6 +22,8 @@ def test_make_run_once_prints_the_round_trip(short_dir: Path) -> None:
     assert "UserInfo with `flyte-authorization: Bearer <token>` says: alice@example.com" \
         in out.stdout
     assert "(discovered by the agent from FlyteAdmin over gRPC)" in out.stdout
+    assert "via the flyte-auth-agent plugin: GetExecution\n                  says the " \
+           "execution's principal is alice@example.com" in out.stdout
     assert "curl -s --unix-socket run/agent.sock -H 'X-Flyte-Auth-Agent: 1'" in out.stdout
     run = short_dir / "run"
     assert not (run / "agent.sock").exists()  # the agent was stopped cleanly

@@ -28,12 +28,14 @@ from typing import Any
 import grpc
 from flyteidl.service import identity_pb2, identity_pb2_grpc
 
+from flyte_auth_agent import contract
 from flyte_auth_agent.client import AgentClient, AgentClientError
 from flyte_auth_agent.tokens import fingerprint, jwt_claims
 from tests.support.stack import until_signalled
 from tests.support.world import EXECUTOR, World
 
 RUN = Path("run")
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # no C-core chatter when servers stop
 SA_TOKEN_LIFETIME = 3600
 BIN = Path(sys.executable).parent
 
@@ -135,9 +137,12 @@ async def main(once: bool) -> int:
                 status = await asyncio.to_thread(client.status)
                 header = config["authorization_metadata_key"]
                 principal = await user_info(world.admin_target, header, body["access_token"])
-                report(world, pod, started["listen"], body, status, header, principal, sock)
-                if principal != EXECUTOR:
-                    raise Failed(f"FlyteAdmin saw {principal!r}, expected {EXECUTOR!r}")
+                via_flytekit = await asyncio.to_thread(flytekit_call, world, pod, sock)
+                report(world, pod, started["listen"], body, status, header, principal, sock,
+                       via_flytekit)
+                if principal != EXECUTOR or via_flytekit != EXECUTOR:
+                    raise Failed(f"FlyteAdmin saw {principal!r} / {via_flytekit!r}, expected "
+                                 f"{EXECUTOR!r}")
                 if not once:
                     print("Serving until Ctrl-C.", flush=True)
                     await until_signalled()
@@ -153,8 +158,26 @@ async def main(once: bool) -> int:
         await world.stop()
 
 
+def flytekit_call(world: World, pod: dict[str, Any], sock: Path) -> str:
+    """What a task does: FlyteRemote(Config.auto()) with the env the injector sets; the
+    flyte-auth-agent plugin supplies the token. Returns the execution's principal."""
+    from flytekit.configuration import Config  # noqa: PLC0415 - heavy, and only needed here
+    from flytekit.models.core.identifier import WorkflowExecutionIdentifier  # noqa: PLC0415
+    from flytekit.remote import FlyteRemote  # noqa: PLC0415
+
+    os.environ.update({contract.ENV_PLATFORM_URL: world.admin_target,
+                       contract.ENV_PLATFORM_INSECURE: "true",
+                       contract.ENV_AUTH_MODE: contract.PLUGIN_AUTH_MODE,
+                       contract.SOCKET_ENV: str(sock.resolve())})
+    labels = pod["metadata"]["labels"]
+    execution = FlyteRemote(Config.auto()).client.get_execution(WorkflowExecutionIdentifier(
+        labels["project"], labels["domain"], labels["execution-id"]))
+    return str(execution.spec.metadata.principal)
+
+
 def report(world: World, pod: dict[str, Any], exchange_url: str, body: dict[str, Any],
-           status: dict[str, Any], header: str, principal: str, sock: Path) -> None:
+           status: dict[str, Any], header: str, principal: str, sock: Path,
+           via_flytekit: str) -> None:
     meta, claims = pod["metadata"], jwt_claims(body["access_token"]) or {}
     labels = meta["labels"]
     print(f"""
@@ -170,6 +193,8 @@ flyte-auth-agent: the round trip on this machine
   token           {fingerprint(body["access_token"])}  sub={claims.get("sub")} \
 scp={claims.get("scp")} expires {body["expires_at"]}
   FlyteAdmin      UserInfo with `{header}: Bearer <token>` says: {principal}
+  flytekit        FlyteRemote(Config.auto()) via the flyte-auth-agent plugin: GetExecution
+                  says the execution's principal is {via_flytekit}
 
 Fetch a token yourself:
   curl -s --unix-socket {sock} -H 'X-Flyte-Auth-Agent: 1' http://localhost/v1/token

@@ -1,0 +1,94 @@
+"""Benchmark: what the flytekit plugin adds to each gRPC call, next to baselines measured in
+the same run.
+
+    make bench-plugin           (or: python bench/plugin_overhead.py)
+
+- per call with a fresh token: `AgentAuthenticator.fetch_grpc_call_auth_metadata()`, what
+  flytekit's AuthUnaryInterceptor calls before every RPC, next to a bare in-process function
+  returning the same tuple;
+- a socket fetch (when the token nears expiry or was rejected): `AgentClient.token()` against
+  a real agent, next to the same stdlib HTTP request to a minimal asyncio responder on a Unix
+  socket (connection per request in both, as the plugin does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.agent_socket import BASELINE  # noqa: E402
+from flyte_auth_agent.client import AgentClient  # noqa: E402
+from flytekitplugins.auth_agent import AgentAuthenticator  # noqa: E402
+
+
+def per_call_us(fn: Callable[[], object], number: int, repeat: int = 7) -> float:
+    """Median over `repeat` runs of the mean time per call, in microseconds."""
+    return statistics.median(t / number * 1e6 for t in timeit.repeat(fn, number=number,
+                                                                      repeat=repeat))
+
+
+def wait_for(client: AgentClient, seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            client.token()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)  # the agent process is starting
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="fa-pbench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYTE_")}
+    stack = subprocess.Popen([sys.executable, "-m", "tests.support.stack", "--dir", str(tmp)],
+                             cwd=ROOT, stdout=subprocess.PIPE, env=env)
+    assert stack.stdout is not None
+    upstream = json.loads(stack.stdout.readline())
+    sock, base_sock = str(tmp / "agent.sock"), str(tmp / "base.sock")
+    agent = subprocess.Popen([str(Path(sys.executable).parent / "flyte-auth-agent"), "serve",
+                              "--socket", sock, "--token-file", upstream["token_file"],
+                              "--token-endpoint", upstream["token_endpoint"],
+                              "--log-level", "warning"], env=env, stderr=subprocess.DEVNULL)
+    base = subprocess.Popen([sys.executable, "-c", BASELINE, base_sock], stdout=subprocess.PIPE)
+    try:
+        assert base.stdout is not None
+        base.stdout.readline()
+        client = AgentClient(sock)
+        wait_for(client)
+        auth = AgentAuthenticator("flyteadmin:81", "flyte-authorization", client=client)
+        auth.fetch_grpc_call_auth_metadata()  # the first call fetches; after that: fresh
+        header = ("flyte-authorization", "Bearer x")
+
+        def bare() -> tuple[str, str]:
+            return header
+
+        bare_us = per_call_us(bare, 200_000)
+        plugin_us = per_call_us(auth.fetch_grpc_call_auth_metadata, 200_000)
+        assert auth.fetches == 1
+        fetch_us = per_call_us(client.token, 300)
+        raw_us = per_call_us(AgentClient(base_sock).token, 300)
+        print(f"per gRPC call, fresh token: plugin {plugin_us:.2f} µs, bare function "
+              f"{bare_us:.2f} µs, added {plugin_us - bare_us:.2f} µs (target <= 5 µs)")
+        print(f"socket fetch: agent /v1/token {fetch_us:.0f} µs, bare asyncio responder "
+              f"{raw_us:.0f} µs, ratio x{fetch_us / raw_us:.2f}")
+    finally:
+        for p in (agent, base, stack):
+            p.terminate()
+            p.wait()
+
+
+if __name__ == "__main__":
+    main()
