@@ -209,3 +209,21 @@ def test_the_plugin_imports_only_stdlib_and_flytekit() -> None:
                          check=True)
     added = set(json.loads(out.stdout.splitlines()[-1]))
     assert added <= {"flyte_auth_agent", "flytekitplugins"}
+
+
+def test_the_readme_eager_example_is_valid_flytekit(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worked example in the README defines a real eager workflow."""
+    import importlib  # noqa: PLC0415
+    import re  # noqa: PLC0415
+
+    from flytekit.core.python_function_task import EagerAsyncPythonFunctionTask  # noqa: PLC0415
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("**Eager workflows.**", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    (tmp_path / "readme_eager_example.py").write_text(code.group(1))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("readme_eager_example")
+    assert isinstance(module.fan_out, EagerAsyncPythonFunctionTask)
