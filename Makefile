@@ -9,10 +9,12 @@ PACKAGES := agent/flyte_auth_agent exchange_server/flyte_auth_exchange sidecar_i
             flytekit_plugin/flytekitplugins
 
 .PHONY: help venv test unit lint fmt run bench bench-agent bench-exchange bench-injector \
-        bench-plugin clean
+        bench-plugin tools manifests chart images clean
 
 help:
 	@echo "make run    run the whole chain locally and print the token round trip"
+	@echo "make manifests / make chart   render the kustomize overlay / the Helm chart"
+	@echo "make images build the container images (needs a running docker or podman)"
 	@echo "make test   lint (ruff, mypy --strict) and run every test"
 	@echo "make bench  run the benchmarks (prints figures and ratios)"
 	@echo "make fmt    format and auto-fix with ruff"
@@ -29,8 +31,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy $(PACKAGES) tests bench
 
-unit: $(STAMP)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+unit: $(STAMP) tools
+	KUSTOMIZE=$(KUSTOMIZE) HELM=$(HELM) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: lint unit
 
@@ -63,6 +65,35 @@ bench-injector: $(STAMP)
 
 bench-plugin: $(STAMP)
 	$(PY) bench/plugin_overhead.py
+
+# Renderers, built from the Go module proxy into a cache outside the repo (once per machine).
+TOOLS              := $(HOME)/.cache/flyte-auth-agent/tools
+KUSTOMIZE_VERSION  := v5.7.1
+HELM_VERSION       := v3.19.0
+KUSTOMIZE          := $(TOOLS)/kustomize-$(KUSTOMIZE_VERSION)/kustomize
+HELM               := $(TOOLS)/helm-$(HELM_VERSION)/helm
+KUBE_VERSION       := 1.30.0
+
+$(KUSTOMIZE):
+	GOBIN=$(dir $@) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+
+$(HELM):
+	GOBIN=$(dir $@) go install -ldflags "-X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION)" \
+	    helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+tools: $(KUSTOMIZE) $(HELM)
+
+manifests: $(KUSTOMIZE)
+	@$(KUSTOMIZE) build deploy/kustomize/overlays/cert-manager
+
+chart: $(HELM)
+	@$(HELM) template flyte-auth deploy/helm/flyte-auth --namespace flyte-auth --kube-version $(KUBE_VERSION)
+
+ENGINE := $(shell for e in docker podman; do command -v $$e >/dev/null && $$e info >/dev/null 2>&1 && echo $$e && break; done)
+images:
+	@test -n "$(ENGINE)" || { echo "make images: no running container engine (docker or podman) here; build on a machine with one"; exit 1; }
+	$(ENGINE) build -f deploy/Dockerfile --target agent -t flyte-auth-agent:0.1.0 .
+	$(ENGINE) build -f deploy/Dockerfile --target server -t flyte-auth-server:0.1.0 .
 
 clean:
 	rm -rf $(VENV) $(AGENT_VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache run

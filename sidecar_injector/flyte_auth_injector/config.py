@@ -45,6 +45,15 @@ OPTIONS = (
     Option("--tls-cert", "TLS certificate chain (PEM), reloaded when the file changes",
            metavar="FILE"),
     Option("--tls-key", "TLS private key (PEM), reloaded when the file changes", metavar="FILE"),
+    Option("--tls-bootstrap", "no cert-manager: keep a self-signed CA and serving certificate "
+           "in this Secret (created, renewed 30 days before expiry) and set the webhook's "
+           "caBundle; instead of --tls-cert/--tls-key", metavar="SECRET"),
+    Option("--tls-dir", "where --tls-bootstrap writes the pair it serves (a writable "
+           "emptyDir)", "/var/run/flyte-auth-injector", metavar="DIR"),
+    Option("--service", "the injector's Service (DNS names of the bootstrapped certificate)",
+           "flyte-auth-injector"),
+    Option("--webhook-name", "the MutatingWebhookConfiguration whose caBundle "
+           "--tls-bootstrap sets", "flyte-auth-injector"),
     Option("--metrics-addr", "plain HTTP address for /metrics, /healthz, /readyz (off if unset)",
            metavar="HOST:PORT"),
     Option("--agent-image", "the agent sidecar's image", consts.DEFAULT_AGENT_IMAGE,
@@ -106,6 +115,10 @@ class InjectorConfig:
     listen: tuple[str, int]
     tls_cert: Path | None
     tls_key: Path | None
+    tls_bootstrap: str | None
+    tls_dir: Path
+    service: str
+    webhook_name: str
     metrics_addr: tuple[str, int] | None
     namespace: str
     kubeconfig: Path | None
@@ -128,6 +141,9 @@ class InjectorConfig:
         if (tls_cert is None) != (tls_key is None):
             s.problem("tls_cert" if tls_cert is None else "tls_key",
                       "--tls-cert and --tls-key go together: give both or neither")
+        tls_bootstrap = s.text("tls_bootstrap")
+        if tls_bootstrap and tls_cert is not None:
+            s.problem("tls_bootstrap", "give --tls-bootstrap or --tls-cert/--tls-key, not both")
         audience = s.text("token_audience") or consts.DEFAULT_AUDIENCE
         scopes = " ".join(str(doc.get("scopes", "all")).split())
         tokens = TokenSettings(
@@ -152,7 +168,10 @@ class InjectorConfig:
                       "--token-endpoint): the agent needs one to get tokens")
         config = cls(
             listen=s.get("listen", to_host_port) or ("0.0.0.0", 8443),  # noqa: S104 - a server
-            tls_cert=tls_cert, tls_key=tls_key,
+            tls_cert=tls_cert, tls_key=tls_key, tls_bootstrap=tls_bootstrap,
+            tls_dir=s.get("tls_dir", to_path) or Path("/var/run/flyte-auth-injector"),
+            service=s.text("service") or "flyte-auth-injector",
+            webhook_name=s.text("webhook_name") or "flyte-auth-injector",
             metrics_addr=s.get("metrics_addr", to_host_port),
             namespace=s.text("namespace") or "flyte-auth",
             kubeconfig=s.get("kubeconfig", to_path),

@@ -20,6 +20,7 @@ from flyte_auth_agent.errors import ConfigError
 from flyte_auth_injector.config import InjectorConfig
 from flyte_auth_injector.namespaces import NamespaceAnnotations
 from flyte_auth_injector.server import CertReloader, InjectorAPI, metrics_app, webhook_app
+from flyte_auth_injector.tls_bootstrap import Bootstrap
 
 log = structlog.get_logger("flyte_auth_injector")
 
@@ -51,12 +52,39 @@ async def _namespace_cache(config: InjectorConfig,
     return NamespaceAnnotations(api), api
 
 
+async def _renew(bootstrap: Bootstrap, certs: CertReloader, every: float = 6 * 3600) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await bootstrap.ensure()
+            certs.check()
+        except (OSError, RuntimeError, ValueError) as exc:
+            log.warning("tls_renewal_failed", error=str(exc), retry_in=every)
+
+
 @contextlib.asynccontextmanager
 async def running_injector(config: InjectorConfig) -> AsyncIterator[RunningInjector]:
-    certs = CertReloader(config.tls_cert, config.tls_key) \
-        if config.tls_cert and config.tls_key else None
     namespaces, kube_api = await _namespace_cache(config)
     tasks: list[asyncio.Task[None]] = []
+    bootstrap = None
+    if config.tls_bootstrap:
+        if kube_api is None:
+            raise ConfigError(["--tls-bootstrap / FLYTE_AUTH_INJECTOR_TLS_BOOTSTRAP: needs the "
+                               "Kubernetes API: run in a cluster or set --kubeconfig"])
+        bootstrap = Bootstrap(kube_api, namespace=config.namespace, secret=config.tls_bootstrap,
+                              service=config.service, webhook=config.webhook_name,
+                              directory=config.tls_dir)
+        try:
+            await bootstrap.ensure()
+        except (OSError, RuntimeError, ValueError) as exc:
+            await kube_api.close()
+            raise ConfigError([f"--tls-bootstrap: {exc}; check the injector's RBAC "
+                               "(self-signed overlay)"]) from None
+        certs: CertReloader | None = CertReloader(config.tls_dir / "tls.crt",
+                                                  config.tls_dir / "tls.key")
+    else:
+        certs = CertReloader(config.tls_cert, config.tls_key) \
+            if config.tls_cert and config.tls_key else None
     runners: list[web.AppRunner] = []
     sock = socket.create_server(config.listen)
     try:
@@ -64,6 +92,8 @@ async def running_injector(config: InjectorConfig) -> AsyncIterator[RunningInjec
             tasks.append(asyncio.create_task(namespaces.run(), name="namespace-watch"))
         if certs is not None:
             tasks.append(asyncio.create_task(certs.watch(), name="tls-reload"))
+        if bootstrap is not None and certs is not None:
+            tasks.append(asyncio.create_task(_renew(bootstrap, certs), name="tls-renew"))
         api = InjectorAPI(config, namespaces.get if namespaces else lambda _: {},
                           namespaces.synced.is_set if namespaces else lambda: True)
         runner = web.AppRunner(webhook_app(api), access_log=None, handle_signals=False,

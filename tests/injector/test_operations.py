@@ -171,3 +171,52 @@ async def test_metrics_count_outcomes(tls_files: tuple[Path, Path],
     assert 'flyte_auth_injector_reviews_total{outcome="skipped"} 1.0' in text
     assert 'flyte_auth_injector_reviews_total{outcome="bad_review"} 1.0' in text
     assert "flyte_auth_injector_review_duration_seconds_bucket" in text
+
+
+async def test_self_signed_bootstrap_creates_renews_and_sets_the_ca_bundle(
+        tmp_path: Path) -> None:
+    import base64  # noqa: PLC0415
+    import datetime as dt  # noqa: PLC0415
+
+    from flyte_auth_injector.tls_bootstrap import Bootstrap  # noqa: PLC0415
+    from flyte_auth_injector.webhook_config import webhook_configuration  # noqa: PLC0415
+
+    kube = StubKubeAPI()
+    await kube.start()
+    kube.webhooks["flyte-auth-injector"] = webhook_configuration()
+    kubeconfig = kube.kubeconfig(tmp_path / "kc")
+    config = InjectorConfig.load(["--listen", "127.0.0.1:0", "--admin-endpoint", "admin:81",
+                                  "--tls-bootstrap", "flyte-auth-injector-tls",
+                                  "--tls-dir", str(tmp_path / "tls"),
+                                  "--kubeconfig", str(kubeconfig)], {})
+    try:
+        async with running_injector(config) as injector:
+            secret = kube.secrets[("flyte-auth", "flyte-auth-injector-tls")]
+            ca = base64.b64decode(secret["data"]["ca.crt"])
+            hook = kube.webhooks["flyte-auth-injector"]["webhooks"][0]
+            assert base64.b64decode(hook["clientConfig"]["caBundle"]) == ca
+            ctx = ssl.create_default_context(cadata=ca.decode())
+            ctx.check_hostname = False  # the certificate names the Service, we dial 127.0.0.1
+            async with aiohttp.ClientSession() as session, session.post(
+                    injector.url + "/mutate", json=review(propeller_pod()), ssl=ctx) as resp:
+                assert resp.status == 200
+
+            # A second replica starting later reuses the pair instead of making another.
+            from kubernetes_asyncio import config as kube_config  # noqa: PLC0415
+            api = await kube_config.new_client_from_config(config_file=str(kubeconfig))
+            try:
+                other = Bootstrap(api, namespace="flyte-auth", secret="flyte-auth-injector-tls",
+                                  service="flyte-auth-injector", webhook="flyte-auth-injector",
+                                  directory=tmp_path / "other")
+                assert (await other.ensure()).ca == ca
+                # 340 days on, the serving certificate is within 30 days of expiry: renewed.
+                later = dt.datetime.now(dt.UTC) + dt.timedelta(days=340)
+                renewed = await other.ensure(now=later)
+                assert renewed.ca != ca
+                hook = kube.webhooks["flyte-auth-injector"]["webhooks"][0]
+                assert base64.b64decode(hook["clientConfig"]["caBundle"]) == renewed.ca
+                assert (tmp_path / "other" / "tls.crt").read_bytes() == renewed.cert
+            finally:
+                await api.close()
+    finally:
+        await kube.stop()

@@ -10,6 +10,8 @@ cannot run kube-apiserver here (issue 7 does); this follows its documented behav
   extra authentication.kubernetes.io/pod-name and pod-uid), status.audiences, status.error.
 - GET /api/v1/namespaces lists namespaces; with watch=true it streams JSON-line watch events
   (ADDED, MODIFIED) from the given resourceVersion until timeoutSeconds.
+- Secrets: GET, POST (409 if it exists), PUT (409 on a stale resourceVersion).
+- MutatingWebhookConfigurations: GET, and PATCH as a strategic merge (webhooks by name).
 - Requests other than discovery must carry the bearer token of the kubeconfig it writes
   (401 with a Status object otherwise).
 """
@@ -46,6 +48,8 @@ class StubKubeAPI:
     pod_reads: int = 0
     reviews: int = 0
     namespaces: dict[str, dict[str, Any]] = field(default_factory=dict)
+    secrets: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    webhooks: dict[str, dict[str, Any]] = field(default_factory=dict)
     _version: int = 1
     _watchers: list[asyncio.Queue[dict[str, Any]]] = field(default_factory=list)
     url: str = ""
@@ -58,6 +62,12 @@ class StubKubeAPI:
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._pod)
         app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self._review)
         app.router.add_get("/api/v1/namespaces", self._namespaces)
+        app.router.add_get("/api/v1/namespaces/{ns}/secrets/{name}", self._secret_get)
+        app.router.add_put("/api/v1/namespaces/{ns}/secrets/{name}", self._secret_put)
+        app.router.add_post("/api/v1/namespaces/{ns}/secrets", self._secret_post)
+        mwc = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}"
+        app.router.add_get(mwc, self._webhook_get)
+        app.router.add_patch(mwc, self._webhook_patch)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -132,6 +142,65 @@ class StubKubeAPI:
         finally:
             self._watchers.remove(queue)
         return response
+
+    def _bump(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self._version += 1
+        obj.setdefault("metadata", {})["resourceVersion"] = str(self._version)
+        return obj
+
+    async def _secret_get(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return status(401, "Unauthorized", "Unauthorized")
+        secret = self.secrets.get((request.match_info["ns"], request.match_info["name"]))
+        if secret is None:
+            return status(404, "NotFound", "secret not found")
+        return web.json_response(secret)
+
+    async def _secret_post(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return status(401, "Unauthorized", "Unauthorized")
+        body = await request.json()
+        key = (request.match_info["ns"], body["metadata"]["name"])
+        if key in self.secrets:
+            return status(409, "AlreadyExists", "secret already exists")
+        self.secrets[key] = self._bump(body)
+        return web.json_response(body, status=201)
+
+    async def _secret_put(self, request: web.Request) -> web.Response:
+        """Update with optimistic concurrency: a stale resourceVersion is a 409 Conflict."""
+        if not self._authorized(request):
+            return status(401, "Unauthorized", "Unauthorized")
+        body = await request.json()
+        key = (request.match_info["ns"], request.match_info["name"])
+        current = self.secrets.get(key)
+        if current is None:
+            return status(404, "NotFound", "secret not found")
+        if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+            return status(409, "Conflict", "the object has been modified")
+        self.secrets[key] = self._bump(body)
+        return web.json_response(body)
+
+    async def _webhook_get(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return status(401, "Unauthorized", "Unauthorized")
+        hook = self.webhooks.get(request.match_info["name"])
+        return web.json_response(hook) if hook else status(404, "NotFound", "not found")
+
+    async def _webhook_patch(self, request: web.Request) -> web.Response:
+        """Strategic merge: `webhooks` merge by `name` (their patchMergeKey)."""
+        if not self._authorized(request):
+            return status(401, "Unauthorized", "Unauthorized")
+        if request.content_type != "application/strategic-merge-patch+json":
+            return status(415, "UnsupportedMediaType", "use a strategic merge patch")
+        hook = self.webhooks.get(request.match_info["name"])
+        if hook is None:
+            return status(404, "NotFound", "not found")
+        patch = await request.json()
+        for change in patch.get("webhooks", []):
+            for existing in hook["webhooks"]:
+                if existing["name"] == change["name"]:
+                    existing.setdefault("clientConfig", {}).update(change.get("clientConfig", {}))
+        return web.json_response(self._bump(hook))
 
     def _authorized(self, request: web.Request) -> bool:
         return request.headers.get("Authorization") == f"Bearer {self.bearer}"

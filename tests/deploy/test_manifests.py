@@ -1,0 +1,264 @@
+"""The manifests an operator applies: rendered by the real kustomize and helm (built by
+`make tools`), validated against the Kubernetes schema, checked for the properties that
+matter, and read back through our own config loaders so flags and files stay in step."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from flyte_auth_agent.options import add_options
+from flyte_auth_exchange import config as exchange_config
+from flyte_auth_exchange.policy import Policy
+from flyte_auth_injector import config as injector_config
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS = Path.home() / ".cache/flyte-auth-agent/tools"
+K8S_VERSIONS = ("1.30", "1.37")
+CRD_KINDS = {"Issuer", "Certificate"}  # cert-manager's, not in the Kubernetes schema
+Obj = dict[str, Any]
+
+
+def tool(name: str, version: str) -> str:
+    path = os.environ.get(name.upper()) or str(TOOLS / f"{name}-{version}" / name)
+    if not Path(path).exists():
+        pytest.fail(f"{name} is not built: run `make tools` (it builds it from the Go proxy)")
+    return path
+
+
+def run(*argv: str) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+
+
+@cache
+def kustomize(overlay: str) -> tuple[Obj, ...]:
+    out = run(tool("kustomize", "v5.7.1"), "build", f"deploy/kustomize/overlays/{overlay}")
+    return tuple(d for d in yaml.safe_load_all(out) if d)
+
+
+@cache
+def helm(*sets: str) -> tuple[Obj, ...]:
+    args = [a for s in sets for a in ("--set", s)]
+    out = run(tool("helm", "v3.19.0"), "template", "flyte-auth", "deploy/helm/flyte-auth",
+              "--namespace", "flyte-auth", "--kube-version", "1.30.0", *args)
+    return tuple(d for d in yaml.safe_load_all(out) if d)
+
+
+RENDERINGS: dict[str, Callable[[], tuple[Obj, ...]]] = {
+    "kustomize-cert-manager": lambda: kustomize("cert-manager"),
+    "kustomize-self-signed": lambda: kustomize("self-signed"),
+    "helm-default": helm,
+    "helm-self-signed": lambda: helm("tls.mode=self-signed"),
+}
+ALL = pytest.mark.parametrize("rendering", list(RENDERINGS))
+
+
+def by_key(objs: tuple[Obj, ...]) -> dict[tuple[str, str], Obj]:
+    return {(o["kind"], o["metadata"]["name"]): o for o in objs}
+
+
+def pod_specs(objs: tuple[Obj, ...]) -> list[Obj]:
+    return [o["spec"]["template"]["spec"] for o in objs if o["kind"] == "Deployment"]
+
+
+@ALL
+def test_every_object_is_valid_for_the_oldest_and_newest_kubernetes(rendering: str) -> None:
+    objs = RENDERINGS[rendering]()
+    assert objs
+    for obj in objs:
+        if obj["kind"] in CRD_KINDS:
+            continue
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
+
+
+@pytest.mark.parametrize(("kustomized", "helmed"), [
+    ("kustomize-cert-manager", "helm-default"),
+    ("kustomize-self-signed", "helm-self-signed"),
+])
+def test_kustomize_and_helm_render_the_same_objects(kustomized: str, helmed: str) -> None:
+    k = by_key(RENDERINGS[kustomized]())
+    h = by_key(RENDERINGS[helmed]())
+    k.pop(("Namespace", "flyte-auth"))  # helm installs into a namespace it does not own
+    assert sorted(k) == sorted(h)
+    for key, obj in k.items():
+        assert obj == h[key], key
+
+
+@ALL
+def test_every_container_is_locked_down_probed_and_limited(rendering: str) -> None:
+    for spec in pod_specs(RENDERINGS[rendering]()):
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        for c in spec["containers"] + spec.get("initContainers", []):
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["privileged"] is False
+            assert sc["readOnlyRootFilesystem"] is True
+            assert sc["runAsNonRoot"] is True
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+            assert "memory" in c["resources"]["limits"]
+            assert "readinessProbe" in c
+            assert "livenessProbe" in c
+
+
+@ALL
+def test_deployments_are_highly_available(rendering: str) -> None:
+    objs = by_key(RENDERINGS[rendering]())
+    for name in ("flyte-auth-injector", "flyte-auth-exchange"):
+        deployment = objs[("Deployment", name)]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["replicas"] == 2
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert objs[("PodDisruptionBudget", name)]["spec"]["selector"]["matchLabels"] == \
+            deployment["spec"]["selector"]["matchLabels"]
+        assert objs[("Service", name)]["spec"]["selector"].items() <= labels.items()
+        anti = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+        assert anti["preferredDuringSchedulingIgnoredDuringExecution"]
+
+
+def rules_of(objs: tuple[Obj, ...]) -> dict[str, list[Obj]]:
+    return {o["metadata"]["name"]: o["rules"] for o in objs
+            if o["kind"] in ("Role", "ClusterRole")}
+
+
+@pytest.mark.parametrize("rendering", ["kustomize-cert-manager", "helm-default"])
+def test_rbac_is_exactly_what_each_component_needs(rendering: str) -> None:
+    assert rules_of(RENDERINGS[rendering]()) == {
+        "flyte-auth-injector": [{"apiGroups": [""], "resources": ["namespaces"],
+                                 "verbs": ["get", "list", "watch"]}],
+        "flyte-auth-exchange": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
+             "verbs": ["create"]}],
+    }
+
+
+@ALL
+def test_no_wildcards_and_secrets_only_for_the_self_signed_certificate(rendering: str) -> None:
+    for name, rules in rules_of(RENDERINGS[rendering]()).items():
+        for rule in rules:
+            for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+                assert "*" not in rule.get(field, []), (name, rule)
+            if "secrets" in rule["resources"]:
+                assert rendering.endswith("self-signed")
+                assert name == "flyte-auth-injector-tls"
+                assert set(rule["verbs"]) <= {"get", "update", "create"}
+
+
+@ALL
+def test_the_webhook_registration(rendering: str) -> None:
+    objs = by_key(RENDERINGS[rendering]())
+    hook = objs[("MutatingWebhookConfiguration", "flyte-auth-injector")]["webhooks"][0]
+    assert hook["sideEffects"] == "None"
+    assert hook["failurePolicy"] == "Fail"
+    assert hook["reinvocationPolicy"] == "IfNeeded"
+    assert hook["admissionReviewVersions"] == ["v1"]
+    assert hook["clientConfig"]["service"] == {"name": "flyte-auth-injector",
+                                               "namespace": "flyte-auth", "path": "/mutate",
+                                               "port": 443}
+    selector = hook["namespaceSelector"]["matchExpressions"]
+    assert selector[0] == {"key": "flyte-auth.flyte.org/inject", "operator": "In",
+                           "values": ["enabled"]}
+    assert {"kube-system", "flyte-auth"} <= set(selector[1]["values"])
+    assert [c["name"] for c in hook["matchConditions"]] == ["flyte-task-pods", "not-opted-out"]
+
+
+def test_the_base_webhook_is_what_webhook_config_prints() -> None:
+    printed = run(str(Path(sys.executable).parent / "flyte-auth-injector"), "webhook-config",
+                  "--namespace", "flyte-auth")
+    assert yaml.safe_load(printed) == yaml.safe_load(
+        (ROOT / "deploy/kustomize/base/webhook.yaml").read_text())
+
+
+def test_cert_manager_certificate_covers_the_service() -> None:
+    objs = by_key(kustomize("cert-manager"))
+    cert = objs[("Certificate", "flyte-auth-injector")]["spec"]
+    assert cert["secretName"] == "flyte-auth-injector-tls"
+    assert "flyte-auth-injector.flyte-auth.svc" in cert["dnsNames"]
+    hook = objs[("MutatingWebhookConfiguration", "flyte-auth-injector")]
+    assert hook["metadata"]["annotations"] == {
+        "cert-manager.io/inject-ca-from": "flyte-auth/flyte-auth-injector"}
+
+
+def test_exchange_server_is_reachable_only_from_task_and_flyteadmin_namespaces() -> None:
+    policy = by_key(kustomize("cert-manager"))[("NetworkPolicy", "flyte-auth-exchange")]
+    sources = policy["spec"]["ingress"][0]["from"]
+    assert [s["namespaceSelector"]["matchLabels"] for s in sources] == [
+        {"flyte-auth.flyte.org/inject": "enabled"}, {"kubernetes.io/metadata.name": "flyte"}]
+
+
+def _parse(options: Any, prefix: str, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_options(parser, prefix, options)
+    return parser.parse_args(argv)
+
+
+@ALL
+def test_container_args_and_config_files_are_accepted_by_the_programs(rendering: str,
+                                                                      tmp_path: Path) -> None:
+    """Each Deployment's flags and mounted files, fed to the real config loaders."""
+    objs = RENDERINGS[rendering]()
+    configmaps = {o["metadata"]["name"]: o["data"] for o in objs if o["kind"] == "ConfigMap"}
+    for spec in pod_specs(objs):
+        container = spec["containers"][0]
+        argv = container["args"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        for volume in spec["volumes"]:
+            if "configMap" in volume:  # materialise the mounted files under tmp_path
+                target = tmp_path / mounts[volume["name"]].lstrip("/")
+                target.mkdir(parents=True, exist_ok=True)
+                for name, text in configmaps[volume["configMap"]["name"]].items():
+                    (target / name).write_text(text)
+        argv = [a.replace("=/etc/", f"={tmp_path}/etc/") for a in argv]
+        if container["command"][0] == "flyte-auth-injector":
+            config = injector_config.InjectorConfig.from_args(
+                _parse(injector_config.OPTIONS, injector_config.ENV_PREFIX, argv),
+                {"FLYTE_AUTH_INJECTOR_NAMESPACE": "flyte-auth"})
+            assert config.sidecar.token_endpoint == \
+                "http://flyte-auth-exchange.flyte-auth.svc.cluster.local/oauth2/token"
+            assert config.sidecar.image == "flyte-auth-agent:0.1.0"
+        else:
+            config_x = exchange_config.ExchangeConfig.from_args(
+                _parse(exchange_config.OPTIONS, exchange_config.ENV_PREFIX, argv), {})
+            assert config_x.token_review
+            assert config_x.policy is not None
+            rules = Policy.load(config_x.policy, config_x.identity).rules
+            assert rules[0].name == "no-system"
+            assert not rules[0].allow
+
+
+def test_a_malformed_values_file_is_a_clear_render_error(tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text("tls: {mode: vault}\ninjector: {tokenExpiration: 60}\nflyteAdmin: "
+                      "{grpcEndpoint: 'http://flyteadmin'}\n")
+    out = subprocess.run([tool("helm", "v3.19.0"), "template", "x", "deploy/helm/flyte-auth",
+                          "--kube-version", "1.30.0", "-f", str(values)], capture_output=True,
+                         text=True, cwd=ROOT, check=False)
+    assert out.returncode != 0
+    assert "/tls/mode" in out.stderr
+    assert "/injector/tokenExpiration" in out.stderr
+    assert "/flyteAdmin/grpcEndpoint" in out.stderr
+
+
+def test_the_dockerfile_builds_slim_non_root_images() -> None:
+    text = (ROOT / "deploy/Dockerfile").read_text()
+    stages = text.split("\nFROM ")[1:]
+    finals = {s.split(" AS ")[1].split()[0]: s for s in stages}
+    assert set(finals) == {"build", "agent", "server"}
+    for name in ("agent", "server"):
+        stage = finals[name]
+        assert "USER 65532:65532" in stage
+        assert "pip install" not in stage
+        assert "apt-get" not in stage
+        assert "COPY --from=build /opt/" in stage
+    assert "'.[agent]'" in finals["build"]  # the sidecar image carries only the agent extra
