@@ -1,0 +1,74 @@
+"""The operator guide's snippets name what the manifests and programs really use."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flyte_auth_agent import contract
+from flyte_auth_injector import consts
+from tests.deploy.test_manifests import by_key, kustomize
+
+ROOT = Path(__file__).resolve().parents[2]
+GUIDE = (ROOT / "deploy/README.md").read_text()
+
+
+def blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", GUIDE, re.S)
+
+
+def commands() -> list[list[str]]:
+    text = "\n".join(blocks("sh")).replace("\\\n", " ")
+    return [shlex.split(line) for line in text.splitlines() if line.strip() and
+            not line.lstrip().startswith("#")]
+
+
+def exchange_args() -> list[str]:
+    deployment = by_key(kustomize("cert-manager"))[("Deployment", "flyte-auth-exchange")]
+    return list(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+def test_authorized_uris_snippet_contains_the_minted_audience() -> None:
+    (snippet,) = blocks("yaml")
+    uris = yaml.safe_load(snippet)["auth"]["authorizedUris"]
+    audience = next(a.split("=", 1)[1] for a in exchange_args()
+                    if a.startswith("--admin-audience="))
+    assert audience in uris
+
+
+def test_signing_key_secret_command_matches_the_mount() -> None:
+    deployment = by_key(kustomize("cert-manager"))[("Deployment", "flyte-auth-exchange")]
+    volume: dict[str, Any] = next(v for v in deployment["spec"]["template"]["spec"]["volumes"]
+                                  if v["name"] == "signing-key")
+    create = next(c for c in commands() if c[:5] == ["kubectl", "-n", "flyte-auth", "create",
+                                                      "secret"])
+    assert create[6] == volume["secret"]["secretName"]
+    assert create[7] == f"--from-file={volume['secret']['items'][0]['key']}"
+
+
+def test_label_curl_and_rollback_commands_use_the_real_names() -> None:
+    flat = [" ".join(c) for c in commands()]
+    assert any(f"{consts.NAMESPACE_LABEL}={consts.NAMESPACE_LABEL_VALUE}" in c for c in flat)
+    assert any(f"--unix-socket {contract.DEFAULT_SOCKET_PATH}" in c and
+               f"{contract.REQUIRED_HEADER}: {contract.REQUIRED_HEADER_VALUE}" in c
+               for c in flat)
+    assert "kubectl delete mutatingwebhookconfiguration flyte-auth-injector" in GUIDE
+    assert f"kubectl label namespace flytesnacks-development {consts.NAMESPACE_LABEL}-" in GUIDE
+
+
+def _leaves(doc: Any, prefix: str = "") -> set[str]:
+    if isinstance(doc, dict) and doc and prefix.count(".") < 2:
+        return {leaf for k, v in doc.items() for leaf in _leaves(v, f"{prefix}{k}.")}
+    return {prefix.rstrip(".")}
+
+
+def test_every_helm_value_is_in_the_values_table() -> None:
+    values = yaml.safe_load((ROOT / "deploy/helm/flyte-auth/values.yaml").read_text())
+    table = GUIDE.split("## Helm values", 1)[1].split("##", 1)[0]
+    for leaf in _leaves(values):
+        parent, _, last = leaf.rpartition(".")
+        assert f"`{leaf}`" in table or (f"`{parent}." in table and last in table), leaf
