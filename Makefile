@@ -9,13 +9,14 @@ PACKAGES := agent/flyte_auth_agent exchange_server/flyte_auth_exchange sidecar_i
             flytekit_plugin/flytekitplugins
 
 .PHONY: help venv test unit lint fmt run bench bench-agent bench-exchange bench-injector \
-        bench-plugin tools manifests chart images clean
+        bench-plugin tools manifests chart images e2e e2e-deps clean
 
 help:
 	@echo "make run    run the whole chain locally and print the token round trip"
 	@echo "make manifests / make chart   render the kustomize overlay / the Helm chart"
 	@echo "make images build the container images (needs a running docker or podman)"
 	@echo "make test   lint (ruff, mypy --strict) and run every test"
+	@echo "make e2e    end to end against a real kube-apiserver, etcd and Keycloak"
 	@echo "make bench  run the benchmarks (prints figures and ratios)"
 	@echo "make fmt    format and auto-fix with ruff"
 
@@ -32,7 +33,17 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy $(PACKAGES) tests bench
 
 unit: $(STAMP) tools
-	KUSTOMIZE=$(KUSTOMIZE) HELM=$(HELM) $(VENV)/bin/pytest $(PYTEST_ARGS)
+	KUSTOMIZE=$(KUSTOMIZE) HELM=$(HELM) $(VENV)/bin/pytest --ignore=tests/e2e $(PYTEST_ARGS)
+
+# End to end against real peers (kube-apiserver + etcd, Keycloak). The first run on a machine
+# builds kube-apiserver from the Go module proxy (minutes); later runs reuse the cache.
+e2e-deps:
+	@command -v etcd >/dev/null || { apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null; }
+	@systemctl disable --now etcd >/dev/null 2>&1 || true
+
+e2e: $(STAMP) tools e2e-deps
+	$(PY) -m tests.e2e.peers
+	KUSTOMIZE=$(KUSTOMIZE) HELM=$(HELM) $(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
 
 test: lint unit
 

@@ -55,7 +55,7 @@ def _webhook_config(args: argparse.Namespace) -> int:
             return 2
     doc = webhook_configuration(service=args.service, namespace=args.namespace, ca_bundle=ca,
                                 failure_policy=args.failure_policy,
-                                timeout_seconds=args.timeout_seconds)
+                                timeout_seconds=args.timeout_seconds, url=args.url)
     sys.stdout.write(yaml.safe_dump(doc, sort_keys=False))
     return 0
 
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     wc.add_argument("--service", default="flyte-auth-injector", help="the injector's Service")
     wc.add_argument("--namespace", default="flyte-auth",
                     help="the injector's namespace (never injected)")
+    wc.add_argument("--url", help="call the webhook at this https URL instead of the Service "
+                    "(a webhook outside the cluster, e.g. for tests); ends in /mutate")
     wc.add_argument("--ca-bundle", help="base64 PEM of the CA that signed the serving cert")
     wc.add_argument("--ca-bundle-file", help="PEM file of that CA (encoded for you)")
     wc.add_argument("--failure-policy", choices=("Fail", "Ignore"), default="Fail",

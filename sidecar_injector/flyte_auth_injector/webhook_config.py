@@ -24,9 +24,10 @@ MATCH_CONDITIONS = [
 def webhook_configuration(*, service: str = "flyte-auth-injector",
                           namespace: str = "flyte-auth", ca_bundle: str | None = None,
                           failure_policy: FailurePolicy = "Fail", timeout_seconds: int = 10,
-                          port: int = 443, name: str = "flyte-auth-injector") -> dict[str, Any]:
-    client_config: dict[str, Any] = {"service": {"name": service, "namespace": namespace,
-                                                 "path": "/mutate", "port": port}}
+                          port: int = 443, name: str = "flyte-auth-injector",
+                          url: str | None = None) -> dict[str, Any]:
+    client_config: dict[str, Any] = {"url": url} if url else {
+        "service": {"name": service, "namespace": namespace, "path": "/mutate", "port": port}}
     if ca_bundle:
         client_config["caBundle"] = ca_bundle
     excluded = sorted({*consts.SYSTEM_NAMESPACES, namespace})

@@ -1,0 +1,218 @@
+"""A real Kubernetes control plane on loopback: etcd and kube-apiserver, no kubelet.
+
+The API server signs service-account tokens with a key made here, serves OIDC discovery
+(readable anonymously, as clusters that federate their tokens configure it), authenticates
+the harness with a static admin token, and authorises everything else with RBAC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import trustme
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.e2e import peers
+
+ADMIN_TOKEN = "e2e-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"HTTP {status}: {str(body)[:500]}")
+        self.status = status
+        self.body = body
+
+
+@dataclass
+class Cluster:
+    workdir: Path
+    ca: trustme.CA = field(default_factory=trustme.CA)
+    url: str = ""
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    session: aiohttp.ClientSession | None = None
+
+    @property
+    def ca_file(self) -> Path:
+        return self.workdir / "apiserver-ca.pem"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        self.ca.configure_trust(ctx)
+        return ctx
+
+    async def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        self.processes.append(self._spawn("etcd", [
+            str(peers.etcd()), "--data-dir", str(self.workdir / "etcd"), "--unsafe-no-fsync",
+            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+            "--initial-cluster", f"default=http://127.0.0.1:{peer_port}"]))
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        (self.workdir / "sa.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption()))
+        (self.workdir / "sa.pub").write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        cert = self.ca.issue_cert("127.0.0.1", "localhost")
+        cert.private_key_and_cert_chain_pem.write_to_path(str(self.workdir / "apiserver.pem"))
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+        (self.workdir / "tokens.csv").write_text(f"{ADMIN_TOKEN},e2e-admin,e2e-admin,"
+                                                 f"system:masters\n")
+        self.url = f"https://127.0.0.1:{api_port}"
+        self.processes.append(self._spawn("kube-apiserver", [
+            str(peers.kube_apiserver()),
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={api_port}",
+            f"--tls-cert-file={self.workdir / 'apiserver.pem'}",
+            f"--tls-private-key-file={self.workdir / 'apiserver.pem'}",
+            f"--token-auth-file={self.workdir / 'tokens.csv'}",
+            "--authorization-mode=RBAC", "--anonymous-auth=true",
+            f"--service-account-issuer={self.url}",
+            f"--service-account-key-file={self.workdir / 'sa.pub'}",
+            f"--service-account-signing-key-file={self.workdir / 'sa.key'}",
+            "--service-cluster-ip-range=10.96.0.0/24",
+            "--enable-priority-and-fairness=false",
+        ]))
+        self.session = aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            connector=aiohttp.TCPConnector(ssl=self.ssl_context()))
+        await self._wait_ready()
+        # Clusters that federate their tokens publish discovery to everyone.
+        await self.apply({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "e2e-public-issuer-discovery"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "system:service-account-issuer-discovery"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                          "name": "system:unauthenticated"}]})
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("wb")
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-4000:]}"
+                         for p in sorted(self.workdir.glob("*.log")))
+
+    async def _wait_ready(self) -> None:
+        assert self.session is not None
+        async with asyncio.timeout(120):
+            while True:
+                for p in self.processes:
+                    if p.poll() is not None:
+                        raise RuntimeError(f"a control-plane process exited:\n{self.logs()}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with self.session.get(self.url + "/readyz") as resp:
+                        if resp.status == 200:
+                            return
+                await asyncio.sleep(0.2)  # the API server is starting
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+        for p in reversed(self.processes):
+            p.terminate()
+        for p in self.processes:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    # --- the API -----------------------------------------------------------------------------
+
+    async def request(self, method: str, path: str, body: Any = None,
+                      content_type: str = "application/json") -> Any:
+        assert self.session is not None
+        async with self.session.request(method, self.url + path, json=body,
+                                        headers={"Content-Type": content_type}) as resp:
+            doc = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise KubeError(resp.status, doc)
+            return doc
+
+    async def apply(self, obj: dict[str, Any]) -> Any:
+        """Create `obj` (the harness only ever creates into a fresh cluster)."""
+        return await self.request("POST", collection_path(obj), obj)
+
+    async def apply_all(self, text: str, namespace: str) -> None:
+        for obj in yaml.safe_load_all(text):
+            if obj and obj["kind"] not in ("Issuer", "Certificate"):
+                if "namespace" in obj["metadata"]:
+                    obj["metadata"]["namespace"] = namespace
+                await self.apply(obj)
+
+    async def namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
+        await self.apply({"apiVersion": "v1", "kind": "Namespace",
+                          "metadata": {"name": name, "labels": labels or {}}})
+        await self.apply({"apiVersion": "v1", "kind": "ServiceAccount",
+                          "metadata": {"name": "default", "namespace": name}})
+
+    async def token(self, namespace: str, service_account: str, *, audience: str,
+                    pod: dict[str, Any] | None = None, seconds: int = 3600) -> str:
+        """A token from the TokenRequest API, bound to `pod` as the kubelet binds it."""
+        spec: dict[str, Any] = {"audiences": [audience], "expirationSeconds": seconds}
+        if pod is not None:
+            spec["boundObjectRef"] = {"kind": "Pod", "apiVersion": "v1",
+                                      "name": pod["metadata"]["name"],
+                                      "uid": pod["metadata"]["uid"]}
+        doc = await self.request(
+            "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec})
+        return str(doc["status"]["token"])
+
+    def kubeconfig(self, path: Path, token: str) -> Path:
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "e2e",
+            "clusters": [{"name": "e2e", "cluster": {"server": self.url,
+                                                     "certificate-authority": str(self.ca_file)}}],
+            "users": [{"name": "e2e", "user": {"token": token}}],
+            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "e2e"}}]}))
+        return path
+
+
+_PLURAL = {"ClusterRoleBinding": "clusterrolebindings", "ClusterRole": "clusterroles",
+           "RoleBinding": "rolebindings", "Role": "roles", "Namespace": "namespaces",
+           "ServiceAccount": "serviceaccounts", "Pod": "pods", "Service": "services",
+           "ConfigMap": "configmaps", "Deployment": "deployments",
+           "PodDisruptionBudget": "poddisruptionbudgets", "NetworkPolicy": "networkpolicies",
+           "MutatingWebhookConfiguration": "mutatingwebhookconfigurations"}
+
+
+def collection_path(obj: dict[str, Any]) -> str:
+    group_version = obj["apiVersion"]
+    base = f"/api/{group_version}" if "/" not in group_version else f"/apis/{group_version}"
+    namespace = obj["metadata"].get("namespace")
+    scope = f"/namespaces/{namespace}" if namespace else ""
+    return f"{base}{scope}/{_PLURAL[obj['kind']]}"
+
+
+@contextlib.asynccontextmanager
+async def running_cluster(workdir: Path) -> AsyncIterator[Cluster]:
+    cluster = Cluster(workdir)
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        await cluster.stop()
