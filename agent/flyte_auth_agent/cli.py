@@ -7,7 +7,6 @@ runs `flyte-auth-agent token` as its ExternalCommand.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -15,7 +14,6 @@ import sys
 from flyte_auth_agent import contract
 from flyte_auth_agent.client import AgentClient, AgentClientError, socket_path_from_env
 from flyte_auth_agent.config import ENV_PREFIX, OPTIONS, AgentConfig
-from flyte_auth_agent.errors import ConfigError
 from flyte_auth_agent.options import add_options
 
 DESCRIPTION = """\
@@ -57,20 +55,11 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from flyte_auth_agent.logs import configure  # noqa: PLC0415 - keep token/status light
-    from flyte_auth_agent.runtime import serve_forever  # noqa: PLC0415
+    from flyte_auth_agent import daemon  # noqa: PLC0415 - keep token/status light
+    from flyte_auth_agent.runtime import running_agent  # noqa: PLC0415
 
-    try:
-        config = AgentConfig.from_args(args, os.environ)
-        configure(config.log_level, config.log_format)
-        asyncio.run(serve_forever(config))
-    except ConfigError as exc:  # one line per problem, each naming its flag and env var
-        for line in exc.problems:
-            print(f"flyte-auth-agent: {line}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        return _fail(f"cannot start: {exc.strerror or exc} ({exc.filename or 'listener'})")
-    return 0
+    return daemon.run("flyte-auth-agent", lambda: AgentConfig.from_args(args, os.environ),
+                      running_agent)
 
 
 def main(argv: list[str] | None = None) -> int:

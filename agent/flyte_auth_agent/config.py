@@ -13,7 +13,7 @@ from flyte_auth_agent import contract
 from flyte_auth_agent.options import (
     Option,
     Settings,
-    add_options,
+    parse_flags,
     to_file_mode,
     to_host_port,
     to_http_url,
@@ -183,11 +183,9 @@ class AgentConfig:
 
     @classmethod
     def load(cls, argv: list[str], environ: Mapping[str, str] | None = None) -> AgentConfig:
-        """For tests and embedding: `serve` flags from argv, env from `environ` (default
-        os.environ)."""
-        parser = argparse.ArgumentParser()
-        add_options(parser, ENV_PREFIX, OPTIONS)
-        return cls.from_args(parser.parse_args(argv), os.environ if environ is None else environ)
+        """`serve` flags from argv, env from `environ` (default os.environ)."""
+        return cls.from_args(parse_flags(ENV_PREFIX, OPTIONS, argv),
+                             os.environ if environ is None else environ)
 
 
 def _or(value: _T | None, default: _T) -> _T:

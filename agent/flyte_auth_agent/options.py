@@ -57,6 +57,13 @@ def add_options(parser: argparse.ArgumentParser, prefix: str, options: Iterable[
                             metavar=metavar, action="append" if opt.repeatable else "store")
 
 
+def parse_flags(prefix: str, options: Iterable[Option], argv: list[str]) -> argparse.Namespace:
+    """`serve` flags parsed from argv alone (tests and embedding)."""
+    parser = argparse.ArgumentParser()
+    add_options(parser, prefix, options)
+    return parser.parse_args(argv)
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import ssl
 import stat
@@ -131,12 +130,3 @@ async def running_agent(config: AgentConfig, *, clock: Clock | None = None,
             config.socket.unlink()
         log.info("agent_stopped")
 
-
-async def serve_forever(config: AgentConfig) -> None:
-    """`flyte-auth-agent serve`: run until SIGTERM or SIGINT."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with running_agent(config):
-        await stop.wait()

@@ -11,12 +11,11 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from flyte_auth_agent import contract
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.exchange import Exchanger
-from flyte_auth_agent.metrics import AgentMetrics
+from flyte_auth_agent.metrics import AgentMetrics, metrics_response
 from flyte_auth_agent.peercred import UNKNOWN, Peer, peer_of
 from flyte_auth_agent.source import TokenSource
 from flyte_auth_agent.tokens import AccessToken, rfc3339
@@ -195,8 +194,7 @@ class AgentAPI:
         return web.Response(status=503, text=f"not ready: {reason}\n")
 
     async def metrics_(self, _: web.Request) -> web.Response:
-        body = generate_latest(self.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return metrics_response(self.metrics.registry)
 
 
 def socket_app(api: AgentAPI) -> web.Application:

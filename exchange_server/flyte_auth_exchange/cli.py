@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 
-from flyte_auth_agent.errors import ConfigError
-from flyte_auth_agent.logs import configure
+from flyte_auth_agent import daemon
 from flyte_auth_agent.options import add_options
 from flyte_auth_exchange.config import ENV_PREFIX, OPTIONS, ExchangeConfig
 
@@ -36,20 +34,10 @@ def main(argv: list[str] | None = None) -> int:
                            description="Run the exchange server until SIGTERM.")
     add_options(serve, ENV_PREFIX, OPTIONS)
     args = parser.parse_args(argv)
-    from flyte_auth_exchange.runtime import serve_forever  # noqa: PLC0415 - --help stays fast
+    from flyte_auth_exchange.runtime import running_exchange  # noqa: PLC0415 - --help stays fast
 
-    try:
-        config = ExchangeConfig.from_args(args, os.environ)
-        configure(config.log_level, config.log_format)
-        asyncio.run(serve_forever(config))
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(f"flyte-auth-exchange: {line}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"flyte-auth-exchange: cannot start: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    return 0
+    return daemon.run("flyte-auth-exchange", lambda: ExchangeConfig.from_args(args, os.environ),
+                      running_exchange)
 
 
 if __name__ == "__main__":

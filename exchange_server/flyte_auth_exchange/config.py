@@ -13,7 +13,7 @@ from flyte_auth_agent.config import AdminEndpoint, parse_admin_endpoint
 from flyte_auth_agent.options import (
     Option,
     Settings,
-    add_options,
+    parse_flags,
     to_host_port,
     to_http_url,
     to_path,
@@ -169,9 +169,9 @@ class ExchangeConfig:
 
     @classmethod
     def load(cls, argv: list[str], environ: Mapping[str, str] | None = None) -> ExchangeConfig:
-        parser = argparse.ArgumentParser()
-        add_options(parser, ENV_PREFIX, OPTIONS)
-        return cls.from_args(parser.parse_args(argv), os.environ if environ is None else environ)
+        """`serve` flags from argv, env from `environ` (default os.environ)."""
+        return cls.from_args(parse_flags(ENV_PREFIX, OPTIONS, argv),
+                             os.environ if environ is None else environ)
 
 
 def _strip_slash(url: str | None) -> str | None:

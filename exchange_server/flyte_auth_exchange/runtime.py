@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import signal
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -117,11 +115,3 @@ async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExcha
         await session.close()
         sock.close()
 
-
-async def serve_forever(config: ExchangeConfig) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with running_exchange(config):
-        await stop.wait()

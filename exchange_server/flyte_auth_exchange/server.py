@@ -8,13 +8,12 @@ from typing import Any
 import structlog
 from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
-    generate_latest,
 )
 
+from flyte_auth_agent.metrics import metrics_response
 from flyte_auth_exchange.errors import INVALID_REQUEST, Refusal
 from flyte_auth_exchange.mint import Minter
 from flyte_auth_exchange.service import GRANT_TOKEN_EXCHANGE, ExchangeService, Form
@@ -109,8 +108,7 @@ class ExchangeAPI:
         return web.Response(text="ready\n")
 
     async def metrics_(self, _: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return metrics_response(self.metrics.registry)
 
 
 def app(api: ExchangeAPI) -> web.Application:

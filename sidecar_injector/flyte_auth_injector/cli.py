@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import os
 import sys
@@ -11,8 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from flyte_auth_agent.errors import ConfigError
-from flyte_auth_agent.logs import configure
+from flyte_auth_agent import daemon
 from flyte_auth_agent.options import add_options
 from flyte_auth_injector.config import ENV_PREFIX, OPTIONS, InjectorConfig
 from flyte_auth_injector.webhook_config import webhook_configuration
@@ -28,20 +26,10 @@ agent as a native sidecar, and the socket and FLYTE_* env in each task container
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from flyte_auth_injector.runtime import serve_forever  # noqa: PLC0415
+    from flyte_auth_injector.runtime import running_injector  # noqa: PLC0415
 
-    try:
-        config = InjectorConfig.from_args(args, os.environ)
-        configure(config.log_level, config.log_format)
-        asyncio.run(serve_forever(config))
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(f"flyte-auth-injector: {line}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"flyte-auth-injector: cannot start: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    return 0
+    return daemon.run("flyte-auth-injector", lambda: InjectorConfig.from_args(args, os.environ),
+                      running_injector)
 
 
 def _webhook_config(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from flyte_auth_agent.errors import ConfigError
 from flyte_auth_agent.options import (
     Option,
     Settings,
-    add_options,
+    parse_flags,
     to_bool,
     to_host_port,
     to_http_url,
@@ -183,9 +183,9 @@ class InjectorConfig:
 
     @classmethod
     def load(cls, argv: list[str], environ: Mapping[str, str] | None = None) -> InjectorConfig:
-        parser = argparse.ArgumentParser()
-        add_options(parser, ENV_PREFIX, OPTIONS)
-        return cls.from_args(parser.parse_args(argv), os.environ if environ is None else environ)
+        """`serve` flags from argv, env from `environ` (default os.environ)."""
+        return cls.from_args(parse_flags(ENV_PREFIX, OPTIONS, argv),
+                             os.environ if environ is None else environ)
 
 
 def _expiration(value: str) -> int:

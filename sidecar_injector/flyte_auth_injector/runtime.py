@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -122,11 +121,3 @@ async def running_injector(config: InjectorConfig) -> AsyncIterator[RunningInjec
             await kube_api.close()
         sock.close()
 
-
-async def serve_forever(config: InjectorConfig) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with running_injector(config):
-        await stop.wait()

@@ -12,14 +12,13 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
-    generate_latest,
 )
 
 from flyte_auth_agent.errors import ConfigError
+from flyte_auth_agent.metrics import metrics_response
 from flyte_auth_injector.config import InjectorConfig
 from flyte_auth_injector.review import BadReview, decide, parse
 
@@ -113,8 +112,7 @@ class InjectorAPI:
         return web.Response(text="ready\n")
 
     async def metrics_(self, _: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return metrics_response(self.metrics.registry)
 
 
 def webhook_app(api: InjectorAPI) -> web.Application:

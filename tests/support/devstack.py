@@ -30,8 +30,8 @@ from flyteidl.service import identity_pb2, identity_pb2_grpc
 
 from flyte_auth_agent import contract
 from flyte_auth_agent.client import AgentClient, AgentClientError
+from flyte_auth_agent.daemon import until_signalled
 from flyte_auth_agent.tokens import fingerprint, jwt_claims
-from tests.support.stack import until_signalled
 from tests.support.world import EXECUTOR, World
 
 RUN = Path("run")

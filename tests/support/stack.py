@@ -12,9 +12,9 @@ import argparse
 import asyncio
 import contextlib
 import json
-import signal
 from pathlib import Path
 
+from flyte_auth_agent.daemon import until_signalled
 from tests.support.cluster import StubIssuer
 from tests.support.token_endpoint import TokenEndpoint
 
@@ -25,15 +25,6 @@ async def rotate(issuer: StubIssuer, path: Path, lifetime: int) -> None:
     while True:
         await asyncio.sleep(lifetime * 0.8)
         issuer.write(path, lifetime=lifetime)
-
-
-async def until_signalled() -> None:
-    """Return on SIGTERM or SIGINT (Ctrl-C)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 async def main() -> None:

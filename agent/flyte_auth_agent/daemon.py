@@ -1,0 +1,56 @@
+"""How every component's `serve` runs: JSON logs, until SIGTERM/SIGINT, one exit code per
+kind of failure (2: a configuration problem, one line each; 1: could not start)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol, TypeVar
+
+from flyte_auth_agent.errors import ConfigError
+from flyte_auth_agent.logs import configure
+
+
+class _LogSettings(Protocol):
+    @property
+    def log_level(self) -> str: ...
+    @property
+    def log_format(self) -> str: ...
+
+
+C = TypeVar("C", bound=_LogSettings)
+
+
+async def until_signalled() -> None:
+    """Return on SIGTERM or SIGINT (Ctrl-C)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _serve(running: Callable[[C], AbstractAsyncContextManager[Any]], config: C) -> None:
+    async with running(config):
+        await until_signalled()
+
+
+def run(prog: str, load: Callable[[], C],
+        running: Callable[[C], AbstractAsyncContextManager[Any]]) -> int:
+    """Load the config, set up logs, serve until a signal; the process's exit code."""
+    try:
+        config = load()
+        configure(config.log_level, config.log_format)
+        asyncio.run(_serve(running, config))
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"{prog}: {line}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{prog}: cannot start: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    return 0
