@@ -51,6 +51,16 @@ def _info(metadata: dict[str, Any], client: dict[str, Any], source: str) -> Admi
     )
 
 
+def admin_channel(admin: AdminEndpoint, ca_pem: bytes | None) -> Any:
+    """A grpc.aio channel to FlyteAdmin: plaintext when insecure, else TLS trusting `ca_pem`
+    (or the system roots). grpc is imported here, on first use."""
+    import grpc  # noqa: PLC0415 - heavy; only what talks to FlyteAdmin loads it
+
+    if admin.insecure:
+        return grpc.aio.insecure_channel(admin.host_port)
+    return grpc.aio.secure_channel(admin.host_port, grpc.ssl_channel_credentials(ca_pem))
+
+
 async def _via_grpc(admin: AdminEndpoint, ca_pem: bytes | None, timeout: float) -> AdminAuthInfo:
     try:
         import grpc  # noqa: PLC0415 - heavy; only agents that discover load it
@@ -59,12 +69,8 @@ async def _via_grpc(admin: AdminEndpoint, ca_pem: bytes | None, timeout: float) 
     except ImportError as exc:
         raise DiscoveryError(f"gRPC discovery needs grpcio and flyteidl ({exc.name} is "
                              "missing); install flyte-auth-agent[agent]") from None
-    if admin.insecure:
-        channel = grpc.aio.insecure_channel(admin.host_port)
-    else:
-        channel = grpc.aio.secure_channel(admin.host_port, grpc.ssl_channel_credentials(ca_pem))
     try:
-        async with channel:
+        async with admin_channel(admin, ca_pem) as channel:
             stub = auth_pb2_grpc.AuthMetadataServiceStub(channel)
             metadata = await stub.GetOAuth2Metadata(auth_pb2.OAuth2MetadataRequest(),
                                                     timeout=timeout)

@@ -61,17 +61,18 @@ def bind_unix_socket(path: Path, mode: int) -> socket.socket:
     return sock
 
 
-def tls_material(config: AgentConfig) -> tuple[ssl.SSLContext | bool, bytes | None]:
-    """The TLS context for HTTP upstreams and the PEM for gRPC, from --ca-cert-file."""
-    if config.ca_cert_file is None:
+def tls_material(ca_file: Path | None, setting: str,
+                 ) -> tuple[ssl.SSLContext | bool, bytes | None]:
+    """The TLS context for HTTP upstreams and the PEM for gRPC, trusting `ca_file` (else the
+    system store). `setting` names the flag and env var in the error."""
+    if ca_file is None:
         return True, None
     try:
-        pem = config.ca_cert_file.read_bytes()
+        pem = ca_file.read_bytes()
         ctx = ssl.create_default_context(cadata=pem.decode("ascii"))
     except (OSError, ValueError, ssl.SSLError) as exc:
-        raise ConfigError([f"--ca-cert-file / FLYTE_AUTH_AGENT_CA_CERT_FILE: cannot load "
-                           f"{config.ca_cert_file} as a PEM bundle ({type(exc).__name__})"]
-                          ) from None
+        raise ConfigError([f"{setting}: cannot load {ca_file} as a PEM bundle "
+                           f"({type(exc).__name__})"]) from None
     return ctx, pem
 
 
@@ -89,7 +90,8 @@ async def running_agent(config: AgentConfig, *, clock: Clock | None = None,
     """Serve until the block exits; then stop accepting, let in-flight requests finish,
     stop the refresher and remove the socket."""
     clock = clock or SystemClock()
-    ssl_ctx, ca_pem = tls_material(config)
+    ssl_ctx, ca_pem = tls_material(config.ca_cert_file,
+                                   "--ca-cert-file / FLYTE_AUTH_AGENT_CA_CERT_FILE")
     sock = bind_unix_socket(config.socket, config.socket_mode)
     metrics = AgentMetrics()
     session = aiohttp.ClientSession()

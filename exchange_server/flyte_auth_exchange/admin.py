@@ -18,6 +18,7 @@ from flyteidl.service import admin_pb2_grpc
 
 from flyte_auth_agent import contract
 from flyte_auth_agent.config import AdminEndpoint
+from flyte_auth_agent.discovery import admin_channel
 from flyte_auth_exchange.errors import INVALID_GRANT, TEMPORARILY_UNAVAILABLE, Refusal
 
 #: `sub` of the tokens this server mints for its own FlyteAdmin calls.
@@ -38,11 +39,7 @@ class Admin:
     def __init__(self, endpoint: AdminEndpoint, token: Callable[[], str], *,
                  ca_pem: bytes | None = None, timeout: float = 10.0,
                  header: str = contract.DEFAULT_AUTHORIZATION_METADATA_KEY) -> None:
-        if endpoint.insecure:
-            self._channel = grpc.aio.insecure_channel(endpoint.host_port)
-        else:
-            self._channel = grpc.aio.secure_channel(endpoint.host_port,
-                                                    grpc.ssl_channel_credentials(ca_pem))
+        self._channel = admin_channel(endpoint, ca_pem)
         self._stub: Any = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._token = token
         self._timeout = timeout

@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from flyte_auth_agent.errors import ConfigError
+from flyte_auth_agent.runtime import tls_material
 from flyte_auth_exchange.admin import SELF_SUBJECT, Admin, SelfToken
 from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.kube import Kube
@@ -24,17 +25,6 @@ from flyte_auth_exchange.subject import IssuerKeys
 
 log = structlog.get_logger("flyte_auth_exchange")
 SELF_TOKEN_LIFETIME = 600
-
-
-def _client_tls(config: ExchangeConfig) -> tuple[ssl.SSLContext | bool, bytes | None]:
-    if config.ca_cert_file is None:
-        return True, None
-    try:
-        pem = config.ca_cert_file.read_bytes()
-        return ssl.create_default_context(cadata=pem.decode("ascii")), pem
-    except (OSError, ValueError, ssl.SSLError) as exc:
-        raise ConfigError([f"--ca-cert-file / FLYTE_AUTH_EXCHANGE_CA_CERT_FILE: cannot load "
-                           f"{config.ca_cert_file} ({type(exc).__name__})"]) from None
 
 
 def _server_tls(config: ExchangeConfig) -> ssl.SSLContext | None:
@@ -63,7 +53,8 @@ async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExcha
     if policy.uses_executor and config.admin is None:
         raise ConfigError(["--admin-endpoint / FLYTE_AUTH_EXCHANGE_ADMIN_ENDPOINT: required: "
                            "the policy uses the executor identity, which FlyteAdmin supplies"])
-    client_ssl, ca_pem = _client_tls(config)
+    client_ssl, ca_pem = tls_material(config.ca_cert_file,
+                                      "--ca-cert-file / FLYTE_AUTH_EXCHANGE_CA_CERT_FILE")
     server_ssl = _server_tls(config)
     signing_key = Minter.load_key(config.signing_key)
     host, port = config.listen
