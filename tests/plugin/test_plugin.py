@@ -103,29 +103,31 @@ async def test_eight_threads_share_one_token_without_a_socket_storm(chain: Chain
                               client=AgentClient(str(chain.sock)))
     channel = interceptor_channel(chain, auth)
     failures: list[BaseException] = []
+    subjects: list[str] = []
 
     def worker() -> None:
         try:
-            for _ in range(200):
-                auth.fetch_grpc_call_auth_metadata()  # what every RPC does first
-        except BaseException as exc:
+            for _ in range(200):  # real gRPC calls through flytekit's interceptor
+                subjects.append(user_info(channel))
+        except BaseException as exc:  # reported below, in the test thread
             failures.append(exc)
 
-    def run() -> str:
+    def run() -> None:
         threads = [threading.Thread(target=worker) for _ in range(8)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        return user_info(channel)
 
     try:
-        assert await in_thread(run) == EXECUTOR
+        await in_thread(run)
     finally:
         channel.close()
     assert failures == []
+    assert subjects == [EXECUTOR] * 1600
+    assert len(set(chain.world.admin.bearers)) == 1  # one token shared by every call
     assert auth.fetches == 1
-    assert chain.token_requests() == 1
+    assert chain.token_requests() == 1  # the socket was asked once
 
 
 async def test_a_rotated_agent_token_is_used_before_the_old_one_expires(chain: Chain) -> None:
