@@ -42,6 +42,9 @@ OPTIONS = (
            is_switch=True),
     Option("--ca-cert-file", "PEM bundle to trust for FlyteAdmin and the token endpoint "
            "(default: the system trust store)", metavar="FILE"),
+    Option("--authorization-metadata-key", "gRPC header FlyteAdmin reads tokens from, reported "
+           "on /v1/config (default: FlyteAdmin's client config, else flyte-authorization); with "
+           "--token-endpoint it spares the agent any discovery", metavar="HEADER"),
     Option("--grant", "how to trade the service-account token", GRANT_TOKEN_EXCHANGE,
            choices=(GRANT_TOKEN_EXCHANGE, GRANT_CLIENT_ASSERTION)),
     Option("--subject-token-type", "RFC 8693 subject_token_type (token-exchange only)",
@@ -116,6 +119,7 @@ class AgentConfig:
     token_endpoint: str | None
     admin: AdminEndpoint | None
     ca_cert_file: Path | None
+    authorization_metadata_key: str | None
     grant: Grant
     subject_token_type: str
     audience: str | None
@@ -162,6 +166,7 @@ class AgentConfig:
             token_endpoint=token_endpoint,
             admin=admin,
             ca_cert_file=s.get("ca_cert_file", to_path),
+            authorization_metadata_key=s.text("authorization_metadata_key"),
             grant=grant,
             subject_token_type=s.text("subject_token_type") or JWT_TOKEN_TYPE,
             audience=s.text("audience"),

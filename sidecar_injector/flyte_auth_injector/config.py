@@ -64,6 +64,9 @@ OPTIONS = (
            is_switch=True),
     Option("--token-endpoint", "token endpoint URL for the agent (else it discovers it)",
            metavar="URL"),
+    Option("--authorization-metadata-key", "gRPC header FlyteAdmin reads tokens from (its "
+           "grpcAuthorizationHeader); given to the agent with --token-endpoint so it needs no "
+           "discovery", "flyte-authorization", metavar="HEADER"),
     Option("--token-audience", "audience of the projected service-account token",
            consts.DEFAULT_AUDIENCE),
     Option("--token-expiration", f"expirationSeconds of the projected token "
@@ -92,6 +95,7 @@ class Sidecar:
     admin_endpoint: str | None
     admin_insecure: bool
     token_endpoint: str | None
+    authorization_metadata_key: str
     grant: str
     probe_port: int
     resources: Mapping[str, Any]
@@ -157,6 +161,8 @@ class InjectorConfig:
             admin_endpoint=s.text("admin_endpoint"),
             admin_insecure=s.flag("admin_insecure"),
             token_endpoint=s.get("token_endpoint", to_http_url),
+            authorization_metadata_key=s.text("authorization_metadata_key")
+            or "flyte-authorization",
             grant=s.text("grant") or GRANT_TOKEN_EXCHANGE,
             probe_port=_int(doc, "probe_port", consts.DEFAULT_PROBE_PORT, s),
             resources=_mapping(doc, "resources", consts.DEFAULT_RESOURCES, s),

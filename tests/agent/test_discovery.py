@@ -172,3 +172,22 @@ def test_the_contract_and_client_import_only_the_standard_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.splitlines()[-1] == "[]"
+
+
+async def test_endpoint_and_header_given_means_no_discovery_at_all(
+        sock_path: Path, token_file: Path, endpoint: TokenEndpoint,
+        http: aiohttp.ClientSession) -> None:
+    servicer = AuthMetadata(token_endpoint="http://unused/")
+    server, target = await start_metadata_server(servicer)
+    try:
+        cfg = agent(sock_path, token_file, "--admin-endpoint", target, "--admin-insecure",
+                    "--token-endpoint", endpoint.url, "--authorization-metadata-key",
+                    "x-flyte-auth")
+        async with running_agent(cfg):
+            assert (await http.get("/v1/token", headers=H)).status == 200
+            conf = await (await http.get("/v1/config", headers=H)).json()
+    finally:
+        await server.stop(None)
+    assert servicer.calls == 0
+    assert conf["authorization_metadata_key"] == "x-flyte-auth"
+    assert conf["endpoint"] == target
