@@ -7,12 +7,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal, TypeVar
+from typing import Final, Literal
 
 from flyte_auth_agent import contract
 from flyte_auth_agent.options import (
     Option,
     Settings,
+    or_default,
     parse_flags,
     to_file_mode,
     to_host_port,
@@ -27,7 +28,6 @@ GRANT_TOKEN_EXCHANGE: Final = "token-exchange"
 GRANT_CLIENT_ASSERTION: Final = "client-assertion"
 JWT_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:jwt"
 
-_T = TypeVar("_T")
 Grant = Literal["token-exchange", "client-assertion"]
 
 OPTIONS = (
@@ -175,10 +175,10 @@ class AgentConfig:
             client_id=client_id,
             client_secret_file=secret_file,
             health_addr=s.get("health_addr", to_host_port),
-            socket_mode=_or(s.get("socket_mode", to_file_mode), 0o666),
+            socket_mode=or_default(s.get("socket_mode", to_file_mode), 0o666),
             allowed_uids=s.get("allowed_uids", to_uids),
-            wait_timeout=_or(s.get("wait_timeout", to_positive_float), 5.0),
-            exchange_timeout=_or(s.get("exchange_timeout", to_positive_float), 10.0),
+            wait_timeout=or_default(s.get("wait_timeout", to_positive_float), 5.0),
+            exchange_timeout=or_default(s.get("exchange_timeout", to_positive_float), 10.0),
             log_level=s.text("log_level") or "info",
             log_format=s.text("log_format") or "json",
             execution=ExecutionContext.from_env(environ),
@@ -191,7 +191,3 @@ class AgentConfig:
         """`serve` flags from argv, env from `environ` (default os.environ)."""
         return cls.from_args(parse_flags(ENV_PREFIX, OPTIONS, argv),
                              os.environ if environ is None else environ)
-
-
-def _or(value: _T | None, default: _T) -> _T:
-    return default if value is None else value

@@ -172,6 +172,21 @@ def to_positive_float(value: str) -> float:
     return number
 
 
+def to_non_negative_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number of seconds") from None
+    if not number >= 0:
+        raise ValueError(f"{value!r} must be 0 or more")
+    return number
+
+
+def or_default(value: T | None, default: T) -> T:
+    """A converted setting, or `default` where it is unset or was reported as a problem."""
+    return default if value is None else value
+
+
 def to_file_mode(value: str) -> int:
     try:
         mode = int(value, 8)

@@ -13,9 +13,11 @@ from flyte_auth_agent.config import AdminEndpoint, parse_admin_endpoint
 from flyte_auth_agent.options import (
     Option,
     Settings,
+    or_default,
     parse_flags,
     to_host_port,
     to_http_url,
+    to_non_negative_float,
     to_path,
     to_positive_float,
 )
@@ -74,10 +76,6 @@ OPTIONS = (
 )
 
 
-def _non_negative(value: str) -> float:
-    return 0.0 if value.strip() in ("0", "0.0") else to_positive_float(value)
-
-
 @dataclass(frozen=True)
 class ExchangeConfig:
     listen: tuple[str, int]
@@ -102,10 +100,6 @@ class ExchangeConfig:
     clock_skew: float
     log_level: str
     log_format: str
-
-    @property
-    def needs_kubernetes(self) -> bool:
-        return self.token_review or self.identity == IDENTITY_EXECUTOR
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> ExchangeConfig:
@@ -159,8 +153,8 @@ class ExchangeConfig:
             subject_jwks=jwks, subject_discovery=discovery, token_review=token_review,
             identity=identity, admin=admin, ca_cert_file=s.get("ca_cert_file", to_path),
             policy=s.get("policy", to_path), kubeconfig=s.get("kubeconfig", to_path),
-            cache_ttl=_zero_or(s.get("cache_ttl", _non_negative), 5.0),
-            clock_skew=_zero_or(s.get("clock_skew", _non_negative), 60.0),
+            cache_ttl=or_default(s.get("cache_ttl", to_non_negative_float), 5.0),
+            clock_skew=or_default(s.get("clock_skew", to_non_negative_float), 60.0),
             log_level=s.text("log_level") or "info",
             log_format=s.text("log_format") or "json",
         )
@@ -177,6 +171,3 @@ class ExchangeConfig:
 def _strip_slash(url: str | None) -> str | None:
     return url.rstrip("/") if url else None
 
-
-def _zero_or(value: float | None, default: float) -> float:
-    return default if value is None else value

@@ -143,3 +143,13 @@ async def test_memo_single_flight_ttl_and_no_cached_failures() -> None:
     with pytest.raises(ValueError, match="boom"):
         await memo.get("f", fail)
     assert await memo.get("f", load) == 3  # the failure was not cached
+
+
+def test_zero_cache_ttl_is_allowed_and_negative_is_a_clear_problem() -> None:
+    base = ["--signing-key", "k", "--admin-audience", "http://a", "--subject-issuer",
+            "https://k8s", "--subject-jwks", "j", "--identity", "service-account"]
+    assert ExchangeConfig.load([*base, "--cache-ttl", "0.00"], {}).cache_ttl == 0.0
+    with pytest.raises(ConfigError) as err:
+        ExchangeConfig.load([*base, "--cache-ttl", "-1"], {})
+    assert err.value.problems == [
+        "--cache-ttl / FLYTE_AUTH_EXCHANGE_CACHE_TTL: '-1' must be 0 or more"]
