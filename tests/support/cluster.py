@@ -58,9 +58,13 @@ class StubIssuer:
         return jwt.encode({"alg": "RS256", "kid": self.kid}, claims, self.key)
 
     def write(self, path: Path, **kwargs: Any) -> str:
-        """Write a fresh token the way the kubelet does (atomic rename); return it."""
-        token = self.mint(**kwargs)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(token)
-        tmp.replace(path)
-        return token
+        """Write a fresh token the way the kubelet does; return it."""
+        return write_token_file(path, self.mint(**kwargs))
+
+
+def write_token_file(path: Path, token: str) -> str:
+    """Replace the projected token file atomically, as the kubelet does."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(token)
+    tmp.replace(path)
+    return token

@@ -32,29 +32,17 @@ from flyte_auth_agent import contract
 from flyte_auth_agent.client import AgentClient, AgentClientError
 from flyte_auth_agent.daemon import until_signalled
 from flyte_auth_agent.tokens import fingerprint, jwt_claims
+from tests.support.cluster import write_token_file
+from tests.support.stack import SA_TOKEN_LIFETIME, rotate
 from tests.support.world import EXECUTOR, World
 
 RUN = Path("run")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # no C-core chatter when servers stop
-SA_TOKEN_LIFETIME = 3600
 BIN = Path(sys.executable).parent
 
 
 class Failed(Exception):
     pass
-
-
-async def kubelet(world: World, pod: dict[str, Any], path: Path) -> None:
-    """Rewrite the projected token at 80 % of its life, as the kubelet does."""
-    while True:
-        await asyncio.sleep(SA_TOKEN_LIFETIME * 0.8)
-        write_token(world, pod, path)
-
-
-def write_token(world: World, pod: dict[str, Any], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(world.kube.token_for(pod, lifetime=SA_TOKEN_LIFETIME))
-    tmp.replace(path)
 
 
 @contextlib.asynccontextmanager
@@ -122,8 +110,11 @@ async def main(once: bool) -> int:
     token_file, sock = RUN / "sa-token", RUN / "agent.sock"
     world = await World(RUN / "world").start()
     pod = world.task_pod()
-    write_token(world, pod, token_file)
-    rotator = asyncio.create_task(kubelet(world, pod, token_file))
+    def mint() -> str:
+        return world.kube.token_for(pod, lifetime=SA_TOKEN_LIFETIME)
+
+    write_token_file(token_file, mint())
+    rotator = asyncio.create_task(rotate(token_file, mint, SA_TOKEN_LIFETIME))
     try:
         async with process("flyte-auth-exchange", "serve", *world.exchange_args(),
                            ready="exchange_started") as (_, started):

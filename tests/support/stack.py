@@ -12,19 +12,21 @@ import argparse
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from flyte_auth_agent.daemon import until_signalled
-from tests.support.cluster import StubIssuer
+from tests.support.cluster import StubIssuer, write_token_file
 from tests.support.token_endpoint import TokenEndpoint
 
 SA_TOKEN_LIFETIME = 3600
 
 
-async def rotate(issuer: StubIssuer, path: Path, lifetime: int) -> None:
+async def rotate(path: Path, mint: Callable[[], str], lifetime: int) -> None:
+    """Rewrite the token file at 80 % of the token's life, as the kubelet does."""
     while True:
         await asyncio.sleep(lifetime * 0.8)
-        issuer.write(path, lifetime=lifetime)
+        write_token_file(path, mint())
 
 
 async def main() -> None:
@@ -40,7 +42,8 @@ async def main() -> None:
     endpoint = TokenEndpoint(issuer, lifetime=args.lifetime)
     url = await endpoint.start()
     print(json.dumps({"token_endpoint": url, "token_file": str(token_file)}), flush=True)
-    rotator = asyncio.create_task(rotate(issuer, token_file, SA_TOKEN_LIFETIME))
+    rotator = asyncio.create_task(rotate(
+        token_file, lambda: issuer.mint(lifetime=SA_TOKEN_LIFETIME), SA_TOKEN_LIFETIME))
     await until_signalled()
     rotator.cancel()
     with contextlib.suppress(asyncio.CancelledError):
