@@ -61,32 +61,36 @@ async def _renew(bootstrap: Bootstrap, certs: CertReloader, every: float = 6 * 3
             log.warning("tls_renewal_failed", error=str(exc), retry_in=every)
 
 
+async def _tls(config: InjectorConfig, kube_api: client.ApiClient | None,
+               ) -> tuple[CertReloader | None, Bootstrap | None]:
+    """The serving certificate: bootstrapped into a Secret, or from files, or none."""
+    if not config.tls_bootstrap:
+        if config.tls_cert and config.tls_key:
+            return CertReloader(config.tls_cert, config.tls_key), None
+        return None, None
+    if kube_api is None:
+        raise ConfigError(["--tls-bootstrap / FLYTE_AUTH_INJECTOR_TLS_BOOTSTRAP: needs the "
+                           "Kubernetes API: run in a cluster or set --kubeconfig"])
+    bootstrap = Bootstrap(kube_api, namespace=config.namespace, secret=config.tls_bootstrap,
+                          service=config.service, webhook=config.webhook_name,
+                          directory=config.tls_dir)
+    try:
+        await bootstrap.ensure()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ConfigError([f"--tls-bootstrap: {exc}; check the injector's RBAC "
+                           "(self-signed overlay)"]) from None
+    return CertReloader(config.tls_dir / "tls.crt", config.tls_dir / "tls.key"), bootstrap
+
+
 @contextlib.asynccontextmanager
 async def running_injector(config: InjectorConfig) -> AsyncIterator[RunningInjector]:
     namespaces, kube_api = await _namespace_cache(config)
     tasks: list[asyncio.Task[None]] = []
-    bootstrap = None
-    if config.tls_bootstrap:
-        if kube_api is None:
-            raise ConfigError(["--tls-bootstrap / FLYTE_AUTH_INJECTOR_TLS_BOOTSTRAP: needs the "
-                               "Kubernetes API: run in a cluster or set --kubeconfig"])
-        bootstrap = Bootstrap(kube_api, namespace=config.namespace, secret=config.tls_bootstrap,
-                              service=config.service, webhook=config.webhook_name,
-                              directory=config.tls_dir)
-        try:
-            await bootstrap.ensure()
-        except (OSError, RuntimeError, ValueError) as exc:
-            await kube_api.close()
-            raise ConfigError([f"--tls-bootstrap: {exc}; check the injector's RBAC "
-                               "(self-signed overlay)"]) from None
-        certs: CertReloader | None = CertReloader(config.tls_dir / "tls.crt",
-                                                  config.tls_dir / "tls.key")
-    else:
-        certs = CertReloader(config.tls_cert, config.tls_key) \
-            if config.tls_cert and config.tls_key else None
     runners: list[web.AppRunner] = []
-    sock = socket.create_server(config.listen)
+    sock: socket.socket | None = None
     try:
+        certs, bootstrap = await _tls(config, kube_api)  # on failure `finally` closes the client
+        sock = socket.create_server(config.listen)
         if namespaces is not None:
             tasks.append(asyncio.create_task(namespaces.run(), name="namespace-watch"))
         if certs is not None:
@@ -119,5 +123,6 @@ async def running_injector(config: InjectorConfig) -> AsyncIterator[RunningInjec
                 await task
         if kube_api is not None:
             await kube_api.close()
-        sock.close()
+        if sock is not None:
+            sock.close()
 

@@ -220,3 +220,19 @@ async def test_self_signed_bootstrap_creates_renews_and_sets_the_ca_bundle(
                 await api.close()
     finally:
         await kube.stop()
+
+
+async def test_unloadable_certificate_is_a_clear_error_with_the_namespace_watch_on(
+        tmp_path: Path) -> None:
+    kube = StubKubeAPI()
+    await kube.start()
+    config = InjectorConfig.load(["--listen", "127.0.0.1:0", "--admin-endpoint", "admin:81",
+                                  "--tls-cert", str(tmp_path / "no.crt"),
+                                  "--tls-key", str(tmp_path / "no.key"),
+                                  "--kubeconfig", str(kube.kubeconfig(tmp_path / "kc"))], {})
+    try:
+        with pytest.raises(ConfigError, match=r"--tls-cert / --tls-key: cannot load .*no\.crt"):
+            async with running_injector(config):
+                pass
+    finally:
+        await kube.stop()
