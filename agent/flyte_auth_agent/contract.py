@@ -48,6 +48,29 @@ ENV_EXECUTION_DOMAIN: Final = "FLYTE_INTERNAL_EXECUTION_DOMAIN"
 #: FlyteAdmin's default `authorization_metadata_key` (config `grpcAuthorizationHeader`).
 DEFAULT_AUTHORIZATION_METADATA_KEY: Final = "flyte-authorization"
 
+# --- Flyte's pods and the guard that makes their identity fields trustworthy ------------
+
+#: Labels flytepropeller writes on every task pod; the exchange server maps a pod to its
+#: execution through them, so only Flyte may write them (the guard below).
+LABEL_EXECUTION_ID: Final = "execution-id"
+LABEL_PROJECT: Final = "project"
+LABEL_DOMAIN: Final = "domain"
+#: The launching user's `sub`, sanitised into a label value, when propeller sets it.
+LABEL_EXECUTION_IDENTITY: Final = "execution-identity"
+GUARDED_LABELS: Final = (LABEL_EXECUTION_ID, LABEL_PROJECT, LABEL_DOMAIN, LABEL_EXECUTION_IDENTITY)
+#: FlyteAdmin creates one FlyteWorkflow per execution; propeller makes it each pod's controller.
+FLYTEWORKFLOW_GROUP: Final = "flyte.lyft.com"
+FLYTEWORKFLOW_VERSION: Final = "v1alpha1"
+FLYTEWORKFLOW_PLURAL: Final = "flyteworkflows"
+#: FlyteAdmin's namespace_mapping.template default: where an execution's objects live.
+DEFAULT_NAMESPACE_TEMPLATE: Final = "{{ project }}-{{ domain }}"
+#: Namespace label an operator sets to enable injection (and the guard).
+NAMESPACE_LABEL: Final = "flyte-auth.flyte.org/inject"
+NAMESPACE_LABEL_VALUE: Final = "enabled"
+#: The ValidatingAdmissionPolicy (and its binding) that lets only Flyte's identities write
+#: the guarded labels and FlyteWorkflow owner references in injected namespaces.
+GUARD_NAME: Final = "flyte-auth-execution-labels"
+
 # --- JSON shapes ---------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from flyte_auth_agent.config import AdminEndpoint, parse_admin_endpoint
+from flyte_auth_agent.contract import DEFAULT_NAMESPACE_TEMPLATE, GUARD_NAME
 from flyte_auth_agent.options import (
     Option,
     Settings,
@@ -56,6 +57,13 @@ OPTIONS = (
     Option("--identity", "whose identity minted tokens carry: the executor of the execution "
            "the pod runs, or the pod's service account", IDENTITY_EXECUTOR,
            choices=(IDENTITY_EXECUTOR, IDENTITY_SERVICE_ACCOUNT)),
+    Option("--namespace-template", "where Flyte runs an execution's pods: FlyteAdmin's "
+           "namespace_mapping.template ({{ project }} and {{ domain }} are replaced); a pod "
+           "elsewhere never gets an execution's identity", DEFAULT_NAMESPACE_TEMPLATE,
+           metavar="TEMPLATE"),
+    Option("--guard", "name of the ValidatingAdmissionPolicy and its binding that let only "
+           "Flyte write execution labels (deploy/); executor identity is refused in "
+           "namespaces it does not protect", GUARD_NAME, metavar="NAME"),
     Option("--admin-endpoint", "FlyteAdmin gRPC HOST:PORT, for GetExecution (executor identity)",
            metavar="HOST"),
     Option("--admin-insecure", "talk to FlyteAdmin without TLS", is_switch=True),
@@ -92,6 +100,8 @@ class ExchangeConfig:
     subject_discovery: str | None
     token_review: bool
     identity: Identity
+    namespace_template: str
+    guard: str
     admin: AdminEndpoint | None
     ca_cert_file: Path | None
     policy: Path | None
@@ -151,7 +161,10 @@ class ExchangeConfig:
             subject_issuer=issuer or "",
             subject_audience=s.text("subject_audience") or "flyte-auth",
             subject_jwks=jwks, subject_discovery=discovery, token_review=token_review,
-            identity=identity, admin=admin, ca_cert_file=s.get("ca_cert_file", to_path),
+            identity=identity,
+            namespace_template=s.text("namespace_template") or DEFAULT_NAMESPACE_TEMPLATE,
+            guard=s.text("guard") or GUARD_NAME, admin=admin,
+            ca_cert_file=s.get("ca_cert_file", to_path),
             policy=s.get("policy", to_path), kubeconfig=s.get("kubeconfig", to_path),
             cache_ttl=or_default(s.get("cache_ttl", to_non_negative_float), 5.0),
             clock_skew=or_default(s.get("clock_skew", to_non_negative_float), 60.0),

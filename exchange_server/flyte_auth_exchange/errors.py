@@ -20,10 +20,13 @@ TEMPORARILY_UNAVAILABLE = "temporarily_unavailable"
 
 
 class Refusal(Exception):
-    def __init__(self, code: str, description: str) -> None:
+    """`check` names the binding check that refused (binding.py), for the audit line."""
+
+    def __init__(self, code: str, description: str, *, check: str | None = None) -> None:
         super().__init__(f"{code}: {description}")
         self.code = code
         self.description = description
+        self.check = check
 
     @property
     def status(self) -> int:

@@ -14,6 +14,11 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.config import ConfigException
 
+from flyte_auth_agent.contract import (
+    FLYTEWORKFLOW_GROUP,
+    FLYTEWORKFLOW_PLURAL,
+    FLYTEWORKFLOW_VERSION,
+)
 from flyte_auth_agent.errors import ConfigError
 from flyte_auth_exchange.errors import TEMPORARILY_UNAVAILABLE, Refusal
 
@@ -36,6 +41,8 @@ class Kube:
         self._api = api
         self._core = client.CoreV1Api(api)
         self._authn = client.AuthenticationV1Api(api)
+        self._custom = client.CustomObjectsApi(api)
+        self._admission = client.AdmissionregistrationV1Api(api)
         self._timeout = timeout
 
     @classmethod
@@ -73,11 +80,35 @@ class Kube:
                           f"HTTP {status}; check this server's RBAC and the API server")
         return status, doc if isinstance(doc, dict) else {}
 
-    async def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The pod as raw JSON, or None if it does not exist."""
-        status, doc = await self._json("get pod", self._core.read_namespaced_pod(
-            name, namespace, _preload_content=False, _request_timeout=self._timeout))
+    async def _get(self, what: str, call: Any) -> dict[str, Any] | None:
+        """The object as raw JSON, or None if it does not exist."""
+        status, doc = await self._json(what, call)
         return None if status == 404 else doc
+
+    def _opts(self) -> dict[str, Any]:
+        return {"_preload_content": False, "_request_timeout": self._timeout}
+
+    async def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._get("get pod", self._core.read_namespaced_pod(
+            name, namespace, **self._opts()))
+
+    async def namespace(self, name: str) -> dict[str, Any] | None:
+        return await self._get("get namespace", self._core.read_namespace(name, **self._opts()))
+
+    async def flyteworkflow(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._get("get flyteworkflow", self._custom.get_namespaced_custom_object(
+            FLYTEWORKFLOW_GROUP, FLYTEWORKFLOW_VERSION, namespace, FLYTEWORKFLOW_PLURAL, name,
+            **self._opts()))
+
+    async def admission_policy(self, name: str) -> dict[str, Any] | None:
+        return await self._get("get validatingadmissionpolicy",
+                               self._admission.read_validating_admission_policy(
+                                   name, **self._opts()))
+
+    async def admission_binding(self, name: str) -> dict[str, Any] | None:
+        return await self._get("get validatingadmissionpolicybinding",
+                               self._admission.read_validating_admission_policy_binding(
+                                   name, **self._opts()))
 
     async def review(self, token: str, audiences: list[str]) -> Review:
         body: Any = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",

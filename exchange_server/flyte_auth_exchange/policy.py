@@ -10,6 +10,8 @@
         service_accounts: ["default", "flyte-*"]        # default ["*"]
         identity: executor             # executor | service-account (default: --identity)
         no_principal: refuse           # refuse | service-account: when the execution has none
+        non_flyte_pods: refuse         # refuse | service-account: pods that claim no
+                                       # execution (no Flyte label, no FlyteWorkflow owner)
         max_lifetime: 3600             # seconds; caps --token-lifetime
         scopes: ["all"]                # scopes minted tokens may carry (default ["all"])
 
@@ -31,7 +33,7 @@ from flyte_auth_exchange.config import IDENTITY_SERVICE_ACCOUNT, Identity
 REFUSE = "refuse"
 _IDENTITIES = ("executor", "service-account")
 _FIELDS = {"name", "namespaces", "service_accounts", "allow", "identity", "no_principal",
-           "max_lifetime", "scopes"}
+           "non_flyte_pods", "max_lifetime", "scopes"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class Rule:
     allow: bool = True
     identity: Identity = "executor"
     no_principal: str = REFUSE  # or "service-account"
+    non_flyte_pods: str = REFUSE  # or "service-account"
     max_lifetime: float | None = None
     scopes: tuple[str, ...] = ("all",)
 
@@ -113,9 +116,11 @@ def _rule(raw: Any, index: int, default_identity: Identity, problems: list[str],
     identity = raw.get("identity", default_identity)
     if identity not in _IDENTITIES:
         problems.append(f"{label}: identity must be executor or service-account")
-    no_principal = raw.get("no_principal", REFUSE)
-    if no_principal not in (REFUSE, IDENTITY_SERVICE_ACCOUNT):
-        problems.append(f"{label}: no_principal must be refuse or service-account")
+    fallbacks = {}
+    for field in ("no_principal", "non_flyte_pods"):
+        fallbacks[field] = raw.get(field, REFUSE)
+        if fallbacks[field] not in (REFUSE, IDENTITY_SERVICE_ACCOUNT):
+            problems.append(f"{label}: {field} must be refuse or service-account")
     max_lifetime = raw.get("max_lifetime")
     if max_lifetime is not None and (isinstance(max_lifetime, bool) or
                                      not isinstance(max_lifetime, int | float) or
@@ -131,7 +136,8 @@ def _rule(raw: Any, index: int, default_identity: Identity, problems: list[str],
                                   problems),
         allow=bool(allow),
         identity=identity,
-        no_principal=str(no_principal),
+        no_principal=str(fallbacks["no_principal"]),
+        non_flyte_pods=str(fallbacks["non_flyte_pods"]),
         max_lifetime=float(max_lifetime) if isinstance(max_lifetime, int | float) else None,
         scopes=_strings(raw.get("scopes", ["all"]), "scopes", label, problems),
     )

@@ -54,6 +54,8 @@ class ExchangeAPI:
             body = await self.service.exchange(form, audit)
         except Refusal as refusal:
             self.metrics.decisions.labels("refused", refusal.code).inc()
+            if refusal.check is not None:
+                audit["check"] = refusal.check
             log.info("exchange_decision", outcome="refused", error=refusal.code,
                      reason=refusal.description, **audit)
             return web.json_response({"error": refusal.code,

@@ -10,15 +10,28 @@ decision was about, for the one audit line per decision the handler writes.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from flyte_auth_agent.contract import LABEL_EXECUTION_IDENTITY
 from flyte_auth_agent.errors import redact
 from flyte_auth_agent.tokens import jwt_claims
 from flyte_auth_exchange.admin import Admin, ExecutionRef
+from flyte_auth_exchange.binding import (
+    CHECK_IDENTITY_LABEL,
+    CHECK_LABELS,
+    check_guard,
+    check_namespace,
+    check_workflow,
+    claimed_execution,
+    controller_owner,
+    is_flyte_claim,
+    refuse,
+)
 from flyte_auth_exchange.config import IDENTITY_SERVICE_ACCOUNT, ExchangeConfig
 from flyte_auth_exchange.errors import (
     ACCESS_DENIED,
@@ -42,9 +55,6 @@ TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 SUBJECT_TOKEN_TYPES = (TYPE_JWT, TYPE_ID_TOKEN)
 REQUESTED_TOKEN_TYPES = (TYPE_ACCESS_TOKEN, TYPE_JWT)
 FINISHED_PHASES = ("Succeeded", "Failed")
-# Labels flytepropeller puts on every task pod (FLYTE_FACTS.md).
-LABEL_EXECUTION_ID, LABEL_PROJECT, LABEL_DOMAIN = "execution-id", "project", "domain"
-LABEL_EXECUTION_IDENTITY = "execution-identity"
 
 _NOT_DNS1123 = re.compile(r"[^-a-z0-9]+")
 
@@ -58,9 +68,10 @@ def sanitize_label_value(value: str) -> str:
 
 @dataclass(frozen=True)
 class Binding:
-    """What the pod's execution says about who launched it."""
+    """What the pod's execution says about who launched it; no execution for a pod that
+    claims none."""
 
-    execution: ExecutionRef
+    execution: ExecutionRef | None
     principal: str
     identity_label: str | None
 
@@ -93,6 +104,7 @@ class ExchangeService:
         self._admin = admin
         self._clock = clock
         self.bindings: Memo[Binding] = Memo(config.cache_ttl)
+        self.guards: Memo[None] = Memo(config.cache_ttl)
 
     async def exchange(self, form: Form, audit: dict[str, Any]) -> dict[str, Any]:
         subject_token = self._check_grant(form)
@@ -194,14 +206,21 @@ class ExchangeService:
         binding = await self.bindings.get(
             (subject.namespace, subject.pod_name, subject.pod_uid),
             lambda: self._bind(subject))
+        if binding.execution is None:
+            if rule.non_flyte_pods == REFUSE:
+                raise refuse(CHECK_LABELS, f"pod {subject.namespace}/{subject.pod_name} claims "
+                             "no Flyte execution (no Flyte label, no FlyteWorkflow owner) and "
+                             f"policy rule {rule.name!r} refuses such pods (non_flyte_pods: "
+                             "refuse)")
+            return subject.username, {}
         audit["execution"] = str(binding.execution)
         execution = {"execution_id": {"project": binding.execution.project,
                                       "domain": binding.execution.domain,
                                       "name": binding.execution.name}}
         label = binding.identity_label
         if label is not None and label != sanitize_label_value(binding.principal):
-            raise Refusal(ACCESS_DENIED, f"the pod's {LABEL_EXECUTION_IDENTITY} label does not "
-                          f"match the principal FlyteAdmin records for {binding.execution}")
+            raise refuse(CHECK_IDENTITY_LABEL, f"the pod's {LABEL_EXECUTION_IDENTITY} label does "
+                         f"not match the principal FlyteAdmin records for {binding.execution}")
         if binding.principal:
             return binding.principal, execution
         if rule.no_principal == REFUSE:
@@ -211,10 +230,11 @@ class ExchangeService:
         return subject.username, execution
 
     async def _bind(self, subject: Subject) -> Binding:
+        """Pod → execution, by the checks in binding.py, then execution → principal."""
         assert self._kube is not None
         assert self._admin is not None
-        where = f"{subject.namespace}/{subject.pod_name}"
-        pod = await self._kube.pod(subject.namespace, subject.pod_name)
+        namespace, where = subject.namespace, f"{subject.namespace}/{subject.pod_name}"
+        pod = await self._kube.pod(namespace, subject.pod_name)
         if pod is None:
             raise Refusal(INVALID_GRANT, f"pod {where} named by the subject token does not exist")
         meta, status = pod.get("metadata") or {}, pod.get("status") or {}
@@ -224,12 +244,23 @@ class ExchangeService:
         phase = status.get("phase")
         if phase in FINISHED_PHASES:
             raise Refusal(INVALID_GRANT, f"pod {where} has finished (phase {phase})")
-        labels = meta.get("labels") or {}
-        missing = [k for k in (LABEL_EXECUTION_ID, LABEL_PROJECT, LABEL_DOMAIN) if not
-                   labels.get(k)]
-        if missing:
-            raise Refusal(ACCESS_DENIED, f"pod {where} is not a Flyte task pod (no "
-                          f"{', '.join(missing)} label)")
-        ref = ExecutionRef(labels[LABEL_PROJECT], labels[LABEL_DOMAIN], labels[LABEL_EXECUTION_ID])
-        principal = await self._admin.principal(ref)
-        return Binding(ref, principal, labels.get(LABEL_EXECUTION_IDENTITY))
+        if not is_flyte_claim(meta):
+            return Binding(None, "", None)
+        execution = claimed_execution(where, meta)
+        check_namespace(self._config.namespace_template, namespace, execution)
+        await self.guards.get(namespace, lambda: self._check_guard(namespace))
+        owner = controller_owner(where, meta)
+        check_workflow(where, owner, await self._kube.flyteworkflow(namespace, owner.name),
+                       execution)
+        principal = await self._admin.principal(execution)
+        return Binding(execution, principal, (meta.get("labels") or {}).get(
+            LABEL_EXECUTION_IDENTITY))
+
+    async def _check_guard(self, namespace: str) -> None:
+        assert self._kube is not None
+        guard = self._config.guard
+        ns, binding, policy = await asyncio.gather(
+            self._kube.namespace(namespace), self._kube.admission_binding(guard),
+            self._kube.admission_policy(guard))
+        labels = None if ns is None else (ns.get("metadata") or {}).get("labels") or {}
+        check_guard(namespace, labels, binding, policy, guard)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from typing import Final
 
+from flyte_auth_agent.contract import LABEL_EXECUTION_ID
+
 # --- Selection ---------------------------------------------------------------------------
 
-#: Namespace label an operator sets to enable injection (the webhook's namespaceSelector).
-NAMESPACE_LABEL: Final = "flyte-auth.flyte.org/inject"
-NAMESPACE_LABEL_VALUE: Final = "enabled"
+#: The namespace label that enables injection (contract.NAMESPACE_LABEL) is in the contract:
+#: the exchange server checks it too.
 #: Every Flyte task pod carries this label (flytepropeller); nothing else is injected.
-FLYTE_TASK_LABEL: Final = "execution-id"
+FLYTE_TASK_LABEL: Final = LABEL_EXECUTION_ID
 #: Namespaces never injected, whatever their labels say.
 SYSTEM_NAMESPACES: Final = ("kube-system", "kube-public", "kube-node-lease")
 

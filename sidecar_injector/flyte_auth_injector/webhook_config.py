@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from flyte_auth_agent import contract
 from flyte_auth_injector import consts
 
 FailurePolicy = Literal["Fail", "Ignore"]
@@ -46,8 +47,8 @@ def webhook_configuration(*, service: str = "flyte-auth-injector",
             "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
                        "resources": ["pods"], "scope": "Namespaced"}],
             "namespaceSelector": {"matchExpressions": [
-                {"key": consts.NAMESPACE_LABEL, "operator": "In",
-                 "values": [consts.NAMESPACE_LABEL_VALUE]},
+                {"key": contract.NAMESPACE_LABEL, "operator": "In",
+                 "values": [contract.NAMESPACE_LABEL_VALUE]},
                 {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": excluded},
             ]},
             "matchConditions": MATCH_CONDITIONS,

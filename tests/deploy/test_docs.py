@@ -10,7 +10,6 @@ from typing import Any
 import yaml
 
 from flyte_auth_agent import contract
-from flyte_auth_injector import consts
 from tests.deploy.test_manifests import by_key, kustomize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,12 +51,12 @@ def test_signing_key_secret_command_matches_the_mount() -> None:
 
 def test_label_curl_and_rollback_commands_use_the_real_names() -> None:
     flat = [" ".join(c) for c in commands()]
-    assert any(f"{consts.NAMESPACE_LABEL}={consts.NAMESPACE_LABEL_VALUE}" in c for c in flat)
+    assert any(f"{contract.NAMESPACE_LABEL}={contract.NAMESPACE_LABEL_VALUE}" in c for c in flat)
     assert any(f"--unix-socket {contract.DEFAULT_SOCKET_PATH}" in c and
                f"{contract.REQUIRED_HEADER}: {contract.REQUIRED_HEADER_VALUE}" in c
                for c in flat)
     assert "kubectl delete mutatingwebhookconfiguration flyte-auth-injector" in GUIDE
-    assert f"kubectl label namespace flytesnacks-development {consts.NAMESPACE_LABEL}-" in GUIDE
+    assert f"kubectl label namespace flytesnacks-development {contract.NAMESPACE_LABEL}-" in GUIDE
 
 
 def _leaves(doc: Any, prefix: str = "") -> set[str]:

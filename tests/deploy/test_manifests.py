@@ -17,6 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from flyte_auth_agent import contract
 from flyte_auth_agent.options import add_options
 from flyte_auth_exchange import config as exchange_config
 from flyte_auth_exchange.policy import Policy
@@ -137,10 +138,51 @@ def test_rbac_is_exactly_what_each_component_needs(rendering: str) -> None:
         "flyte-auth-injector": [{"apiGroups": [""], "resources": ["namespaces"],
                                  "verbs": ["get", "list", "watch"]}],
         "flyte-auth-exchange": [
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["get"]},
             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
-             "verbs": ["create"]}],
+             "verbs": ["create"]},
+            {"apiGroups": ["flyte.lyft.com"], "resources": ["flyteworkflows"],
+             "verbs": ["get"]},
+            {"apiGroups": ["admissionregistration.k8s.io"],
+             "resources": ["validatingadmissionpolicies", "validatingadmissionpolicybindings"],
+             "resourceNames": [contract.GUARD_NAME], "verbs": ["get"]}],
     }
+
+
+@ALL
+def test_the_guard_protects_exactly_the_labels_the_exchange_server_trusts(
+        rendering: str) -> None:
+    objs = by_key(RENDERINGS[rendering]())
+    policy = objs[("ValidatingAdmissionPolicy", contract.GUARD_NAME)]["spec"]
+    binding = objs[("ValidatingAdmissionPolicyBinding", contract.GUARD_NAME)]["spec"]
+    guarded = {v["name"]: v["expression"] for v in policy["variables"]}["guarded"]
+    assert yaml.safe_load(guarded) == list(contract.GUARDED_LABELS)
+    assert policy["failurePolicy"] == "Fail"
+    assert {"CREATE", "UPDATE"} == set(policy["matchConstraints"]["resourceRules"][0][
+        "operations"])
+    assert binding["policyName"] == contract.GUARD_NAME
+    assert binding["validationActions"] == ["Deny"]
+    assert binding["matchResources"]["namespaceSelector"]["matchLabels"] == {
+        contract.NAMESPACE_LABEL: contract.NAMESPACE_LABEL_VALUE}
+    assert binding["paramRef"] == {"name": "flyte-auth-guard", "namespace": "flyte-auth",
+                                   "parameterNotFoundAction": "Deny"}
+    creators = objs[("ConfigMap", "flyte-auth-guard")]["data"]["creators"]
+    assert creators == "system:serviceaccount:flyte:flytepropeller"
+
+
+def test_helm_takes_a_list_of_flyte_creators_and_refuses_a_malformed_one(
+        tmp_path: Path) -> None:
+    objs = by_key(helm("guard.flyteCreators={system:serviceaccount:flyte:flytepropeller,"
+                       "system:serviceaccount:spark:spark-operator}"))
+    assert objs[("ConfigMap", "flyte-auth-guard")]["data"]["creators"] == (
+        "system:serviceaccount:flyte:flytepropeller,system:serviceaccount:spark:spark-operator")
+    values = tmp_path / "values.yaml"
+    values.write_text("guard: {flyteCreators: ['a, b']}\n")
+    out = subprocess.run([tool("helm", "v3.19.0"), "template", "x", "deploy/helm/flyte-auth",
+                          "--kube-version", "1.30.0", "-f", str(values)], capture_output=True,
+                         text=True, cwd=ROOT, check=False)
+    assert out.returncode != 0
+    assert "/guard/flyteCreators/0" in out.stderr
 
 
 @ALL
@@ -231,6 +273,8 @@ def test_container_args_and_config_files_are_accepted_by_the_programs(rendering:
             config_x = exchange_config.ExchangeConfig.from_args(
                 _parse(exchange_config.OPTIONS, exchange_config.ENV_PREFIX, argv), {})
             assert config_x.token_review
+            assert config_x.namespace_template == contract.DEFAULT_NAMESPACE_TEMPLATE
+            assert config_x.guard == contract.GUARD_NAME
             assert config_x.policy is not None
             rules = Policy.load(config_x.policy, config_x.identity).rules
             assert rules[0].name == "no-system"

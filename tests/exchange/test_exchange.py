@@ -20,10 +20,11 @@ from joserfc.jwk import KeySet
 from joserfc.jws import JWSRegistry
 from structlog.testing import capture_logs
 
+from flyte_auth_agent.contract import GUARD_NAME
 from flyte_auth_agent.tokens import jwt_claims
 from tests.exchange.conftest import StartExchange, form, post
 from tests.support.cluster import StubIssuer
-from tests.support.world import ADMIN_URL, EXECUTOR, NAMESPACE, World
+from tests.support.world import ADMIN_URL, EXECUTOR, NAMESPACE, World, owner_reference
 
 
 def header(token: str) -> dict[str, Any]:
@@ -122,6 +123,46 @@ def _recreated_pod(world: World) -> str:
     return token
 
 
+VICTIM = "f3a1b2c4d5e6"
+
+
+def _cross_project_repro(world: World) -> str:
+    """The attack as reported: FlyteAdmin runs payroll/production/vict1m for the CEO; a pod
+    in flytesnacks-development merely labels itself with that execution."""
+    world.admin.executions[("payroll", "production", "vict1m")] = "ceo@example.com"
+    pod = world.kube.add_pod(NAMESPACE, "forged", labels={
+        "execution-id": "vict1m", "project": "payroll", "domain": "production"})
+    return world.kube.token_for(pod)
+
+
+def _owner_of(world: World, execution: str) -> dict[str, Any]:
+    world.task_pod(f"{execution}-n0-0", execution=execution)  # its real pod and workflow
+    return owner_reference(world.kube.workflows[(NAMESPACE, execution)])
+
+
+def _forged(world: World, owners: list[dict[str, Any]]) -> str:
+    """A pod someone else created in the victim execution's own namespace, with the
+    victim's labels and the given owner references."""
+    real = world.task_pod(execution=VICTIM)
+    pod = world.kube.add_pod(NAMESPACE, "forged", labels=real["metadata"]["labels"],
+                             owners=owners)
+    return world.kube.token_for(pod)
+
+
+def _unguarded(world: World, missing: str) -> str:
+    token = world.kube.token_for(world.task_pod())
+    if missing == "label":
+        world.kube.set_namespace(NAMESPACE)
+    elif missing == "warn":
+        binding = world.kube.admission[("validatingadmissionpolicybindings", GUARD_NAME)]
+        binding["spec"]["validationActions"] = ["Warn", "Audit"]
+    else:
+        kind = "validatingadmissionpolicies" if missing == "policy" else \
+            "validatingadmissionpolicybindings"
+        del world.kube.admission[(kind, GUARD_NAME)]
+    return token
+
+
 REFUSALS: list[Any] = [
     pytest.param(lambda w: form(_other_key(w)), "invalid_grant", "signature does not verify",
                  id="wrong-signature"),
@@ -155,7 +196,41 @@ REFUSALS: list[Any] = [
     pytest.param(lambda w: form(w.kube.token_for(w.task_pod(principal=None))), "invalid_grant",
                  "does not exist in FlyteAdmin", id="execution-unknown"),
     pytest.param(lambda w: form(w.kube.token_for(w.kube.add_pod(NAMESPACE, "plain-pod"))),
-                 "access_denied", "is not a Flyte task pod", id="not-a-flyte-pod"),
+                 "access_denied", "claims no Flyte execution", id="not-a-flyte-pod"),
+    # Binding: a pod's creator writes its labels and owner references; only what RBAC
+    # controls (namespace, the FlyteWorkflow object, the guard) makes them proof.
+    pytest.param(lambda w: form(_cross_project_repro(w)), "access_denied",
+                 "namespace check: the pod in namespace 'flytesnacks-development' claims "
+                 "execution payroll/production/vict1m, which Flyte runs only in namespace "
+                 "'payroll-production'", id="repro-cross-project-labels"),
+    pytest.param(lambda w: form(_forged(w, owners=[])), "access_denied",
+                 "owner check: pod flytesnacks-development/forged is not controlled by a "
+                 "FlyteWorkflow", id="same-namespace-labels-without-owner"),
+    pytest.param(lambda w: form(_forged(w, owners=[_owner_of(w, "other1")])), "access_denied",
+                 "but its FlyteWorkflow 'other1' runs execution "
+                 "flytesnacks/development/other1", id="owner-of-another-execution"),
+    pytest.param(lambda w: form(_forged(w, owners=[{**_owner_of(w, VICTIM), "uid": "u-1"}])),
+                 "access_denied", "owner check: pod flytesnacks-development/forged names "
+                 "FlyteWorkflow 'f3a1b2c4d5e6' with another uid", id="owner-uid-mismatch"),
+    pytest.param(lambda w: form(_forged(w, owners=[{**_owner_of(w, VICTIM), "name": "gone"}])),
+                 "access_denied", "names FlyteWorkflow 'gone' as its controller, which does "
+                 "not exist", id="owner-does-not-exist"),
+    pytest.param(lambda w: form(_forged(w, owners=[{**_owner_of(w, VICTIM),
+                                                     "controller": False}])),
+                 "access_denied", "is not controlled by a FlyteWorkflow",
+                 id="owner-not-controller"),
+    pytest.param(lambda w: form(_unguarded(w, "label")), "access_denied",
+                 "guard check: namespace 'flytesnacks-development' is not labelled "
+                 "flyte-auth.flyte.org/inject=enabled", id="namespace-not-injected"),
+    pytest.param(lambda w: form(_unguarded(w, "binding")), "access_denied",
+                 "guard check: the ValidatingAdmissionPolicyBinding "
+                 "'flyte-auth-execution-labels' does not exist", id="guard-binding-missing"),
+    pytest.param(lambda w: form(_unguarded(w, "policy")), "access_denied",
+                 "guard check: the ValidatingAdmissionPolicy 'flyte-auth-execution-labels' "
+                 "does not exist", id="guard-policy-missing"),
+    pytest.param(lambda w: form(_unguarded(w, "warn")), "access_denied",
+                 "guard check: the admission guard 'flyte-auth-execution-labels' is not "
+                 "enforcing", id="guard-only-warns"),
     pytest.param(lambda w: {**form(_mint(w)), "grant_type": "password"},
                  "unsupported_grant_type", "grant_type 'password' is not supported",
                  id="wrong-grant-type"),
@@ -202,8 +277,63 @@ async def test_refusals_name_the_failed_check(world: World, exchange: StartExcha
     assert len(decisions) == 1
     assert decisions[0]["outcome"] == "refused"
     assert decisions[0]["error"] == code
+    check = str(body["error_description"]).split(" check: ")[0]
+    if " " not in check:  # a binding check: the audit line names it too
+        assert decisions[0]["check"] == check
     if presented:
         assert presented not in json.dumps(body) + json.dumps(logs, default=str)
+
+
+async def test_the_repro_is_refused_without_a_policy_too(
+        world: World, exchange: StartExchange, http: aiohttp.ClientSession) -> None:
+    """No --policy: a pod in `default` claiming the CEO's execution gets the namespace
+    check, not a token for the CEO."""
+    world.admin.executions[("payroll", "production", "vict1m")] = "ceo@example.com"
+    world.kube.set_namespace("default", labels={"flyte-auth.flyte.org/inject": "enabled"})
+    pod = world.kube.add_pod("default", "forged", labels={
+        "execution-id": "vict1m", "project": "payroll", "domain": "production"})
+    async with exchange() as ex:
+        status, body = await post(http, ex.url, form(world.kube.token_for(pod)))
+    assert (status, body["error"]) == (400, "access_denied")
+    assert str(body["error_description"]).startswith("namespace check: ")
+    assert "ceo@example.com" not in json.dumps(body)
+
+
+async def test_the_namespace_template_is_flytes(world: World, exchange: StartExchange,
+                                                http: aiohttp.ClientSession) -> None:
+    """A deployment whose namespace_mapping.template is `flyte-{{ project }}`: the pod in
+    flytesnacks-development no longer matches, one in flyte-flytesnacks does."""
+    world.admin.executions[("flytesnacks", "development", "e1")] = EXECUTOR
+    world.kube.set_namespace("flyte-flytesnacks", labels={
+        "flyte-auth.flyte.org/inject": "enabled"})
+    wf = world.kube.add_workflow("flyte-flytesnacks", "flytesnacks", "development", "e1")
+    labels = {"execution-id": "e1", "project": "flytesnacks", "domain": "development"}
+    moved = world.kube.add_pod("flyte-flytesnacks", "e1-n0-0", labels=labels,
+                               owners=[owner_reference(wf)])
+    default_place = world.task_pod()
+    async with exchange("--namespace-template", "flyte-{{ project }}") as ex:
+        ok, _ = await post(http, ex.url, form(world.kube.token_for(moved)))
+        status, body = await post(http, ex.url, form(world.kube.token_for(default_place)))
+    assert ok == 200
+    assert (status, body["error"]) == (400, "access_denied")
+    assert "only in namespace 'flyte-flytesnacks'" in str(body["error_description"])
+
+
+async def test_pods_that_claim_no_execution_may_get_their_service_account(
+        world: World, exchange: StartExchange, http: aiohttp.ClientSession,
+        tmp_path: Path) -> None:
+    """Anyone's pod without Flyte's labels: the service account's identity where the policy
+    says non_flyte_pods: service-account, never a user's; refused by default."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n  - name: projects\n    non_flyte_pods: service-account\n")
+    world.kube.set_namespace(NAMESPACE, labels={"flyte-auth.flyte.org/inject": "enabled"})
+    plain = world.kube.add_pod(NAMESPACE, "notebook")
+    async with exchange("--policy", str(policy)) as ex:
+        status, body = await post(http, ex.url, form(world.kube.token_for(plain)))
+    assert status == 200, body
+    claims = jwt_claims(str(body["access_token"])) or {}
+    assert claims["sub"] == f"system:serviceaccount:{NAMESPACE}:default"
+    assert "execution_id" not in claims
 
 
 async def test_policy_can_fall_back_to_the_service_account(

@@ -10,6 +10,13 @@ cannot run kube-apiserver here (issue 7 does); this follows its documented behav
   extra authentication.kubernetes.io/pod-name and pod-uid), status.audiences, status.error.
 - GET /api/v1/namespaces lists namespaces; with watch=true it streams JSON-line watch events
   (ADDED, MODIFIED) from the given resourceVersion until timeoutSeconds.
+  GET /api/v1/namespaces/NAME: one namespace, or 404.
+- GET /apis/flyte.lyft.com/v1alpha1/namespaces/NS/flyteworkflows/NAME: the FlyteWorkflow
+  custom object (flytepropeller's CRD keeps unknown fields; `executionId` is
+  {project, domain, name}), or 404.
+- GET /apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/NAME and
+  .../validatingadmissionpolicybindings/NAME, or 404. The stand-in stores them and does not
+  enforce them: admission is the real API server's job, and the e2e suite tests it there.
 - Secrets: GET, POST (409 if it exists), PUT (409 on a stale resourceVersion).
 - MutatingWebhookConfigurations: GET, and PATCH as a strategic merge (webhooks by name).
 - Requests other than discovery must carry the bearer token of the kubeconfig it writes
@@ -50,6 +57,9 @@ class StubKubeAPI:
     namespaces: dict[str, dict[str, Any]] = field(default_factory=dict)
     secrets: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     webhooks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    workflows: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    #: ("validatingadmissionpolicies" | "validatingadmissionpolicybindings", name) -> object
+    admission: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     _version: int = 1
     _watchers: list[asyncio.Queue[dict[str, Any]]] = field(default_factory=list)
     url: str = ""
@@ -62,6 +72,12 @@ class StubKubeAPI:
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._pod)
         app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self._review)
         app.router.add_get("/api/v1/namespaces", self._namespaces)
+        app.router.add_get("/api/v1/namespaces/{name}", self._namespace)
+        app.router.add_get("/apis/flyte.lyft.com/v1alpha1/namespaces/{ns}/flyteworkflows/{name}",
+                           self._workflow)
+        app.router.add_get("/apis/admissionregistration.k8s.io/v1/"
+                           "{kind:validatingadmissionpolic(?:ies|ybindings)}/{name}",
+                           self._admission)
         app.router.add_get("/api/v1/namespaces/{ns}/secrets/{name}", self._secret_get)
         app.router.add_put("/api/v1/namespaces/{ns}/secrets/{name}", self._secret_put)
         app.router.add_post("/api/v1/namespaces/{ns}/secrets", self._secret_post)
@@ -83,12 +99,14 @@ class StubKubeAPI:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    def set_namespace(self, name: str, annotations: dict[str, str] | None = None) -> None:
+    def set_namespace(self, name: str, annotations: dict[str, str] | None = None,
+                      labels: dict[str, str] | None = None) -> None:
         """Create or update a namespace; open watches see ADDED or MODIFIED."""
         self._version += 1
         kind = "MODIFIED" if name in self.namespaces else "ADDED"
         ns = {"apiVersion": "v1", "kind": "Namespace",
               "metadata": {"name": name, "annotations": annotations or {},
+                           "labels": {"kubernetes.io/metadata.name": name, **(labels or {})},
                            "resourceVersion": str(self._version)}}
         self.namespaces[name] = ns
         for queue in self._watchers:
@@ -105,10 +123,12 @@ class StubKubeAPI:
         return path
 
     def add_pod(self, namespace: str, name: str, *, labels: dict[str, str] | None = None,
-                phase: str = "Running", uid: str | None = None) -> dict[str, Any]:
+                phase: str = "Running", uid: str | None = None,
+                owners: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         pod = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": name, "namespace": namespace,
-                            "uid": uid or str(uuid.uuid4()), "labels": labels or {}},
+                            "uid": uid or str(uuid.uuid4()), "labels": labels or {},
+                            "ownerReferences": owners or []},
                "spec": {"serviceAccountName": "default", "containers": [{"name": "main"}]},
                "status": {"phase": phase}}
         self.pods[(namespace, name)] = pod
@@ -119,6 +139,37 @@ class StubKubeAPI:
         meta = pod["metadata"]
         return self.issuer.mint(namespace=meta["namespace"], pod=meta["name"], pod_uid=meta["uid"],
                                 service_account=pod["spec"]["serviceAccountName"], **kwargs)
+
+    def add_workflow(self, namespace: str, project: str, domain: str,
+                     name: str) -> dict[str, Any]:
+        """The FlyteWorkflow FlyteAdmin creates for execution project/domain/name."""
+        wf = {"apiVersion": "flyte.lyft.com/v1alpha1", "kind": "FlyteWorkflow",
+              "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()),
+                           "labels": {"execution-id": name, "project": project,
+                                      "domain": domain}},
+              "executionId": {"project": project, "domain": domain, "name": name}}
+        self.workflows[(namespace, name)] = wf
+        return wf
+
+    async def _namespace(self, request: web.Request) -> web.Response:
+        return self._one(request, self.namespaces.get(request.match_info["name"]), "namespaces")
+
+    async def _workflow(self, request: web.Request) -> web.Response:
+        key = (request.match_info["ns"], request.match_info["name"])
+        return self._one(request, self.workflows.get(key), "flyteworkflows.flyte.lyft.com")
+
+    async def _admission(self, request: web.Request) -> web.Response:
+        kind = request.match_info["kind"]
+        return self._one(request, self.admission.get((kind, request.match_info["name"])), kind)
+
+    def _one(self, request: web.Request, obj: dict[str, Any] | None,
+             resource: str) -> web.Response:
+        if not self._authorized(request):
+            return status(401, "Unauthorized", "Unauthorized")
+        if obj is None:
+            return status(404, "NotFound",
+                          f'{resource} "{request.match_info["name"]}" not found')
+        return web.json_response(obj)
 
     async def _namespaces(self, request: web.Request) -> web.StreamResponse:
         """List, or with ?watch=true a stream of JSON-line events (ends at timeoutSeconds)."""

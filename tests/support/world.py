@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from flyte_auth_agent.contract import NAMESPACE_LABEL, NAMESPACE_LABEL_VALUE
 from tests.support.admin_metadata import AuthMetadata
 from tests.support.flyteadmin import FlyteAdmin, start_flyteadmin
 from tests.support.kube_api import StubKubeAPI
@@ -18,6 +20,16 @@ from tests.support.kube_api import StubKubeAPI
 ADMIN_URL = "http://flyteadmin.flyte.svc.cluster.local:80"
 NAMESPACE = "flytesnacks-development"
 EXECUTOR = "alice@example.com"
+#: The guard objects exactly as deploy/ ships them.
+GUARD_MANIFEST = Path(__file__).resolve().parents[2] / "deploy/kustomize/guard/guard.yaml"
+PLURALS = {"ValidatingAdmissionPolicy": "validatingadmissionpolicies",
+           "ValidatingAdmissionPolicyBinding": "validatingadmissionpolicybindings"}
+
+
+def install_guard(kube: StubKubeAPI) -> None:
+    """The ValidatingAdmissionPolicy and its binding, as `deploy/` renders them."""
+    for obj in yaml.safe_load_all(GUARD_MANIFEST.read_text()):
+        kube.admission[(PLURALS[obj["kind"]], obj["metadata"]["name"])] = obj
 
 
 def write_signing_key(path: Path) -> bytes:
@@ -47,6 +59,7 @@ class World:
         self.key_file = self.workdir / "token_rsa_key.pem"
         public = write_signing_key(self.key_file)
         await self.kube.start()
+        install_guard(self.kube)
         self.kubeconfig = self.kube.kubeconfig(self.workdir / "kubeconfig")
         self.admin = FlyteAdmin(public, public_url=ADMIN_URL)
         self.metadata = AuthMetadata(token_endpoint="", audience=ADMIN_URL)
@@ -69,7 +82,9 @@ class World:
     def task_pod(self, name: str = "f3a1b2c4d5e6-n0-0", *, execution: str = "f3a1b2c4d5e6",
                  principal: str | None = EXECUTOR, namespace: str = NAMESPACE,
                  identity_label: str | None = None, phase: str = "Running") -> dict[str, Any]:
-        """A Flyte task pod (propeller's labels) whose execution FlyteAdmin knows."""
+        """A Flyte task pod as flytepropeller creates it: its labels, controlled by the
+        FlyteWorkflow FlyteAdmin created for an execution FlyteAdmin knows, in an injected
+        namespace."""
         project, domain = namespace.rsplit("-", 1)
         labels = {"execution-id": execution, "project": project, "domain": domain,
                   "node-id": "n0", "task-name": "my-task"}
@@ -77,4 +92,17 @@ class World:
             labels["execution-identity"] = identity_label
         if principal is not None:
             self.admin.executions[(project, domain, execution)] = principal
-        return self.kube.add_pod(namespace, name, labels=labels, phase=phase)
+        if namespace not in self.kube.namespaces:
+            self.kube.set_namespace(namespace, labels={NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE})
+        workflow = self.kube.workflows.get((namespace, execution)) or \
+            self.kube.add_workflow(namespace, project, domain, execution)
+        return self.kube.add_pod(namespace, name, labels=labels, phase=phase,
+                                 owners=[owner_reference(workflow)])
+
+
+def owner_reference(workflow: dict[str, Any]) -> dict[str, Any]:
+    """The controller reference flytepropeller puts on the pods of `workflow`
+    (metav1.NewControllerRef with FlyteWorkflowGVK: kind `flyteworkflow`)."""
+    return {"apiVersion": "flyte.lyft.com/v1alpha1", "kind": "flyteworkflow",
+            "name": workflow["metadata"]["name"], "uid": workflow["metadata"]["uid"],
+            "controller": True, "blockOwnerDeletion": True}

@@ -1,0 +1,143 @@
+"""Pure checks that tie a pod to the Flyte execution it claims, using only what RBAC
+controls. No I/O here: the service reads the objects, these functions judge them.
+
+A pod's creator writes its labels and owner references, so they are claims. What makes
+them proof:
+
+    namespace   the pod runs in the namespace FlyteAdmin maps the execution's project and
+                domain to (namespace_mapping.template), so a pod cannot claim another
+                project's execution;
+    guard       the namespace is labelled for injection and the ValidatingAdmissionPolicy
+                that lets only Flyte's identities write the execution labels and
+                FlyteWorkflow owner references is bound and failing closed;
+    owner       the pod's controller is the FlyteWorkflow FlyteAdmin created for the
+                execution (same uid), and that object's executionId names the execution.
+
+Each refusal is a Refusal whose `check` names the check that failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flyte_auth_agent.contract import (
+    FLYTEWORKFLOW_GROUP,
+    GUARDED_LABELS,
+    LABEL_DOMAIN,
+    LABEL_EXECUTION_ID,
+    LABEL_PROJECT,
+    NAMESPACE_LABEL,
+    NAMESPACE_LABEL_VALUE,
+)
+from flyte_auth_exchange.admin import ExecutionRef
+from flyte_auth_exchange.errors import ACCESS_DENIED, Refusal
+
+CHECK_NAMESPACE = "namespace"
+CHECK_GUARD = "guard"
+CHECK_OWNER = "owner"
+CHECK_LABELS = "labels"
+CHECK_IDENTITY_LABEL = "identity-label"
+#: propeller builds the owner reference from FlyteWorkflowGVK, whose Kind is lowercase
+#: ("flyteworkflow") when the object it read carried no TypeMeta; either spelling is Flyte's.
+FLYTEWORKFLOW_KIND = "flyteworkflow"
+
+
+@dataclass(frozen=True)
+class Owner:
+    name: str
+    uid: str
+
+
+def namespace_for(template: str, project: str, domain: str) -> str:
+    """FlyteAdmin's GetNamespaceName: plain substitution of both placeholders."""
+    return template.replace("{{ project }}", project).replace("{{ domain }}", domain)
+
+
+def refuse(check: str, message: str) -> Refusal:
+    return Refusal(ACCESS_DENIED, f"{check} check: {message}", check=check)
+
+
+def is_flyte_claim(meta: Mapping[str, Any]) -> bool:
+    """Whether the pod claims to be Flyte's: any guarded label or a FlyteWorkflow owner."""
+    labels = meta.get("labels") or {}
+    return any(k in labels for k in GUARDED_LABELS) or bool(_flyte_owners(meta))
+
+
+def claimed_execution(where: str, meta: Mapping[str, Any]) -> ExecutionRef:
+    labels = meta.get("labels") or {}
+    missing = [k for k in (LABEL_EXECUTION_ID, LABEL_PROJECT, LABEL_DOMAIN)
+               if not isinstance(labels.get(k), str) or not labels.get(k)]
+    if missing:
+        raise refuse(CHECK_LABELS, f"pod {where} is not a Flyte task pod (no "
+                     f"{', '.join(missing)} label)")
+    return ExecutionRef(labels[LABEL_PROJECT], labels[LABEL_DOMAIN], labels[LABEL_EXECUTION_ID])
+
+
+def check_namespace(template: str, namespace: str, execution: ExecutionRef) -> None:
+    expected = namespace_for(template, execution.project, execution.domain)
+    if namespace != expected:
+        raise refuse(CHECK_NAMESPACE, f"the pod in namespace {namespace!r} claims execution "
+                     f"{execution}, which Flyte runs only in namespace {expected!r} "
+                     f"(namespace template {template!r}); labels cannot move an execution "
+                     "to another namespace")
+
+
+def check_guard(namespace: str, ns_labels: Mapping[str, Any] | None,
+                binding: Mapping[str, Any] | None, policy: Mapping[str, Any] | None,
+                guard: str) -> None:
+    """The namespace is labelled for injection and the guard policy is bound, denying, and
+    failing closed; otherwise anyone who may create pods there could forge Flyte's labels."""
+    fix = "label it and install the guard from deploy/ (README: trust model)"
+    if ns_labels is None or ns_labels.get(NAMESPACE_LABEL) != NAMESPACE_LABEL_VALUE:
+        raise refuse(CHECK_GUARD, f"namespace {namespace!r} is not labelled "
+                     f"{NAMESPACE_LABEL}={NAMESPACE_LABEL_VALUE}, so the admission guard "
+                     f"{guard!r} does not protect its pods' Flyte labels; {fix}")
+    if binding is None or policy is None:
+        what = "ValidatingAdmissionPolicyBinding" if binding is None \
+            else "ValidatingAdmissionPolicy"
+        raise refuse(CHECK_GUARD, f"the {what} {guard!r} does not exist, so nothing stops a "
+                     f"pod's creator from writing Flyte's labels; {fix}")
+    spec, policy_spec = binding.get("spec") or {}, policy.get("spec") or {}
+    if spec.get("policyName") != guard or "Deny" not in (spec.get("validationActions") or []) \
+            or policy_spec.get("failurePolicy", "Fail") != "Fail":
+        raise refuse(CHECK_GUARD, f"the admission guard {guard!r} is not enforcing (its "
+                     "binding must name the policy with validationActions [Deny] and the "
+                     f"policy must have failurePolicy Fail); {fix}")
+
+
+def controller_owner(where: str, meta: Mapping[str, Any]) -> Owner:
+    controllers = [r for r in _flyte_owners(meta) if r.get("controller") is True]
+    if len(controllers) != 1:
+        raise refuse(CHECK_OWNER, f"pod {where} is not controlled by a FlyteWorkflow "
+                     f"(ownerReferences with apiVersion {FLYTEWORKFLOW_GROUP}/*, kind "
+                     "FlyteWorkflow, controller: true); only pods flytepropeller creates for "
+                     "an execution get its launcher's identity")
+    ref = controllers[0]
+    return Owner(str(ref.get("name", "")), str(ref.get("uid", "")))
+
+
+def check_workflow(where: str, owner: Owner, workflow: Mapping[str, Any] | None,
+                   execution: ExecutionRef) -> None:
+    if workflow is None:
+        raise refuse(CHECK_OWNER, f"pod {where} names FlyteWorkflow {owner.name!r} as its "
+                     "controller, which does not exist")
+    meta = workflow.get("metadata") or {}
+    if meta.get("uid") != owner.uid:
+        raise refuse(CHECK_OWNER, f"pod {where} names FlyteWorkflow {owner.name!r} with "
+                     "another uid than the object of that name (it was re-created, or the "
+                     "reference is forged)")
+    exec_id = workflow.get("executionId") or {}
+    found = ExecutionRef(str(exec_id.get("project", "")), str(exec_id.get("domain", "")),
+                         str(exec_id.get("name", ""))) if isinstance(exec_id, dict) else None
+    if found != execution:
+        raise refuse(CHECK_OWNER, f"pod {where} claims execution {execution}, but its "
+                     f"FlyteWorkflow {owner.name!r} runs execution {found}")
+
+
+def _flyte_owners(meta: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    refs = meta.get("ownerReferences") or []
+    return [r for r in refs if isinstance(r, dict)
+            and str(r.get("apiVersion", "")).startswith(FLYTEWORKFLOW_GROUP + "/")
+            and str(r.get("kind", "")).lower() == FLYTEWORKFLOW_KIND]
