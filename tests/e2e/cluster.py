@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import ssl
 import subprocess
@@ -143,11 +144,20 @@ class Cluster:
     # --- the API -----------------------------------------------------------------------------
 
     async def request(self, method: str, path: str, body: Any = None,
-                      content_type: str = "application/json") -> Any:
+                      content_type: str = "application/json", *,
+                      as_user: str | None = None) -> Any:
+        """One API call as the harness's admin, or impersonating `as_user`."""
         assert self.session is not None
+        headers = {"Content-Type": content_type}
+        if as_user is not None:
+            headers["Impersonate-User"] = as_user
         async with self.session.request(method, self.url + path, json=body,
-                                        headers={"Content-Type": content_type}) as resp:
-            doc = await resp.json(content_type=None)
+                                        headers=headers) as resp:
+            text = await resp.text()
+            try:
+                doc = json.loads(text)
+            except ValueError:  # e.g. a plain "404 page not found" for an unserved group
+                doc = {"message": text}
             if resp.status >= 400:
                 raise KubeError(resp.status, doc)
             return doc
@@ -162,6 +172,18 @@ class Cluster:
                 if "namespace" in obj["metadata"]:
                     obj["metadata"]["namespace"] = namespace
                 await self.apply(obj)
+
+    async def crd(self, crd: dict[str, Any]) -> None:
+        """Create a CustomResourceDefinition and wait until its resource is served."""
+        await self.apply(crd)
+        spec = crd["spec"]
+        path = f"/apis/{spec['group']}/{spec['versions'][0]['name']}/{spec['names']['plural']}"
+        async with asyncio.timeout(30):
+            while True:
+                with contextlib.suppress(KubeError):
+                    await self.request("GET", path)
+                    return
+                await asyncio.sleep(0.1)  # the API server is establishing the CRD
 
     async def namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
         await self.apply({"apiVersion": "v1", "kind": "Namespace",
@@ -197,7 +219,11 @@ _PLURAL = {"ClusterRoleBinding": "clusterrolebindings", "ClusterRole": "clusterr
            "ServiceAccount": "serviceaccounts", "Pod": "pods", "Service": "services",
            "ConfigMap": "configmaps", "Deployment": "deployments",
            "PodDisruptionBudget": "poddisruptionbudgets", "NetworkPolicy": "networkpolicies",
-           "MutatingWebhookConfiguration": "mutatingwebhookconfigurations"}
+           "MutatingWebhookConfiguration": "mutatingwebhookconfigurations",
+           "ValidatingAdmissionPolicy": "validatingadmissionpolicies",
+           "ValidatingAdmissionPolicyBinding": "validatingadmissionpolicybindings",
+           "CustomResourceDefinition": "customresourcedefinitions",
+           "FlyteWorkflow": "flyteworkflows"}
 
 
 def collection_path(obj: dict[str, Any]) -> str:

@@ -1,16 +1,16 @@
 """End to end against a real kube-apiserver (+ etcd): the API server calls the injector
-through the MutatingWebhookConfiguration we print; the exchange server validates tokens
-the TokenRequest API issued, through the API server's own OIDC discovery and TokenReview, and
-reads pods with exactly the RBAC our manifests grant. FlyteAdmin is the stand-in (the real
-one cannot be built here: the Go proxy refuses github.com/flyteorg/flyte/flyteadmin)."""
+through the MutatingWebhookConfiguration we print, and enforces the admission guard our
+manifests ship; task pods are created as flytepropeller's service account (impersonation),
+controlled by their execution's FlyteWorkflow (flytepropeller's CRD); the exchange server
+validates tokens the TokenRequest API issued, through the API server's own OIDC discovery and
+TokenReview, and reads pods, namespaces, FlyteWorkflows and the guard with exactly the RBAC
+our manifests grant. FlyteAdmin is the stand-in."""
 
 from __future__ import annotations
 
 import base64
 import copy
 import json
-import os
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,8 @@ from flyte_auth_injector.config import InjectorConfig
 from flyte_auth_injector.runtime import running_injector
 from flyte_auth_injector.webhook_config import webhook_configuration
 from tests.conftest import H
-from tests.e2e.cluster import Cluster, free_port, running_cluster
+from tests.e2e.cluster import Cluster, KubeError, free_port, running_cluster
+from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests
 from tests.support.admin_metadata import AuthMetadata
 from tests.support.flyteadmin import FlyteAdmin, start_flyteadmin
 from tests.support.world import ADMIN_URL, EXECUTOR, write_signing_key
@@ -40,17 +41,28 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[2]
 LABELED, PLAIN = "flytesnacks-development", "plain-development"
 AUDIENCE = "flyte-auth"
-
-
+EXECUTION = "f3a1b2c4d5e6"
+#: Who creates task pods (the guard's default creator), and a project user who may create
+#: pods in the project's namespace but is not Flyte.
+PROPELLER = "system:serviceaccount:flyte:flytepropeller"
+MALLORY = "mallory@example.com"
+POD_RIGHTS = [{"apiGroups": [""], "resources": ["pods", "pods/status"],
+               "verbs": ["create", "get", "update", "patch", "delete"]}]
 def flyte_pod(name: str, namespace: str = LABELED, **annotations: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": namespace, "annotations": annotations,
-                         "labels": {"execution-id": "f3a1b2c4d5e6", "project": "flytesnacks",
+                         "labels": {"execution-id": EXECUTION, "project": "flytesnacks",
                                     "domain": "development", "node-id": "n0"}},
             "spec": {"restartPolicy": "Never", "serviceAccountName": "default",
                      "containers": [{"name": "task", "image": "python:3.11",
                                      "env": [{"name": "FLYTE_INTERNAL_EXECUTION_ID",
-                                              "value": "f3a1b2c4d5e6"}]}]}}
+                                              "value": EXECUTION}]}]}}
+
+
+def plain_pod(name: str) -> dict[str, Any]:
+    pod = flyte_pod(name)
+    pod["metadata"]["labels"] = {"app": "notebook"}
+    return pod
 
 
 @dataclass
@@ -60,20 +72,52 @@ class E2E:
     admin_target: str
     exchange_url: str
     workdir: Path
+    workflow: dict[str, Any]
 
-    async def create(self, pod: dict[str, Any]) -> dict[str, Any]:
+    async def create(self, pod: dict[str, Any], *, as_user: str = PROPELLER,
+                     owned: bool = True) -> dict[str, Any]:
+        """Create `pod` as `as_user` (flytepropeller by default); a Flyte pod in the labelled
+        namespace is controlled by its execution's FlyteWorkflow, as propeller makes it."""
         ns = pod["metadata"]["namespace"]
-        return await self.cluster.request("POST", f"/api/v1/namespaces/{ns}/pods", pod)  # type: ignore[no-any-return]
+        if owned and ns == LABELED and EXECUTION_LABEL in pod["metadata"]["labels"]:
+            pod = copy.deepcopy(pod)
+            pod["metadata"]["ownerReferences"] = [self.owner()]
+        return await self.cluster.request(  # type: ignore[no-any-return]
+            "POST", f"/api/v1/namespaces/{ns}/pods", pod, as_user=as_user)
+
+    def owner(self) -> dict[str, Any]:
+        meta = self.workflow["metadata"]
+        return {"apiVersion": "flyte.lyft.com/v1alpha1", "kind": "flyteworkflow",
+                "name": meta["name"], "uid": meta["uid"], "controller": True,
+                "blockOwnerDeletion": True}
+
+    async def patch(self, name: str, change: dict[str, Any], *, as_user: str,
+                    subresource: str = "") -> dict[str, Any]:
+        return await self.cluster.request(  # type: ignore[no-any-return]
+            "PATCH", f"/api/v1/namespaces/{LABELED}/pods/{name}{subresource}", change,
+            "application/merge-patch+json", as_user=as_user)
 
 
-def rendered_rbac() -> str:
-    kustomize = os.environ.get("KUSTOMIZE") or str(
-        Path.home() / ".cache/flyte-auth-agent/tools/kustomize-v5.7.1/kustomize")
-    out = subprocess.run([kustomize, "build", "deploy/kustomize/overlays/cert-manager"],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    keep = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
-    docs = [d for d in out.split("\n---\n") if any(f"kind: {k}\n" in d for k in keep)]
-    return "\n---\n".join(docs)
+EXECUTION_LABEL = "execution-id"
+
+
+async def grant_pod_rights(cluster: Cluster) -> None:
+    """flytepropeller may manage pods everywhere; mallory, a project user, in LABELED."""
+    rbac = "rbac.authorization.k8s.io/v1"
+    await cluster.apply({"apiVersion": rbac, "kind": "ClusterRole",
+                         "metadata": {"name": "e2e-pods"}, "rules": POD_RIGHTS})
+    await cluster.apply({
+        "apiVersion": rbac, "kind": "ClusterRoleBinding", "metadata": {"name": "e2e-propeller"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "e2e-pods"},
+        "subjects": [{"kind": "ServiceAccount", "name": "flytepropeller", "namespace": "flyte"}]})
+    await cluster.apply({
+        "apiVersion": rbac, "kind": "RoleBinding",
+        "metadata": {"name": "e2e-mallory", "namespace": LABELED},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "e2e-pods"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                      "name": MALLORY}]})
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -81,10 +125,22 @@ async def e2e(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E2E]:
     workdir = tmp_path_factory.mktemp("e2e")
     async with running_cluster(workdir / "cluster") as cluster:
         try:
-            for name, labels in (("flyte-auth", {}), (LABELED, {
+            for name, labels in (("flyte-auth", {}), ("flyte", {}), (LABELED, {
                     "flyte-auth.flyte.org/inject": "enabled"}), (PLAIN, {})):
                 await cluster.namespace(name, labels)
-            await cluster.apply_all(rendered_rbac(), "flyte-auth")  # our least-privilege RBAC
+            await cluster.apply({"apiVersion": "v1", "kind": "ServiceAccount",
+                                 "metadata": {"name": "flytepropeller", "namespace": "flyte"}})
+            await grant_pod_rights(cluster)
+            # Our least-privilege RBAC and the guard, as deploy/ renders them.
+            await cluster.apply_all(rendered_manifests(), "flyte-auth")
+            await cluster.crd(FLYTEWORKFLOW_CRD)
+            workflow = await cluster.apply({  # what FlyteAdmin creates for the execution
+                "apiVersion": "flyte.lyft.com/v1alpha1", "kind": "FlyteWorkflow",
+                "metadata": {"name": EXECUTION, "namespace": LABELED,
+                             "labels": {"execution-id": EXECUTION, "project": "flytesnacks",
+                                        "domain": "development"}},
+                "executionId": {"project": "flytesnacks", "domain": "development",
+                                "name": EXECUTION}})
             kube = {sa: cluster.kubeconfig(workdir / f"{sa}.kubeconfig",
                                            await cluster.token("flyte-auth", sa,
                                                                audience=cluster.url))
@@ -117,7 +173,7 @@ async def e2e(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E2E]:
                         url=f"https://127.0.0.1:{port}/mutate",
                         ca_bundle=base64.b64encode(ca.cert_pem.bytes()).decode())
                     await cluster.apply(hook)
-                    yield E2E(cluster, admin, admin_target, exchange.url, workdir)
+                    yield E2E(cluster, admin, admin_target, exchange.url, workdir, workflow)
             await server.stop(None)
         except BaseException:
             print(cluster.logs())  # every peer's log, for the failing test's report
@@ -163,9 +219,12 @@ async def test_creating_an_injected_pod_again_injects_once(e2e: E2E) -> None:
     assert "flyte-auth-token-1" not in names
 
 
-async def test_a_bound_token_is_exchanged_and_refused_once_the_pod_is_gone(
+async def test_propellers_pod_is_exchanged_for_the_launcher_and_refused_once_gone(
         e2e: E2E, short_dir: Path) -> None:
+    """flytepropeller's pod, past the guard and the injector, owned by its FlyteWorkflow:
+    the exchange server's namespace, guard and owner checks pass on the real API server."""
     pod = await e2e.create(flyte_pod("task-f"))
+    assert len(agent_of(pod)) == 1
     token_file = short_dir / "token"
     token_file.write_text(await e2e.cluster.token(LABELED, "default", audience=AUDIENCE, pod=pod))
     config = AgentConfig.load(["--socket", str(short_dir / "agent.sock"), "--token-file",
@@ -209,6 +268,51 @@ async def test_rbac_from_our_manifests_is_enough_and_no_more(e2e: E2E) -> None:
         return bool(doc["status"].get("allowed"))
 
     assert await allowed("get", "pods")
+    assert await allowed("get", "namespaces")
+    assert await allowed("get", "flyteworkflows", "flyte.lyft.com")
     assert await allowed("create", "tokenreviews", "authentication.k8s.io")
     assert not await allowed("list", "pods")
+    assert not await allowed("list", "flyteworkflows", "flyte.lyft.com")
     assert not await allowed("get", "secrets")
+
+
+def guard_refusal(refused: pytest.ExceptionInfo[KubeError]) -> str:
+    message = str(refused.value.body.get("message", ""))
+    assert refused.value.status == 403, refused.value
+    assert "flyte-auth guard: only Flyte (system:serviceaccount:flyte:flytepropeller)" in message
+    return message
+
+
+async def test_the_guard_refuses_a_project_user_who_creates_flyte_labels(e2e: E2E) -> None:
+    with pytest.raises(KubeError) as labels:
+        await e2e.create(flyte_pod("forged-a"), as_user=MALLORY, owned=False)
+    assert f"{MALLORY} may not" in guard_refusal(labels)
+    owned = plain_pod("forged-b")
+    owned["metadata"]["ownerReferences"] = [e2e.owner()]
+    with pytest.raises(KubeError) as owner:
+        await e2e.create(owned, as_user=MALLORY)
+    guard_refusal(owner)
+    # The same user's pods without Flyte's claims are their business.
+    created = await e2e.create(plain_pod("notebook"), as_user=MALLORY)
+    assert created["metadata"]["labels"] == {"app": "notebook"}
+
+
+async def test_the_guard_refuses_a_label_added_or_changed_later(e2e: E2E) -> None:
+    await e2e.create(plain_pod("later"), as_user=MALLORY)
+    with pytest.raises(KubeError) as added:
+        await e2e.patch("later", {"metadata": {"labels": {EXECUTION_LABEL: EXECUTION}}},
+                        as_user=MALLORY)
+    guard_refusal(added)
+    with pytest.raises(KubeError) as via_status:  # the status subresource is no way round
+        await e2e.patch("later", {"metadata": {"labels": {EXECUTION_LABEL: EXECUTION}}},
+                        as_user=MALLORY, subresource="/status")
+    guard_refusal(via_status)
+    pod = await e2e.cluster.request("GET", f"/api/v1/namespaces/{LABELED}/pods/later")
+    assert EXECUTION_LABEL not in pod["metadata"]["labels"]
+    # Other labels stay the user's to change; propeller's pods stay propeller's.
+    await e2e.patch("later", {"metadata": {"labels": {"app": "lab"}}}, as_user=MALLORY)
+    await e2e.create(flyte_pod("task-g"))
+    with pytest.raises(KubeError) as changed:
+        await e2e.patch("task-g", {"metadata": {"labels": {"execution-identity": "mallory"}}},
+                        as_user=MALLORY)
+    guard_refusal(changed)

@@ -1,16 +1,25 @@
 """The Kubernetes API stand-in (tests/support/kube_api.py) must not drift from the real API
-server: the same TokenReview and pod cases go to both, and their verdicts must agree."""
+server: the same TokenReview, pod, namespace, FlyteWorkflow and admission-guard cases go to
+both, and their verdicts must agree."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import KubeError, running_cluster
+from flyte_auth_agent.contract import GUARD_NAME, NAMESPACE_LABEL, NAMESPACE_LABEL_VALUE
+from flyte_auth_exchange.admin import ExecutionRef
+from flyte_auth_exchange.binding import Owner, check_guard, check_workflow
+from flyte_auth_exchange.errors import Refusal
+from flyte_auth_exchange.kube import Kube
+from tests.e2e.cluster import ADMIN_TOKEN, KubeError, running_cluster
+from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests
 from tests.support.kube_api import StubKubeAPI
+from tests.support.world import install_guard
 
 pytestmark = [pytest.mark.timeout(600)]
 NS = "parity-development"
@@ -83,3 +92,71 @@ async def test_token_review_and_pod_reads_agree_with_the_real_api_server(tmp_pat
             assert (resp.status, body["reason"], body["kind"]) == (404, "NotFound", "Status")
         finally:
             await stub.stop()
+
+
+async def binding_verdicts(kube: Kube, workflow_uid: str) -> dict[str, str]:
+    """The exchange server's binding checks (binding.py) on what `kube` answers, through our
+    own client code: the verdict, or the refusal's description."""
+
+    async def verdict(check: Callable[[], Awaitable[None]]) -> str:
+        try:
+            await check()
+        except Refusal as refusal:
+            return refusal.description
+        return "ok"
+
+    execution = ExecutionRef("parity", "development", "e1")
+    owner = Owner("e1", workflow_uid)
+
+    async def guard(namespace: str) -> None:
+        ns = await kube.namespace(namespace)
+        labels = None if ns is None else ns["metadata"].get("labels") or {}
+        check_guard(namespace, labels, await kube.admission_binding(GUARD_NAME),
+                    await kube.admission_policy(GUARD_NAME), GUARD_NAME)
+
+    async def workflow(name: str, uid: str) -> None:
+        check_workflow("ns/pod", Owner(name, uid), await kube.flyteworkflow(NS, name),
+                       execution)
+
+    return {
+        "guarded namespace": await verdict(lambda: guard(NS)),
+        "unlabelled namespace": await verdict(lambda: guard("plain-development")),
+        "missing namespace": await verdict(lambda: guard("nowhere")),
+        "workflow": await verdict(lambda: workflow(owner.name, owner.uid)),
+        "workflow, other uid": await verdict(lambda: workflow(owner.name, "u-1")),
+        "workflow missing": await verdict(lambda: workflow("gone", owner.uid)),
+    }
+
+
+async def test_binding_reads_agree_with_the_real_api_server(tmp_path: Path) -> None:
+    """Namespaces, FlyteWorkflows and the admission guard, read by the exchange server's own
+    client from the real API server and from the stand-in: the same verdicts."""
+    stub = StubKubeAPI()
+    async with running_cluster(tmp_path / "cluster") as cluster:
+        await cluster.namespace(NS, {NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE})
+        await cluster.namespace("plain-development")
+        await cluster.namespace("flyte-auth")
+        await cluster.apply_all(rendered_manifests(), "flyte-auth")
+        await cluster.crd(FLYTEWORKFLOW_CRD)
+        real_wf = await cluster.apply({
+            "apiVersion": "flyte.lyft.com/v1alpha1", "kind": "FlyteWorkflow",
+            "metadata": {"name": "e1", "namespace": NS},
+            "executionId": {"project": "parity", "domain": "development", "name": "e1"}})
+        real_kube = await Kube.connect(cluster.kubeconfig(tmp_path / "admin.kubeconfig",
+                                                          ADMIN_TOKEN))
+        await stub.start()
+        stub.set_namespace(NS, labels={NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE})
+        stub.set_namespace("plain-development")
+        install_guard(stub)
+        stub_wf = stub.add_workflow(NS, "parity", "development", "e1")
+        stub_kube = await Kube.connect(stub.kubeconfig(tmp_path / "stub.kubeconfig"))
+        try:
+            real = await binding_verdicts(real_kube, real_wf["metadata"]["uid"])
+            fake = await binding_verdicts(stub_kube, stub_wf["metadata"]["uid"])
+        finally:
+            await real_kube.close()
+            await stub_kube.close()
+            await stub.stop()
+    assert real == fake
+    assert real["guarded namespace"] == real["workflow"] == "ok"
+    assert "does not exist" in real["workflow missing"]

@@ -1,0 +1,38 @@
+"""Objects the end-to-end suite installs: what deploy/ renders (via the real kustomize), and
+flytepropeller's FlyteWorkflow CRD."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: flytepropeller's CRD, as flytepropeller/pkg/apis/flyteworkflow/crd.go defines it.
+FLYTEWORKFLOW_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "flyteworkflows.flyte.lyft.com"},
+    "spec": {"group": "flyte.lyft.com", "scope": "Namespaced",
+             "names": {"kind": "FlyteWorkflow", "plural": "flyteworkflows",
+                       "singular": "flyteworkflow", "shortNames": ["fly"]},
+             "versions": [{"name": "v1alpha1", "served": True, "storage": True, "schema": {
+                 "openAPIV3Schema": {"type": "object",
+                                     "x-kubernetes-preserve-unknown-fields": True}}}]}}
+
+
+
+def rendered_manifests() -> str:
+    """What deploy/ installs that the suite needs: RBAC, and the admission guard."""
+    kustomize = os.environ.get("KUSTOMIZE") or str(
+        Path.home() / ".cache/flyte-auth-agent/tools/kustomize-v5.7.1/kustomize")
+    out = subprocess.run([kustomize, "build", "deploy/kustomize/overlays/cert-manager"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    keep = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding")
+    docs = [d for d in out.split("\n---\n") if any(f"kind: {k}\n" in d for k in keep)
+            or "name: flyte-auth-guard\n" in d]
+    return "\n---\n".join(docs)
+
+
