@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import os
 import socket
+import time
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -54,14 +56,29 @@ class _UnixConnection(http.client.HTTPConnection):
         self._path = path
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+        """Connect within the timeout. A Unix socket with a timeout is non-blocking, and its
+        connect() fails at once with EAGAIN while the agent's listen backlog is full (the
+        agent is busy, not gone): try again until the deadline."""
+        deadline = time.monotonic() + (self.timeout or 0.0)
+        pause = 0.002
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self._path)
+            except BlockingIOError as exc:
+                sock.close()
+                if exc.errno != errno.EAGAIN or time.monotonic() + pause > deadline:
+                    raise TimeoutError(f"the agent's socket {self._path} stayed busy (its "
+                                       f"listen backlog full) for {self.timeout:g} s") from None
+                time.sleep(pause)  # back off: the agent drains its backlog meanwhile
+                pause = min(pause * 2, 0.1)
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            self.sock = sock
+            return
 
 
 class AgentClient:
@@ -84,6 +101,12 @@ class AgentClient:
                     f"this namespace (label flyte-auth.flyte.org/inject=enabled) and is "
                     f"${contract.SOCKET_ENV} right?")
             raise AgentUnreachableError(hint) from exc
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+            raise AgentUnreachableError(
+                f"the agent on {self.socket_path} closed the connection without answering: it "
+                f"does so beyond its --max-connections, and for uids outside its "
+                f"--allowed-uids (this process runs as uid {os.getuid()}); its log says which "
+                f"(connection_refused)") from exc
         except (OSError, http.client.HTTPException) as exc:
             raise AgentUnreachableError(f"talking to the agent on {self.socket_path} failed: "
                                         f"{type(exc).__name__}: {exc}") from exc

@@ -20,6 +20,7 @@ from flyte_auth_agent.options import (
     to_http_url,
     to_path,
     to_positive_float,
+    to_positive_int,
     to_uids,
 )
 
@@ -62,6 +63,12 @@ OPTIONS = (
            "comma-separated (default: any process in the pod)", metavar="UIDS"),
     Option("--wait-timeout", "seconds a request waits for the first token before a 503",
            "5", metavar="SECONDS"),
+    Option("--max-connections", "open socket connections the agent accepts at once; the "
+           "newest beyond it are closed at accept (keeps idle clients from using up its file "
+           "descriptors)", "256", metavar="N"),
+    Option("--idle-timeout", "seconds a socket connection may send nothing before it is "
+           "closed; must exceed --wait-timeout (default: 30, or --wait-timeout + 10 if more)",
+           metavar="SECONDS"),
     Option("--exchange-timeout", "seconds one call to the token endpoint or FlyteAdmin may take",
            "10", metavar="SECONDS"),
     Option("--log-level", "minimum log level", "info",
@@ -131,6 +138,8 @@ class AgentConfig:
     socket_mode: int
     allowed_uids: frozenset[int] | None
     wait_timeout: float
+    max_connections: int
+    idle_timeout: float
     exchange_timeout: float
     log_level: str
     log_format: str
@@ -160,6 +169,12 @@ class AgentConfig:
         if secret_file is not None and grant == GRANT_CLIENT_ASSERTION:
             s.problem("client_secret_file", "cannot be combined with --grant client-assertion, "
                       "where the service-account token itself authenticates the client")
+        wait_timeout = or_default(s.get("wait_timeout", to_positive_float), 5.0)
+        idle_timeout = or_default(s.get("idle_timeout", to_positive_float),
+                                  max(30.0, wait_timeout + 10))
+        if idle_timeout <= wait_timeout:
+            s.problem("idle_timeout", f"{idle_timeout:g} s must exceed --wait-timeout "
+                      f"({wait_timeout:g} s), or a waiting request would be cut off")
         config = cls(
             socket=s.get("socket", to_path) or Path(contract.DEFAULT_SOCKET_PATH),
             token_file=s.get("token_file", to_path) or Path(contract.DEFAULT_TOKEN_FILE),
@@ -177,7 +192,9 @@ class AgentConfig:
             health_addr=s.get("health_addr", to_host_port),
             socket_mode=or_default(s.get("socket_mode", to_file_mode), 0o666),
             allowed_uids=s.get("allowed_uids", to_uids),
-            wait_timeout=or_default(s.get("wait_timeout", to_positive_float), 5.0),
+            wait_timeout=wait_timeout,
+            max_connections=or_default(s.get("max_connections", to_positive_int), 256),
+            idle_timeout=idle_timeout,
             exchange_timeout=or_default(s.get("exchange_timeout", to_positive_float), 10.0),
             log_level=s.text("log_level") or "info",
             log_format=s.text("log_format") or "json",

@@ -106,6 +106,5 @@ class ConfigBody(TypedDict):
 
 # `error` codes the agent answers with.
 ERROR_MISSING_HEADER: Final = "missing_header"
-ERROR_FORBIDDEN_PEER: Final = "forbidden_peer"
 ERROR_NO_TOKEN: Final = "token_unavailable"
 ERROR_NOT_FOUND: Final = "not_found"

@@ -4,14 +4,20 @@ kind of failure (2: a configuration problem, one line each; 1: could not start).
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
+import structlog
+from aiohttp import web
+
 from flyte_auth_agent.errors import ConfigError
 from flyte_auth_agent.logs import configure
+
+log = structlog.get_logger("flyte_auth")
 
 
 class _LogSettings(Protocol):
@@ -54,3 +60,27 @@ def run(prog: str, load: Callable[[], C],
         print(f"{prog}: cannot start: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
     return 0
+
+
+class OneLineServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server logger, minus tracebacks: a client's malformed request is one
+    warning line naming the error type (never its text, which may quote the request)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True,
+                  **_: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        log.warning("http_request_failed", message=str(msg) % args if args else str(msg),
+                    error_type=type(exc).__name__ if exc is not None else None)
+
+    error = exception
+
+
+def app_runner(app: web.Application, *, shutdown_timeout: float = 60.0,
+               **server: Any) -> web.AppRunner:
+    """Every component's aiohttp runner: no access log (we write our own audit lines), no
+    signal handling (daemon.run has it), request errors as one line."""
+    return web.AppRunner(app, access_log=None, handle_signals=False,
+                         shutdown_timeout=shutdown_timeout, logger=OneLineServerLog(), **server)

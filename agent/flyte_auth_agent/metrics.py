@@ -38,9 +38,16 @@ class AgentMetrics:
         self.expiry = Gauge(
             "flyte_auth_agent_token_expiry_timestamp_seconds",
             "Unix time at which the held token expires (0: none yet)", registry=self.registry)
+        self.refused = Counter(
+            "flyte_auth_agent_connections_refused",
+            "Socket connections closed at accept, by reason (too_many_connections, "
+            "uid_not_allowed)", ["reason"], registry=self.registry)
         self.last_success = Gauge(
             "flyte_auth_agent_last_refresh_timestamp_seconds",
             "Unix time of the last successful exchange", registry=self.registry)
+
+    def refused_connection(self, reason: str) -> None:
+        self.refused.labels(reason).inc()
 
     def exchanged(self, outcome: str, seconds: float, token: AccessToken | None) -> None:
         self.exchanges.labels(outcome).inc()

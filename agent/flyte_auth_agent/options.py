@@ -12,6 +12,8 @@ Stdlib only.
 from __future__ import annotations
 
 import argparse
+import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +67,7 @@ def parse_flags(prefix: str, options: Iterable[Option], argv: list[str]) -> argp
 
 
 _TRUE = {"1", "true", "yes", "on"}
+_DIGITS = re.compile(r"[0-9]{1,18}")
 _FALSE = {"0", "false", "no", "off", ""}
 
 
@@ -167,8 +170,24 @@ def to_positive_float(value: str) -> float:
         number = float(value)
     except ValueError:
         raise ValueError(f"{value!r} is not a number of seconds") from None
-    if not number > 0:
-        raise ValueError(f"{value!r} must be greater than 0")
+    if not number > 0 or not math.isfinite(number):
+        raise ValueError(f"{value!r} must be a finite number greater than 0")
+    return number
+
+
+def whole_number_in(value: str, low: int, high: int) -> int | None:
+    """`value` as an int in [low, high], or None. ASCII digits only, at most 18 of them:
+    str.isdigit() also accepts '²' and 5 000-digit strings, on which int() raises."""
+    if not _DIGITS.fullmatch(value):
+        return None
+    number = int(value)
+    return number if low <= number <= high else None
+
+
+def to_positive_int(value: str) -> int:
+    number = whole_number_in(value.strip(), 1, 10**18)
+    if number is None:
+        raise ValueError(f"{value!r} is not a whole number greater than 0")
     return number
 
 

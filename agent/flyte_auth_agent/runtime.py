@@ -17,6 +17,8 @@ import structlog
 from aiohttp import web
 
 from flyte_auth_agent.config import AgentConfig
+from flyte_auth_agent.connections import ConnectionGuard, Limits, quiet_accept_errors
+from flyte_auth_agent.daemon import app_runner
 from flyte_auth_agent.errors import ConfigError
 from flyte_auth_agent.exchange import Exchanger
 from flyte_auth_agent.metrics import AgentMetrics
@@ -28,6 +30,9 @@ log = structlog.get_logger("flyte_auth_agent")
 #: How long SIGTERM waits for in-flight requests before closing them.
 SHUTDOWN_GRACE = 10.0
 _MAX_UNIX_PATH = 107
+#: The socket's listen backlog: a burst of task processes connecting at once queues in the
+#: kernel instead of failing with EAGAIN.
+BACKLOG = 1024
 
 
 def bind_unix_socket(path: Path, mode: int) -> socket.socket:
@@ -99,16 +104,22 @@ async def running_agent(config: AgentConfig, *, clock: Clock | None = None,
     source = TokenSource(exchanger.fetch, clock=clock, observer=metrics)
     api = AgentAPI(config, source, exchanger, metrics)
     runners: list[web.AppRunner] = []
+    listener: asyncio.Server | None = None
+    quiet_accept_errors(asyncio.get_running_loop())
     try:
         api.refresher = asyncio.create_task(source.run(), name="token-refresher")
-        runner = web.AppRunner(socket_app(api), access_log=None, handle_signals=False,
-                               shutdown_timeout=SHUTDOWN_GRACE)
+        runner = app_runner(socket_app(api), shutdown_timeout=SHUTDOWN_GRACE,
+                            keepalive_timeout=config.idle_timeout)
         runners.append(runner)
         await runner.setup()
-        await web.SockSite(runner, sock).start()
+        assert runner.server is not None
+        guard = ConnectionGuard(runner.server, Limits(config.max_connections,
+                                                      config.idle_timeout, config.allowed_uids),
+                                on_refused=metrics.refused_connection)
+        listener = await asyncio.get_running_loop().create_unix_server(
+            guard, sock=sock, backlog=BACKLOG)
         if config.health_addr is not None:
-            health = web.AppRunner(health_app(api), access_log=None, handle_signals=False,
-                                   shutdown_timeout=SHUTDOWN_GRACE)
+            health = app_runner(health_app(api), shutdown_timeout=SHUTDOWN_GRACE)
             runners.append(health)
             await health.setup()
             host, port = config.health_addr
@@ -120,6 +131,8 @@ async def running_agent(config: AgentConfig, *, clock: Clock | None = None,
         yield RunningAgent(config, api, source, exchanger)
     finally:
         log.info("agent_stopping")
+        if listener is not None:
+            listener.close()  # stop accepting; the runner below closes what is open
         for r in runners:
             await r.cleanup()  # stops listening first, then waits for in-flight requests
         if api.refresher is not None:

@@ -91,19 +91,13 @@ class AgentAPI:
         return conn
 
     def _guard(self, request: web.Request) -> tuple[_Connection, web.Response | None]:
-        """The required header, then the peer allowlist: (connection, refusal or None)."""
+        """The required header: (connection, refusal or None). The peer's uid is checked
+        once, at accept (connections.ConnectionGuard)."""
         conn = self._connection(request)
-        peer = conn.peer
         if request.headers.get(contract.REQUIRED_HEADER) != contract.REQUIRED_HEADER_VALUE:
             return conn, _error(400, contract.ERROR_MISSING_HEADER,
                                 f"requests to /v1/* must carry the header "
                                 f"'{contract.REQUIRED_HEADER}: {contract.REQUIRED_HEADER_VALUE}'")
-        allowed = self.config.allowed_uids
-        if allowed is not None and peer.uid not in allowed:
-            log.warning("peer_refused", peer_pid=peer.pid, peer_uid=peer.uid, path=request.path)
-            return conn, _error(403, contract.ERROR_FORBIDDEN_PEER,
-                                f"uid {peer.uid} may not use this agent; allowed uids are set "
-                                f"by --allowed-uids / FLYTE_AUTH_AGENT_ALLOWED_UIDS")
         return conn, None
 
     def _unavailable(self) -> web.Response:
@@ -117,7 +111,9 @@ class AgentAPI:
         if refusal is not None:
             self._count(contract.PATH_TOKEN, refusal.status)
             return refusal
-        tok = self.source.token() or await self.source.wait(self.config.wait_timeout)
+        source = self.source
+        tok = source.token() or (None if source.failing() else
+                                 await source.wait(self.config.wait_timeout))
         if tok is None:
             self._count(contract.PATH_TOKEN, 503)
             return self._unavailable()

@@ -100,6 +100,11 @@ class TokenSource:
             return None
         return tok
 
+    def failing(self) -> bool:
+        """The held token has expired and refreshing it is failing: a reader waiting for the
+        next attempt would only wait, so it is answered at once."""
+        return self._token is not None and self.token() is None and self.last_error is not None
+
     def retry_after(self) -> int:
         """Whole seconds until the next exchange attempt (at least 1)."""
         if self.next_attempt_at is None:
@@ -139,7 +144,15 @@ class TokenSource:
     async def run(self) -> None:
         """Exchange, then sleep until the next refresh or retry; forever (cancel to stop)."""
         while True:
-            self.next_attempt_at = await self._attempt()
+            try:
+                self.next_attempt_at = await self._attempt()
+            except Exception as exc:
+                # Keep serving the held token; try again after a back-off. The type is
+                # logged, not the text, which may hold data.
+                delay = self._backoff.next(retryable=True)
+                log.error("token_refresher_error", error_type=type(exc).__name__,
+                          retry_in=round(delay, 3))
+                self.next_attempt_at = self.clock.now() + delay
             await self.clock.sleep_until(self.next_attempt_at)
 
     async def _attempt(self) -> float:

@@ -9,7 +9,9 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import os
+import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +21,11 @@ from flyte_auth_agent.errors import OAuthError, SubjectTokenError, UpstreamError
 
 #: Lifetime assumed when the endpoint gives neither `expires_in` nor a JWT `exp`.
 DEFAULT_LIFETIME = 300.0
+#: No token is held longer than this, whatever the endpoint says (a day, as EKS Pod
+#: Identity's longest credentials): a typo upstream must not pin a token for years.
+MAX_LIFETIME = 86400.0
+#: A projected service-account token is a few KiB; more is not one.
+MAX_SUBJECT_TOKEN_BYTES = 64 * 1024
 
 
 def fingerprint(token: str) -> str:
@@ -38,7 +45,7 @@ def jwt_claims(token: str) -> dict[str, Any] | None:
     try:
         payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
         claims = json.loads(payload)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # RecursionError: deeply nested JSON
         return None
     return claims if isinstance(claims, dict) else None
 
@@ -62,11 +69,44 @@ class AccessToken:
         return self.expires_at - self.issued_at
 
 
+def _read_small_regular_file(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of a regular file, never blocking: a FIFO or device at the path
+    is refused instead of waiting for a writer (the caller runs on the event loop)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise _NotRegular
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise _TooLarge
+    return data
+
+
+class _NotRegular(Exception):
+    pass
+
+
+class _TooLarge(Exception):
+    pass
+
+
 def read_subject_token(path: Path) -> str:
     """The projected service-account token, read fresh (the kubelet rotates it)."""
     hint = "check the projected serviceAccountToken volume and --token-file"
     try:
-        text = path.read_text(encoding="ascii").strip()
+        text = _read_small_regular_file(path, MAX_SUBJECT_TOKEN_BYTES).decode("ascii").strip()
+    except _NotRegular:
+        raise SubjectTokenError(f"service-account token file {path} is not a regular file "
+                                f"(a FIFO, socket or device); {hint}") from None
+    except _TooLarge:
+        raise SubjectTokenError(f"service-account token file {path} is larger than "
+                                f"{MAX_SUBJECT_TOKEN_BYTES} bytes, so it is not a token; "
+                                f"{hint}") from None
     except FileNotFoundError:
         raise SubjectTokenError(f"service-account token file {path} does not exist; "
                                 f"{hint}") from None
@@ -138,28 +178,41 @@ def _token_from(doc: dict[str, Any], now: float) -> AccessToken:
         raise UpstreamError(f"token endpoint issued token_type {redact(str(shown))[:32]!r}; "
                             "only Bearer tokens can be sent to FlyteAdmin",
                             kind="bad_response", status=200)
-    expires_in = doc.get("expires_in")
-    if isinstance(expires_in, str) and expires_in.isdigit():  # some servers quote numbers
-        expires_in = int(expires_in)
-    if isinstance(expires_in, bool) or (expires_in is not None and
-                                         not isinstance(expires_in, int | float)):
-        raise UpstreamError("token endpoint response has a non-numeric expires_in",
-                            kind="bad_response", status=200)
-    if expires_in is not None:
-        if expires_in <= 0:
-            raise UpstreamError(f"token endpoint issued a token that expires in {expires_in} s",
-                                kind="bad_response", status=200)
-        expires_at = now + float(expires_in)
-    else:
-        exp = (jwt_claims(value) or {}).get("exp")
-        if not isinstance(exp, int | float) or isinstance(exp, bool):
-            expires_at = now + DEFAULT_LIFETIME  # opaque token, no lifetime given: assume short
-        elif exp <= now:
-            raise UpstreamError("token endpoint issued a JWT whose exp has already passed; "
-                                "check the clocks of the token endpoint and this node",
-                                kind="bad_response", status=200)
-        else:
-            expires_at = float(exp)
+    expires_at = _expiry(doc.get("expires_in"), (jwt_claims(value) or {}).get("exp"), now)
     scope = doc.get("scope")
     return AccessToken.create(value.strip(), issued_at=now, expires_at=expires_at,
                               scope=scope if isinstance(scope, str) else "")
+
+
+def _seconds(value: object) -> float | None:
+    """A finite number (or a quoted one, as some servers send), else None."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _expiry(expires_in: object, exp: object, now: float) -> float:
+    """When the token stops being valid: the earlier of `expires_in` and the JWT's own `exp`,
+    never more than MAX_LIFETIME away; an answer that makes no sense is an error."""
+    lifetime = _seconds(expires_in)
+    if expires_in is not None and lifetime is None:
+        raise UpstreamError("token endpoint response has an expires_in that is not a finite "
+                            "number", kind="bad_response", status=200)
+    if lifetime is not None and lifetime <= 0:
+        raise UpstreamError(f"token endpoint issued a token that expires in {lifetime:g} s",
+                            kind="bad_response", status=200)
+    candidates = [now + min(lifetime, MAX_LIFETIME)] if lifetime is not None else []
+    jwt_exp = _seconds(exp)
+    if jwt_exp is not None:
+        if jwt_exp <= now:
+            raise UpstreamError("token endpoint issued a JWT whose exp has already passed; "
+                                "check the clocks of the token endpoint and this node",
+                                kind="bad_response", status=200)
+        candidates.append(min(jwt_exp, now + MAX_LIFETIME))
+    # Opaque token, no lifetime given: assume short.
+    return min(candidates) if candidates else now + DEFAULT_LIFETIME

@@ -12,6 +12,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from flyte_auth_agent.daemon import app_runner
 from flyte_auth_agent.errors import ConfigError
 from flyte_auth_agent.runtime import tls_material
 from flyte_auth_exchange.admin import SELF_SUBJECT, Admin, SelfToken
@@ -87,8 +88,7 @@ async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExcha
         service = ExchangeService(config, policy=policy, keys=keys, minter=minter, kube=kube,
                                   admin=admin)
         api = ExchangeAPI(service, minter, keys, public_url)
-        runner = web.AppRunner(app(api), access_log=None, handle_signals=False,
-                               shutdown_timeout=10.0)
+        runner = app_runner(app(api), shutdown_timeout=10.0)
         await runner.setup()
         await web.SockSite(runner, sock, ssl_context=server_ssl).start()
         log.info("exchange_started", listen=url, public_url=public_url,

@@ -14,7 +14,7 @@ from prometheus_client import (
 )
 
 from flyte_auth_agent.metrics import metrics_response
-from flyte_auth_exchange.errors import INVALID_REQUEST, Refusal
+from flyte_auth_exchange.errors import INVALID_REQUEST, SERVER_ERROR, Refusal
 from flyte_auth_exchange.mint import Minter
 from flyte_auth_exchange.service import GRANT_TOKEN_EXCHANGE, ExchangeService, Form
 from flyte_auth_exchange.subject import IssuerKeys
@@ -47,36 +47,52 @@ class ExchangeAPI:
         self.metrics = Metrics()
 
     async def token(self, request: web.Request) -> web.Response:
+        """The one place every outcome becomes an answer and an audit line: a grant, a
+        Refusal, or (a bug, never a caller's input) anything else as `server_error`."""
         started = time.perf_counter()
         audit: dict[str, Any] = {"peer": request.remote}
         try:
             form = await self._form(request)
             body = await self.service.exchange(form, audit)
         except Refusal as refusal:
-            self.metrics.decisions.labels("refused", refusal.code).inc()
-            if refusal.check is not None:
-                audit["check"] = refusal.check
-            log.info("exchange_decision", outcome="refused", error=refusal.code,
-                     reason=refusal.description, **audit)
-            return web.json_response({"error": refusal.code,
-                                      "error_description": refusal.description},
-                                     status=refusal.status, headers=_NO_STORE)
+            return self._refused(refusal, audit)
+        except Exception as exc:
+            log.error("exchange_failed", error_type=type(exc).__name__, **audit)
+            return self._refused(Refusal(SERVER_ERROR, "the exchange server failed while "
+                                         "deciding; its log has the error (exchange_failed)"),
+                                 audit)
         finally:
             self.metrics.seconds.observe(time.perf_counter() - started)
         self.metrics.decisions.labels("granted", "").inc()
         log.info("exchange_decision", outcome="granted", reason="", **audit)
         return web.json_response(body, headers=_NO_STORE)
 
+    def _refused(self, refusal: Refusal, audit: dict[str, Any]) -> web.Response:
+        self.metrics.decisions.labels("refused", refusal.code).inc()
+        if refusal.check is not None:
+            audit["check"] = refusal.check
+        log.info("exchange_decision", outcome="refused", error=refusal.code,
+                 reason=refusal.description, **audit)
+        return web.json_response({"error": refusal.code, "error_description": refusal.description},
+                                 status=refusal.status, headers=_NO_STORE)
+
     @staticmethod
     async def _form(request: web.Request) -> Form:
         if request.content_type != "application/x-www-form-urlencoded":
             raise Refusal(INVALID_REQUEST, "the body must be application/x-www-form-urlencoded "
                           "(RFC 6749 §3.2)")
+        too_large = Refusal(INVALID_REQUEST, f"the body is larger than {MAX_FORM_BYTES} bytes",
+                            status=413)
         if (request.content_length or 0) > MAX_FORM_BYTES:
-            raise Refusal(INVALID_REQUEST, f"the body is larger than {MAX_FORM_BYTES} bytes")
+            raise too_large
         try:
             fields = await request.post()
-        except ValueError:
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large from None
+        except LookupError:  # charset=bogus
+            raise Refusal(INVALID_REQUEST, "the body's charset is unknown; send UTF-8 "
+                          "(RFC 6749 appendix B)") from None
+        except ValueError:  # includes UnicodeDecodeError
             raise Refusal(INVALID_REQUEST, "the body is not a valid form") from None
         grouped: dict[str, list[str]] = {}
         for key, value in fields.items():

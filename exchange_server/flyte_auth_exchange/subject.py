@@ -149,7 +149,11 @@ class IssuerKeys:
                 await self._fetch()
 
     async def key_set(self, *, refresh: bool) -> KeySet:
-        """The current keys; with `refresh`, fetch again unless fetched very recently."""
+        """The current keys; with `refresh`, fetch again unless fetched very recently. Only a
+        refresh (an unknown kid) or the very first load waits for the lock: a token signed
+        with a known key never waits behind a slow refetch."""
+        if self._keys is not None and not refresh:
+            return self._keys
         async with self._lock:
             stale = self._clock() - self._fetched_at >= MIN_REFRESH_INTERVAL
             if self._url is not None and (self._keys is None or (refresh and stale)):
@@ -176,7 +180,7 @@ class IssuerKeys:
         except BadSignatureError:
             raise Refusal(INVALID_GRANT, "subject token signature does not verify against the "
                           "service-account issuer's keys") from None
-        except (JoseError, ValueError) as exc:
+        except (JoseError, ValueError, RecursionError) as exc:
             raise Refusal(INVALID_GRANT, f"subject token cannot be verified "
                           f"({type(exc).__name__})") from None
         claims = dict(decoded.claims)

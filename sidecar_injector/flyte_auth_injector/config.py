@@ -35,6 +35,7 @@ from flyte_auth_agent.options import (
     to_host_port,
     to_http_url,
     to_path,
+    whole_number_in,
 )
 from flyte_auth_injector import consts
 
@@ -195,10 +196,11 @@ class InjectorConfig:
 
 
 def _expiration(value: str) -> int:
-    if not value.isdigit() or not consts.MIN_EXPIRATION <= int(value) <= consts.MAX_EXPIRATION:
-        raise ValueError(f"{value!r} is not a whole number of seconds between "
+    seconds = whole_number_in(value, consts.MIN_EXPIRATION, consts.MAX_EXPIRATION)
+    if seconds is None:
+        raise ValueError(f"{value[:40]!r} is not a whole number of seconds between "
                          f"{consts.MIN_EXPIRATION} and {consts.MAX_EXPIRATION}")
-    return int(value)
+    return seconds
 
 
 def _read_file(path: Path) -> dict[str, Any]:

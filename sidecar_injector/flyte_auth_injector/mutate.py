@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flyte_auth_agent import contract
+from flyte_auth_agent.options import whole_number_in
 from flyte_auth_injector import consts
 from flyte_auth_injector.config import Sidecar, TokenSettings
 
@@ -40,6 +41,11 @@ class PodSettings:
 def as_object(value: Any) -> Json:
     """`value` if it is a JSON object, else an empty one (for reading, never writing)."""
     return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    """`value` if it is a JSON array, else an empty one (for reading, never writing)."""
+    return value if isinstance(value, list) else []
 
 
 def shape_problem(pod: Json) -> str | None:  # noqa: PLR0911 - one return per part checked
@@ -104,12 +110,12 @@ def resolve(pod: Json, ns_annotations: Mapping[str, Any], tokens: TokenSettings)
     raw_exp, where = _override(consts.ANNOTATION_EXPIRATION, pod_ann, ns_annotations)
     expiration = tokens.expiration
     if raw_exp is not None:
-        if not raw_exp.isdigit() or not (consts.MIN_EXPIRATION <= int(raw_exp)
-                                         <= tokens.max_expiration):
-            raise Refused(f"{where} {consts.ANNOTATION_EXPIRATION}={raw_exp!r} must be a whole "
-                          f"number of seconds between {consts.MIN_EXPIRATION} and "
+        seconds = whole_number_in(raw_exp, consts.MIN_EXPIRATION, tokens.max_expiration)
+        if seconds is None:
+            raise Refused(f"{where} {consts.ANNOTATION_EXPIRATION}={raw_exp[:40]!r} must be a "
+                          f"whole number of seconds between {consts.MIN_EXPIRATION} and "
                           f"{tokens.max_expiration}")
-        expiration = int(raw_exp)
+        expiration = seconds
     scopes, where = _override(consts.ANNOTATION_SCOPES, pod_ann, ns_annotations)
     if scopes is not None:
         refused = [s for s in scopes.split() if s not in tokens.allowed_scopes]
@@ -135,12 +141,13 @@ def _named(items: list[Json], name: str) -> int | None:
     return None
 
 
-def _claim(items: list[Json], base: str, body: Callable[[str], Json], owned: str | None,
-           insert_at: int | None = None) -> str:
+def _claim(items: list[Json], base: str, body: Callable[[str], Json], owned: str | None, *,
+           insert_at: int | None = None, taken: frozenset[str] = frozenset()) -> str:
     """Put our item named `base` (or the next free variant) into `items`; return its name.
 
     An item we added before (`owned`, from the status annotation) is updated in place;
-    an identical item is left alone; a different item of the user's is never touched."""
+    an identical item is left alone; a different item of the user's is never touched; a
+    name in `taken` (used in a sibling list that shares the namespace) is skipped."""
     if owned is not None and (i := _named(items, owned)) is not None:
         items[i] = body(owned)
         return owned
@@ -148,13 +155,13 @@ def _claim(items: list[Json], base: str, body: Callable[[str], Json], owned: str
     while True:
         name = base if n == 0 else f"{base}-{n}"
         i = _named(items, name)
-        if i is None:
+        if i is None and name not in taken:
             if insert_at is None:
                 items.append(body(name))
             else:
                 items.insert(insert_at, body(name))
             return name
-        if items[i] == body(name):
+        if i is not None and items[i] == body(name):
             return name
         n += 1
 
@@ -284,9 +291,12 @@ def inject(pod: Json, sidecar: Sidecar, settings: PodSettings) -> Json:
                        owned.get("token_volume"))
     socket_vol = _claim(volumes, consts.SOCKET_VOLUME, socket_volume, owned.get("socket_volume"))
     inits = _own_list(spec, "initContainers")
+    # Container names are unique across containers, initContainers and ephemeralContainers.
+    others = frozenset(str(c.get("name")) for key in ("containers", "ephemeralContainers")
+                       for c in as_list(spec.get(key)) if isinstance(c, dict))
     name = _claim(inits, consts.SIDECAR_NAME,
                   lambda n: sidecar_container(n, sidecar, settings, token_vol, socket_vol),
-                  owned.get("sidecar"), insert_at=0)
+                  owned.get("sidecar"), insert_at=0, taken=others)
     containers = _own_list(spec, "containers")
     for i, container in enumerate(containers):
         containers[i] = dict(container)

@@ -47,6 +47,8 @@ def parse(body: bytes) -> dict[str, Any]:
     except (UnicodeDecodeError, ValueError):
         raise BadReview("body is not JSON: expected an admission.k8s.io/v1 AdmissionReview") \
             from None
+    except RecursionError:
+        raise BadReview("body is JSON nested too deeply to be an AdmissionReview") from None
     if not isinstance(doc, dict):
         raise BadReview("body is not a JSON object: expected an AdmissionReview")
     if doc.get("apiVersion") != API_VERSION or doc.get("kind") != "AdmissionReview":
@@ -66,6 +68,13 @@ def parse(body: bytes) -> dict[str, Any]:
     if not isinstance(request.get("object"), dict):
         raise BadReview("request.object (the pod) is missing or not an object")
     return request
+
+
+def refusal(request: Mapping[str, Any], code: int, reason: str, message: str) -> dict[str, Any]:
+    """An AdmissionReview answer that refuses the pod with `message`."""
+    return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": {
+        "uid": request["uid"], "allowed": False,
+        "status": {"code": code, "reason": reason, "message": message}}}
 
 
 def decide(request: Mapping[str, Any], config: InjectorConfig,

@@ -15,6 +15,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.config import ConfigException
 
+from flyte_auth_agent.daemon import app_runner
 from flyte_auth_agent.errors import ConfigError
 from flyte_auth_injector.config import InjectorConfig
 from flyte_auth_injector.namespaces import NamespaceAnnotations
@@ -99,14 +100,13 @@ async def running_injector(config: InjectorConfig) -> AsyncIterator[RunningInjec
             tasks.append(asyncio.create_task(_renew(bootstrap, certs), name="tls-renew"))
         api = InjectorAPI(config, namespaces.get if namespaces else lambda _: {},
                           namespaces.synced.is_set if namespaces else lambda: True)
-        runner = web.AppRunner(webhook_app(api), access_log=None, handle_signals=False,
-                               shutdown_timeout=10.0)
+        runner = app_runner(webhook_app(api), shutdown_timeout=10.0)
         runners.append(runner)
         await runner.setup()
         await web.SockSite(runner, sock, ssl_context=certs.context if certs else None).start()
         url = f"{'https' if certs else 'http'}://{config.listen[0]}:{sock.getsockname()[1]}"
         if config.metrics_addr is not None:
-            extra = web.AppRunner(metrics_app(api), access_log=None, handle_signals=False)
+            extra = app_runner(metrics_app(api))
             runners.append(extra)
             await extra.setup()
             await web.TCPSite(extra, *config.metrics_addr).start()

@@ -8,6 +8,7 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -20,7 +21,7 @@ from prometheus_client import (
 from flyte_auth_agent.errors import ConfigError
 from flyte_auth_agent.metrics import metrics_response
 from flyte_auth_injector.config import InjectorConfig
-from flyte_auth_injector.review import BadReview, decide, parse
+from flyte_auth_injector.review import BadReview, decide, parse, refusal
 
 log = structlog.get_logger("flyte_auth_injector")
 #: AdmissionReviews carry whole pods; the API server caps requests at ~3 MiB.
@@ -85,7 +86,11 @@ class InjectorAPI:
         self.metrics = Metrics()
 
     async def mutate(self, request: web.Request) -> web.Response:
+        """The one place every review gets an answer: 400 for an unreadable review, else 200
+        with the decision, or (a bug, never the pod's fault) `allowed: false` naming the log
+        line."""
         started = time.perf_counter()
+        review: dict[str, Any] | None = None
         try:
             if (request.content_length or 0) > MAX_REVIEW_BYTES:
                 raise BadReview(f"body larger than {MAX_REVIEW_BYTES} bytes")
@@ -95,6 +100,15 @@ class InjectorAPI:
             self.metrics.reviews.labels("bad_review").inc()
             log.warning("review_rejected", error=str(exc))
             return web.json_response({"error": "bad_review", "message": str(exc)}, status=400)
+        except Exception as exc:
+            self.metrics.reviews.labels("failed").inc()
+            log.error("review_failed", error_type=type(exc).__name__)
+            if review is None:
+                return web.json_response({"error": "bad_review", "message": "the review could "
+                                          "not be read"}, status=400)
+            return web.json_response(refusal(
+                review, 500, "InternalError", "flyte-auth: the injector failed on this pod; "
+                "its log has the error (review_failed)"))
         finally:
             self.metrics.seconds.observe(time.perf_counter() - started)
         self.metrics.reviews.labels(outcome.kind).inc()

@@ -56,7 +56,13 @@ def test_env_sets_every_flag_and_flags_win() -> None:
     pytest.param(["--health-addr", "8081"], "--health-addr / FLYTE_AUTH_AGENT_HEALTH_ADDR: '8081' "
                  "is not HOST:PORT", id="health-addr"),
     pytest.param(["--wait-timeout", "-1"], "--wait-timeout / FLYTE_AUTH_AGENT_WAIT_TIMEOUT: '-1' "
-                 "must be greater than 0", id="wait-timeout"),
+                 "must be a finite number greater than 0", id="wait-timeout"),
+    pytest.param(["--wait-timeout", "inf"], "--wait-timeout / FLYTE_AUTH_AGENT_WAIT_TIMEOUT: "
+                 "'inf' must be a finite number", id="wait-timeout-inf"),
+    pytest.param(["--idle-timeout", "5"], "--idle-timeout / FLYTE_AUTH_AGENT_IDLE_TIMEOUT: 5 s "
+                 "must exceed --wait-timeout (5 s)", id="idle-below-wait"),
+    pytest.param(["--max-connections", "0"], "--max-connections / "
+                 "FLYTE_AUTH_AGENT_MAX_CONNECTIONS: '0' is not a whole number", id="max-conn"),
     pytest.param(["--log-format", "xml"], "--log-format / FLYTE_AUTH_AGENT_LOG_FORMAT", id="fmt"),
     pytest.param(["--client-secret-file", "/s"], "--client-secret-file / "
                  "FLYTE_AUTH_AGENT_CLIENT_SECRET_FILE: needs a client id", id="secret-no-id"),

@@ -30,6 +30,7 @@ async def test_refresh_after_half_life_with_jitter_then_new_token(
         sock_path: Path, token_file: Path, endpoint: TokenEndpoint,
         http: aiohttp.ClientSession) -> None:
     clock = FakeClock(time.time())
+    endpoint.now = clock.now  # its tokens' exp follow the same clock
     t0 = clock.now()
     async with running_agent(config(sock_path, token_file, endpoint), clock=clock):
         refresh_at = await clock.next_sleep()
@@ -100,6 +101,7 @@ async def test_upstream_down_past_expiry_gives_503_then_recovers(
         http: aiohttp.ClientSession) -> None:
     endpoint.lifetime = 120
     clock = FakeClock(time.time())
+    endpoint.now = clock.now  # its tokens' exp follow the same clock
     cfg = config(sock_path, token_file, endpoint, "--wait-timeout", "0.2")
     async with running_agent(cfg, clock=clock) as agent:
         await clock.next_sleep()

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from flyte_auth_agent.client import AgentClient, AgentUnreachableError
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.errors import ConfigError
 from flyte_auth_agent.runtime import bind_unix_socket, running_agent
@@ -120,12 +121,21 @@ async def test_requests_without_the_header_are_refused(sock_path: Path, token_fi
 
 async def test_peer_uid_allowlist(sock_path: Path, token_file: Path, endpoint: TokenEndpoint,
                                   http: aiohttp.ClientSession) -> None:
+    """Checked at accept (SO_PEERCRED): a uid outside the list is closed before it can send
+    anything, and the stdlib client says why that may be."""
     other = str(os.getuid() + 1)
-    async with running_agent(config(sock_path, token_file, endpoint, "--allowed-uids", other)):
-        resp = await http.get("/v1/token", headers=H)
-        assert resp.status == 403
-        assert f"uid {os.getuid()} may not use this agent" in (await resp.json())[
-            "error_description"]
+    with capture_logs() as logs:
+        async with running_agent(config(sock_path, token_file, endpoint, "--allowed-uids",
+                                        other)) as agent:
+            with pytest.raises(AgentUnreachableError) as refused:
+                await asyncio.to_thread(AgentClient(str(sock_path), timeout=5).token)
+            metrics = await agent.api.metrics_(None)  # type: ignore[arg-type]
+    assert f"outside its --allowed-uids (this process runs as uid {os.getuid()})" in str(
+        refused.value)
+    assert [e["reason"] for e in logs if e["event"] == "connection_refused"] == [
+        "uid_not_allowed"]
+    assert b'flyte_auth_agent_connections_refused_total{reason="uid_not_allowed"} 1.0' in \
+        metrics.body  # type: ignore[operator]
     async with running_agent(config(sock_path, token_file, endpoint, "--allowed-uids",
                                     f"{other},{os.getuid()}")):
         assert (await http.get("/v1/token", headers=H)).status == 200

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -8,9 +9,12 @@ import pytest
 from flyte_auth_agent.errors import OAuthError, SubjectTokenError, UpstreamError
 from flyte_auth_agent.tokens import (
     DEFAULT_LIFETIME,
+    MAX_LIFETIME,
+    MAX_SUBJECT_TOKEN_BYTES,
     AccessToken,
     parse_token_response,
     read_subject_token,
+    rfc3339,
 )
 from tests.support.cluster import StubIssuer
 
@@ -36,6 +40,27 @@ def test_without_expires_in_uses_the_jwt_exp(issuer: StubIssuer) -> None:
     assert parse_token_response(200, "application/json", body, now=NOW).expires_at == NOW + 900
 
 
+@pytest.mark.parametrize("expires_in", [1e12, 10**30, "1e12"], ids=["1e12", "huge-int", "quoted"])
+def test_an_absurd_lifetime_is_capped(expires_in: object) -> None:
+    tok = parse_token_response(200, "application/json", ok(expires_in=expires_in), now=NOW)
+    assert tok.expires_at == NOW + MAX_LIFETIME
+    rfc3339(tok.expires_at)  # representable: status and /v1/token can print it
+
+
+def test_the_jwt_exp_wins_when_it_is_earlier(issuer: StubIssuer) -> None:
+    jwt = issuer.mint(now=NOW, lifetime=120)
+    body = json.dumps({"access_token": jwt, "token_type": "Bearer", "expires_in": 3600})
+    assert parse_token_response(200, "application/json", body.encode(),
+                                now=NOW).expires_at == NOW + 120
+
+
+def test_a_jwt_already_expired_is_refused_whatever_expires_in_says(issuer: StubIssuer) -> None:
+    jwt = issuer.mint(now=NOW - 7200, lifetime=3600)
+    body = json.dumps({"access_token": jwt, "token_type": "Bearer", "expires_in": 12})
+    with pytest.raises(UpstreamError, match="exp has already passed"):
+        parse_token_response(200, "application/json", body.encode(), now=NOW)
+
+
 def test_without_any_lifetime_assumes_a_short_one() -> None:
     tok = parse_token_response(200, "application/json; charset=utf-8", ok(), now=NOW)
     assert tok.expires_at == NOW + DEFAULT_LIFETIME
@@ -59,8 +84,15 @@ def test_without_any_lifetime_assumes_a_short_one() -> None:
     pytest.param(200, "application/json", b'{"access_token":"x","token_type":"mac"}',
                  "bad_response", "token_type 'mac'", id="wrong-token-type"),
     pytest.param(200, "application/json", b'{"access_token":"x","token_type":"Bearer",'
-                 b'"expires_in":"soon"}', "bad_response", "non-numeric expires_in",
+                 b'"expires_in":"soon"}', "bad_response", "expires_in that is not a finite number",
                  id="bad-expires-in"),
+    pytest.param(200, "application/json", b'{"access_token":"x","token_type":"Bearer",'
+                 b'"expires_in":NaN}', "bad_response", "not a finite number", id="nan-lifetime"),
+    pytest.param(200, "application/json", b'{"access_token":"x","token_type":"Bearer",'
+                 b'"expires_in":Infinity}', "bad_response", "not a finite number",
+                 id="infinite-lifetime"),
+    pytest.param(200, "application/json", b'{"access_token":"x","token_type":"Bearer",'
+                 b'"expires_in":-5}', "bad_response", "expires in -5 s", id="negative-lifetime"),
     pytest.param(200, "application/json", b'{"access_token":"x","token_type":"Bearer",'
                  b'"expires_in":0}', "bad_response", "expires in 0 s", id="zero-lifetime"),
     pytest.param(500, "application/json", b'{"message":"boom"}', "http_error",
@@ -118,6 +150,17 @@ def test_unusable_subject_token_file_names_the_path(tmp_path: Path, content: str
     assert str(path) in str(err.value)
     assert message in str(err.value)
     assert "--token-file" in str(err.value)
+
+
+def test_a_fifo_or_an_oversized_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # nobody writes: a blocking read would hang the agent's event loop
+    with pytest.raises(SubjectTokenError, match="is not a regular file"):
+        read_subject_token(fifo)
+    big = tmp_path / "big"
+    big.write_text("a" * (MAX_SUBJECT_TOKEN_BYTES + 1))
+    with pytest.raises(SubjectTokenError, match="is larger than"):
+        read_subject_token(big)
 
 
 def test_token_file_that_is_a_directory(tmp_path: Path) -> None:

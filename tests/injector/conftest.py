@@ -72,7 +72,7 @@ async def client(ca: trustme.CA) -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-Call = Callable[[dict[str, Any]], Awaitable[tuple[int, dict[str, Any]]]]
+Call = Callable[[dict[str, Any] | bytes], Awaitable[tuple[int, dict[str, Any]]]]
 
 
 @pytest.fixture

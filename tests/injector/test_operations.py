@@ -59,8 +59,10 @@ async def test_namespace_annotations_are_defaults_and_new_namespaces_are_seen_at
             assert expiration_of(got) == 900  # the pod's annotation wins
 
             kube.set_namespace("team-b-production", {consts.ANNOTATION_EXPIRATION: "60"})
-            while injector.namespaces.get("team-b-production") == {}:
-                injector.namespaces.updated.clear()  # the watch event is on its way
+            while True:  # clear first, then look: an event between the two is not lost
+                injector.namespaces.updated.clear()
+                if injector.namespaces.get("team-b-production") != {}:
+                    break
                 await asyncio.wait_for(injector.namespaces.updated.wait(), 10)
             answer = await post(client, injector.url, review(propeller_pod(),
                                                              "team-b-production"))

@@ -60,6 +60,11 @@ class StubKubeAPI:
     workflows: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     #: ("validatingadmissionpolicies" | "validatingadmissionpolicybindings", name) -> object
     admission: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    #: When set, every JWKS request after the first waits for it: an issuer that answers
+    #: slowly. `jwks_waiting` is set while one waits.
+    jwks_gate: asyncio.Event | None = None
+    jwks_waiting: asyncio.Event = field(default_factory=asyncio.Event)
+    jwks_requests: int = 0
     _version: int = 1
     _watchers: list[asyncio.Queue[dict[str, Any]]] = field(default_factory=list)
     url: str = ""
@@ -263,6 +268,10 @@ class StubKubeAPI:
             "id_token_signing_alg_values_supported": ["RS256"]})
 
     async def _jwks(self, _: web.Request) -> web.Response:
+        self.jwks_requests += 1
+        if self.jwks_gate is not None and self.jwks_requests > 1:
+            self.jwks_waiting.set()
+            await self.jwks_gate.wait()
         return web.json_response(self.issuer.jwks())
 
     async def _pod(self, request: web.Request) -> web.Response:

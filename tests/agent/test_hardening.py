@@ -1,0 +1,269 @@
+"""Each class of bad input the agent met when tried as an attacker would; every test here
+fails without its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import resource
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from structlog.testing import capture_logs
+
+from flyte_auth_agent.client import AgentClient, AgentUnreachableError
+from flyte_auth_agent.runtime import running_agent
+from flyte_auth_agent.tokens import MAX_LIFETIME
+from tests.conftest import H
+from tests.conftest import agent_config as config
+from tests.support.clock import FakeClock
+from tests.support.token_endpoint import TokenEndpoint
+
+
+@pytest.mark.parametrize("expires_in", [1e12, float("nan")], ids=["1e12", "nan"])
+async def test_an_absurd_expires_in_never_stops_the_refresher(
+        sock_path: Path, token_file: Path, endpoint: TokenEndpoint,
+        http: aiohttp.ClientSession, expires_in: float) -> None:
+    clock = FakeClock(time.time())
+    endpoint.queued.append(lambda _: web.json_response(
+        {"access_token": "opaque-1", "token_type": "Bearer", "expires_in": expires_in}))
+    async with running_agent(config(sock_path, token_file, endpoint), clock=clock) as agent:
+        await clock.next_sleep()
+        token = await http.get("/v1/token", headers=H)
+        status = await http.get("/v1/status", headers=H)
+        health = await http.get("/healthz")
+        await clock.run_next()  # the refresher is alive and tries again
+        assert agent.api.refresher is not None and not agent.api.refresher.done()
+    assert (status.status, health.status) == (200, 200)
+    assert endpoint.count == 2
+    if math.isfinite(expires_in):  # 1e12: accepted, held for at most a day
+        assert token.status == 200
+        assert (await token.json())["expires_in"] <= MAX_LIFETIME
+    else:  # NaN: refused as a bad answer
+        assert token.status == 503
+        assert (await status.json())["last_error"]["kind"] == "bad_response"
+
+
+async def test_the_refresher_survives_an_unexpected_error(
+        sock_path: Path, token_file: Path, endpoint: TokenEndpoint,
+        http: aiohttp.ClientSession) -> None:
+    clock = FakeClock(time.time())
+    async with running_agent(config(sock_path, token_file, endpoint), clock=clock) as agent:
+        await clock.next_sleep()
+
+        def broken(*_: Any) -> None:
+            raise RuntimeError("a bug after the exchange")
+
+        agent.source._observer.exchanged = broken  # type: ignore[union-attr,method-assign]
+        with capture_logs() as logs:
+            await clock.run_next()
+        assert agent.api.refresher is not None and not agent.api.refresher.done()
+        assert (await http.get("/healthz")).status == 200
+        assert (await http.get("/v1/token", headers=H)).status == 200
+    assert [e["error_type"] for e in logs if e["event"] == "token_refresher_error"] == [
+        "RuntimeError"]
+
+
+async def test_once_expired_and_failing_a_request_is_answered_at_once(
+        sock_path: Path, token_file: Path, endpoint: TokenEndpoint,
+        http: aiohttp.ClientSession) -> None:
+    """With --wait-timeout 600, a waiting request would hang the test; it must not wait."""
+    endpoint.lifetime = 120
+    clock = FakeClock(time.time())
+    cfg = config(sock_path, token_file, endpoint, "--wait-timeout", "600")
+    async with running_agent(cfg, clock=clock) as agent:
+        await clock.next_sleep()
+        tok = agent.source.token()
+        assert tok is not None
+        await endpoint.stop()
+        while (deadline := await clock.next_sleep()) < tok.expires_at:
+            clock.advance(deadline)
+        clock.advance(max(clock.now(), tok.expires_at))
+        async with asyncio.timeout(60):  # a bound for a broken build, not a wait
+            resp = await http.get("/v1/token", headers=H)
+    assert resp.status == 503
+    assert int(resp.headers["Retry-After"]) >= 1
+
+
+async def test_a_malformed_request_is_one_log_line_without_a_traceback(
+        sock_path: Path, token_file: Path, endpoint: TokenEndpoint,
+        caplog: pytest.LogCaptureFixture) -> None:
+    async with running_agent(config(sock_path, token_file, endpoint)):
+        with capture_logs() as logs:
+            reader, writer = await asyncio.open_unix_connection(str(sock_path))
+            writer.write(b"GET /v1/token HTTP/1.1\r\nHost: a\r\nBroken header line\r\n\r\n")
+            answer = await reader.read()
+            writer.close()
+    assert answer.split(b"\r\n")[0].endswith(b" 400 Bad Request")
+    assert [e["error_type"] for e in logs if e["event"] == "http_request_failed"] == [
+        "BadHttpMessage"]
+    assert not [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"]
+
+
+async def test_a_fifo_as_the_token_file_does_not_block_the_agent(
+        sock_path: Path, tmp_path: Path, endpoint: TokenEndpoint,
+        http: aiohttp.ClientSession) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    async with running_agent(config(sock_path, fifo, endpoint, "--wait-timeout", "0.2")):
+        resp = await http.get("/v1/token", headers=H)
+        health = await http.get("/healthz")
+    assert resp.status == 503
+    assert "is not a regular file" in (await resp.json())["error_description"]
+    assert health.status == 200
+
+
+class Backlogged:
+    """A socket whose listen backlog is full and that accepts nothing until `serve()`: an
+    agent that is busy, not gone."""
+
+    def __init__(self, path: Path) -> None:
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(0)
+        self.fillers: list[socket.socket] = []
+        while True:  # fill the backlog until connect() would fail with EAGAIN
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect(str(path))
+            except BlockingIOError:
+                s.close()
+                break
+            self.fillers.append(s)
+
+    def serve(self) -> None:
+        """Accept and answer everything queued, then keep answering."""
+        def loop() -> None:
+            while True:
+                try:
+                    conn, _ = self.server.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.settimeout(5)
+                    try:
+                        if b"\r\n\r\n" not in conn.recv(65536):
+                            continue
+                    except OSError:
+                        continue
+                    body = b'{"access_token":"t","token_type":"Bearer","expires_at":"",' \
+                           b'"expires_in":60,"scope":""}'
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        for s in self.fillers:
+            s.close()
+        threading.Thread(target=loop, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_a_busy_agent_makes_the_client_wait_not_fail(
+        short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backlogged = Backlogged(short_dir / "busy.sock")
+    backing_off = threading.Event()
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:  # the client met EAGAIN and backs off
+        backing_off.set()
+        real_sleep(seconds)
+
+    monkeypatch.setattr("flyte_auth_agent.client.time.sleep", sleep)
+    result: list[Any] = []
+    caller = threading.Thread(target=lambda: result.append(
+        AgentClient(str(short_dir / "busy.sock"), timeout=30).token()))
+    caller.start()
+    try:
+        assert backing_off.wait(30)
+        backlogged.serve()  # the agent catches up
+        caller.join(30)
+    finally:
+        backlogged.close()
+    assert result and result[0]["access_token"] == "t"
+
+
+def test_a_busy_agent_past_the_timeout_is_a_clear_error(short_dir: Path) -> None:
+    backlogged = Backlogged(short_dir / "busy.sock")
+    try:
+        with pytest.raises(AgentUnreachableError, match="stayed busy"):
+            AgentClient(str(short_dir / "busy.sock"), timeout=0.3).token()
+    finally:
+        backlogged.close()
+
+
+@pytest.mark.parametrize("max_connections", ["256", "4000"],
+                         ids=["capped", "cap-above-the-fd-limit"])
+async def test_idle_connections_cannot_starve_the_agent(
+        sock_path: Path, token_file: Path, endpoint: TokenEndpoint,
+        max_connections: str) -> None:
+    """The agent as its own process with 1 024 file descriptors; 1 100 clients connect and
+    send nothing. The log stays a few lines, and once the idle ones are cut off a real
+    client gets its token. With the cap above the fd limit, accept() runs out of descriptors:
+    that is one rate-limited line, not a traceback per attempt."""
+    def low_fd_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(
+            resource.RLIMIT_NOFILE)[1]))
+
+    agent_bin = str(Path(sys.executable).parent / "flyte-auth-agent")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYTE_")}
+    proc = await asyncio.create_subprocess_exec(
+        agent_bin, "serve", "--socket", str(sock_path), "--token-file", str(token_file),
+        "--token-endpoint", endpoint.url, "--max-connections", max_connections,
+        "--idle-timeout", "3", "--wait-timeout", "1", env=env,
+        stderr=asyncio.subprocess.PIPE, preexec_fn=low_fd_limit)
+    assert proc.stderr is not None
+    log = bytearray()
+    started = asyncio.Event()
+
+    async def read_log() -> None:
+        assert proc.stderr is not None
+        while line := await proc.stderr.readline():
+            log.extend(line)
+            if b'"agent_started"' in line:
+                started.set()
+
+    reader = asyncio.create_task(read_log())
+    idle: list[socket.socket] = []
+    try:
+        await started.wait()
+        for _ in range(1100):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect(str(sock_path))
+            except BlockingIOError:  # the backlog is full: the agent is not accepting
+                s.close()
+                continue
+            idle.append(s)
+        client = AgentClient(str(sock_path), timeout=2)
+        async with asyncio.timeout(60):  # a bound for a broken build
+            while True:
+                try:
+                    body = await asyncio.to_thread(client.token)
+                    break
+                except AgentUnreachableError:
+                    await asyncio.sleep(0.2)  # poll: the idle ones are cut off after 3 s
+        assert body["token_type"] == "Bearer"
+        assert proc.returncode is None
+    finally:
+        for s in idle:
+            s.close()
+        proc.kill()
+        await proc.wait()
+        await reader
+    lines = bytes(log).splitlines()
+    assert len(log) < 64 * 1024, f"{len(lines)} log lines, {len(log)} bytes"
+    assert b"Traceback" not in log
+    if max_connections == "4000":
+        assert b'"accept_out_of_resources"' in log
+    else:
+        assert b'"too_many_connections"' in log
