@@ -108,3 +108,4 @@ class ConfigBody(TypedDict):
 ERROR_MISSING_HEADER: Final = "missing_header"
 ERROR_NO_TOKEN: Final = "token_unavailable"
 ERROR_NOT_FOUND: Final = "not_found"
+ERROR_INTERNAL: Final = "internal_error"

@@ -193,8 +193,23 @@ class AgentAPI:
         return metrics_response(self.metrics.registry)
 
 
+@web.middleware
+async def _answer_every_error(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The one place an unexpected error in a handler becomes an answer: a JSON 500 and one
+    log line naming the error type (its text may hold a token)."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        log.error("request_failed", path=request.path, error_type=type(exc).__name__)
+        return _error(500, contract.ERROR_INTERNAL, "the agent failed answering this request; "
+                      "its log has the error (request_failed)")
+    return response
+
+
 def socket_app(api: AgentAPI) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[_answer_every_error])
     app.router.add_get(contract.PATH_TOKEN, api.token)
     app.router.add_get(contract.PATH_CONFIG, api.config_)
     app.router.add_get(contract.PATH_STATUS, api.status)
@@ -206,7 +221,7 @@ def socket_app(api: AgentAPI) -> web.Application:
 
 def health_app(api: AgentAPI) -> web.Application:
     """For kubelet probes and Prometheus over TCP: never any /v1/* route."""
-    app = web.Application()
+    app = web.Application(middlewares=[_answer_every_error])
     app.router.add_get(contract.PATH_HEALTHZ, api.healthz)
     app.router.add_get(contract.PATH_READYZ, api.readyz)
     app.router.add_get(contract.PATH_METRICS, api.metrics_)

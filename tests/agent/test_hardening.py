@@ -267,3 +267,20 @@ async def test_idle_connections_cannot_starve_the_agent(
         assert b'"accept_out_of_resources"' in log
     else:
         assert b'"too_many_connections"' in log
+
+
+async def test_an_unexpected_handler_error_is_a_json_500_and_one_line(
+        sock_path: Path, token_file: Path, endpoint: TokenEndpoint,
+        http: aiohttp.ClientSession) -> None:
+    async with running_agent(config(sock_path, token_file, endpoint)) as agent:
+        def broken() -> dict[str, Any]:
+            raise ValueError("year 33658 is out of range")
+
+        agent.source.status = broken  # type: ignore[method-assign]
+        with capture_logs() as logs:
+            resp = await http.get("/v1/status", headers=H)
+            body = await resp.json()
+        token = await http.get("/v1/token", headers=H)
+    assert (resp.status, body["error"]) == (500, "internal_error")
+    assert [e["error_type"] for e in logs if e["event"] == "request_failed"] == ["ValueError"]
+    assert token.status == 200  # the rest of the agent is unaffected
