@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
+from urllib.parse import urlsplit
 
 from flyte_auth_agent.config import AdminEndpoint, parse_admin_endpoint
 from flyte_auth_agent.contract import DEFAULT_NAMESPACE_TEMPLATE, GUARD_NAME
@@ -173,6 +174,20 @@ class ExchangeConfig:
         )
         s.raise_problems()
         return config
+
+    def audience_warning(self) -> str | None:
+        """Why tasks that dial FlyteAdmin as --admin-endpoint may have their tokens refused:
+        FlyteAdmin expects the authorizedUris entry with the dialled hostname (else its first
+        entry), and no --admin-audience has that hostname."""
+        if self.admin is None:
+            return None
+        host = urlsplit("//" + self.admin.host_port).hostname
+        if any(urlsplit(a).hostname == host for a in self.admin_audiences):
+            return None
+        return (f"no --admin-audience has the host {host!r} of --admin-endpoint: FlyteAdmin "
+                f"expects tasks that dial {self.admin.host_port} to present its authorizedUris "
+                f"entry for {host!r}, or its first entry if it lists none; add that URL (e.g. "
+                f"http://{host}:80, as in FlyteAdmin's authorizedUris) to --admin-audience")
 
     @classmethod
     def load(cls, argv: list[str], environ: Mapping[str, str] | None = None) -> ExchangeConfig:

@@ -91,6 +91,9 @@ async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExcha
         runner = app_runner(app(api), shutdown_timeout=10.0)
         await runner.setup()
         await web.SockSite(runner, sock, ssl_context=server_ssl).start()
+        warning = config.audience_warning()
+        if warning is not None:
+            log.warning("admin_audience_mismatch", message=warning)
         log.info("exchange_started", listen=url, public_url=public_url,
                  identity=config.identity, token_review=config.token_review,
                  rules=[r.name for r in policy.rules])

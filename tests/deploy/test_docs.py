@@ -31,12 +31,26 @@ def exchange_args() -> list[str]:
     return list(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
 
 
-def test_authorized_uris_snippet_contains_the_minted_audience() -> None:
+def test_authorized_uris_snippet_contains_every_minted_audience() -> None:
     (snippet,) = blocks("yaml")
     uris = yaml.safe_load(snippet)["auth"]["authorizedUris"]
-    audience = next(a.split("=", 1)[1] for a in exchange_args()
-                    if a.startswith("--admin-audience="))
-    assert audience in uris
+    audiences = [a.split("=", 1)[1] for a in exchange_args()
+                 if a.startswith("--admin-audience=")]
+    assert len(audiences) == 4
+    assert set(audiences) <= set(uris)
+
+
+def test_the_platform_url_tasks_get_is_among_the_audiences() -> None:
+    """What the injector gives pods as FLYTE_PLATFORM_URL, FlyteAdmin maps (by hostname) to
+    an authorizedUris entry that the minted tokens carry."""
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    config = yaml.safe_load(by_key(kustomize("cert-manager"))[
+        ("ConfigMap", "flyte-auth-injector-config")]["data"]["injector.yaml"])
+    host = urlsplit("//" + config["admin_endpoint"]).hostname
+    audiences = [a.split("=", 1)[1] for a in exchange_args()
+                 if a.startswith("--admin-audience=")]
+    assert host in {urlsplit(a).hostname for a in audiences}
 
 
 def test_signing_key_secret_command_matches_the_mount() -> None:

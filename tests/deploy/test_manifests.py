@@ -170,6 +170,20 @@ def test_the_guard_protects_exactly_the_labels_the_exchange_server_trusts(
     assert creators == "system:serviceaccount:flyte:flytepropeller"
 
 
+def test_helm_refuses_audiences_that_miss_the_host_tasks_dial() -> None:
+    out = subprocess.run([tool("helm", "v3.19.0"), "template", "x", "deploy/helm/flyte-auth",
+                          "--kube-version", "1.30.0", "--set",
+                          "flyteAdmin.grpcEndpoint=admin.example:443"], capture_output=True,
+                         text=True, cwd=ROOT, check=False)
+    assert out.returncode != 0
+    assert 'flyteAdmin.audiences has no URL with host "admin.example"' in out.stderr
+    ok = by_key(helm("flyteAdmin.grpcEndpoint=admin.example:443",
+                     "flyteAdmin.audiences={https://admin.example}"))
+    args = ok[("Deployment", "flyte-auth-exchange")]["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert "--admin-audience=https://admin.example" in args
+
+
 def test_helm_takes_a_list_of_flyte_creators_and_refuses_a_malformed_one(
         tmp_path: Path) -> None:
     objs = by_key(helm("guard.flyteCreators={system:serviceaccount:flyte:flytepropeller,"

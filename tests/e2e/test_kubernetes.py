@@ -146,7 +146,7 @@ async def e2e(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E2E]:
                                                                audience=cluster.url))
                     for sa in ("flyte-auth-injector", "flyte-auth-exchange")}
             key_file = workdir / "token_rsa_key.pem"
-            admin = FlyteAdmin(write_signing_key(key_file), public_url=ADMIN_URL)
+            admin = FlyteAdmin(write_signing_key(key_file), authorized_uris=[ADMIN_URL])
             admin.executions[("flytesnacks", "development", "f3a1b2c4d5e6")] = EXECUTOR
             metadata = AuthMetadata(token_endpoint="", audience=ADMIN_URL)
             server, admin_target = await start_flyteadmin(admin, metadata)

@@ -466,3 +466,35 @@ async def test_es256_issuer_from_a_jwks_file_over_tls(world: World, tmp_path: Pa
     assert status == 200, body
     assert (jwt_claims(str(body["access_token"])) or {})["sub"] == EXECUTOR
     assert refused["error"] == "invalid_grant"
+
+
+async def test_flyteadmin_expects_the_audience_of_the_host_the_task_dialled(
+        world: World, exchange: StartExchange, http: aiohttp.ClientSession) -> None:
+    """flyte-core's authorizedUris; a task that dials flyteadmin.flyte:81 matches no entry,
+    so FlyteAdmin (and its stand-in) expects the first one. Minting only the cluster-local
+    URL is refused there; minting every configured audience, the public URL among them, is
+    accepted at every host."""
+    subject = world.kube.token_for(world.task_pod())
+
+    async def user_info_at(token: str, host: str) -> grpc.StatusCode:
+        async with grpc.aio.insecure_channel(world.admin_target) as channel:
+            try:
+                await identity_pb2_grpc.IdentityServiceStub(channel).UserInfo(
+                    identity_pb2.UserInfoRequest(), metadata=(
+                        ("flyte-authorization", f"Bearer {token}"), ("x-forwarded-host", host)))
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+        return grpc.StatusCode.OK
+
+    hosts = ("flyteadmin.flyte:81", "flyteadmin:81", "flyteadmin.flyte.svc.cluster.local:81")
+    async with exchange() as ex:
+        _, narrow = await post(http, ex.url, form(subject))
+    async with exchange("--admin-audience", "https://flyte.example.com",
+                        "--admin-audience", "http://flyteadmin:80") as ex:
+        _, wide = await post(http, ex.url, form(subject))
+    world.admin.authorized_uris = ["https://flyte.example.com", "http://flyteadmin:80",
+                                   ADMIN_URL]
+    narrow_verdicts = [await user_info_at(str(narrow["access_token"]), h) for h in hosts]
+    wide_verdicts = [await user_info_at(str(wide["access_token"]), h) for h in hosts]
+    assert narrow_verdicts == [grpc.StatusCode.UNAUTHENTICATED] * 2 + [grpc.StatusCode.OK]
+    assert wide_verdicts == [grpc.StatusCode.OK] * 3

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -31,7 +31,7 @@ NESTED_PAYLOAD = "eyJhbGciOiJSUzI1NiIsImtpZCI6InNhLWtleSJ9." + b64(nested(5000))
 NESTED_HEADER = b64(b'{"alg":' * 5000 + b'"RS256"' + b"}" * 5000) + "." + b64(b"{}") + ".c2ln"
 
 
-def decisions(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def decisions(logs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [e for e in logs if e["event"] == "exchange_decision"]
 
 
@@ -96,7 +96,7 @@ async def test_an_unexpected_error_is_one_server_error_without_the_token(
 
     with capture_logs() as logs:
         async with exchange() as ex:
-            ex.api.service.exchange = broken  # type: ignore[method-assign]
+            ex.api.service.exchange = broken  # type: ignore[method-assign,assignment]
             status, body = await post(http, ex.url, form(subject))
     assert (status, body["error"]) == (500, "server_error")
     assert [e["outcome"] for e in decisions(logs)] == ["refused"]

@@ -14,6 +14,7 @@ from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.memo import Memo
 from flyte_auth_exchange.policy import Policy
 from flyte_auth_exchange.service import sanitize_label_value
+from tests.support.flyteadmin import public_url_for
 
 EXCHANGE = str(Path(sys.executable).parent / "flyte-auth-exchange")
 
@@ -153,3 +154,45 @@ def test_zero_cache_ttl_is_allowed_and_negative_is_a_clear_problem() -> None:
         ExchangeConfig.load([*base, "--cache-ttl", "-1"], {})
     assert err.value.problems == [
         "--cache-ttl / FLYTE_AUTH_EXCHANGE_CACHE_TTL: '-1' must be 0 or more"]
+
+
+@pytest.mark.parametrize(("endpoint", "audiences", "warned"), [
+    ("flyteadmin.flyte.svc.cluster.local:81", ["http://flyteadmin.flyte.svc.cluster.local:80"],
+     False),
+    ("flyteadmin.flyte:81", ["http://flyteadmin.flyte.svc.cluster.local:80"], True),
+    ("flyteadmin.flyte:81", ["http://flyteadmin.flyte.svc.cluster.local:80",
+                             "http://flyteadmin.flyte:80"], False),
+])
+def test_an_admin_endpoint_no_audience_names_is_a_start_up_warning(
+        tmp_path: Path, endpoint: str, audiences: list[str], warned: bool) -> None:
+    args = ["--signing-key", str(tmp_path / "k.pem"), "--subject-issuer", "https://k8s",
+            "--token-review", "--admin-endpoint", endpoint]
+    for audience in audiences:
+        args += ["--admin-audience", audience]
+    warning = ExchangeConfig.load(args, {}).audience_warning()
+    assert (warning is not None) is warned
+    if warning:
+        assert "'flyteadmin.flyte'" in warning and "http://flyteadmin.flyte:80" in warning
+
+
+FLYTE_CORE_URIS = ["https://flyte.example.com", "http://flyteadmin:80",
+                   "http://flyteadmin.flyte.svc.cluster.local:80"]
+
+
+@pytest.mark.parametrize(("dialled", "expected"), [
+    ("flyteadmin.flyte.svc.cluster.local:81", "http://flyteadmin.flyte.svc.cluster.local:80"),
+    ("flyteadmin:81", "http://flyteadmin:80"),
+    ("flyteadmin.flyte:81", "https://flyte.example.com"),  # no match: the first entry
+    ("flyte.example.com:443", "https://flyte.example.com"),
+    (None, "https://flyte.example.com"),
+])
+def test_the_stand_in_picks_the_audience_as_flyteadmin_does(dialled: str | None,
+                                                             expected: str) -> None:
+    assert public_url_for(dialled, FLYTE_CORE_URIS) == expected
+
+
+def test_the_stand_in_prefers_the_scheme_then_the_port() -> None:
+    uris = ["http://a:80", "https://a:8443", "http://a:81"]
+    assert public_url_for("a:81", uris) == "https://a:8443"  # gRPC dials as https
+    assert public_url_for("a:81", ["http://a:80", "http://a:81", "http://a:82"]) == "http://a:81"
+    assert public_url_for("a:99", ["http://a:80", "http://a:82"]) == "http://a:82"  # the last

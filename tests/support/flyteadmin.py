@@ -6,10 +6,17 @@ v1.16.8) for what this project relies on:
 - Every other call must carry `flyte-authorization: Bearer <jwt>` (or `authorization`):
   RS256 verified with the public half of token_rsa_key.pem; the header's `key_id` picks the
   key, an unknown id falls back to the first key; exp/iat/nbf are checked only when present;
-  iss is not checked; `aud` (string or list) must contain the public URL; `client_id`, if
+  iss is not checked; `aud` (string or list) must contain the public URL, chosen from
+  `authorizedUris` as GetPublicURL does (flyteadmin/auth/handler_utils.go; see
+  `public_url_for`); `client_id`, if
   present, must be a string; `scp` is a list, or one string taken whole; no client_id and no
   scp grants `all`; BlanketAuthorization then requires scope `all`; `user_info`, if present,
   must be an object. Anything else is UNAUTHENTICATED.
+- The dialled host: FlyteAdmin reads `x-forwarded-host`, else the gRPC `:authority`. grpc's
+  asyncio server exposes no `:authority` to a servicer, so the stand-in reads
+  `x-forwarded-host` only; without it, it chooses as FlyteAdmin does for a host that matches
+  no authorized URI (the first entry). Tests that need another host send the header; the
+  e2e parity table sends the same header to the real FlyteAdmin.
 - IdentityService.UserInfo returns the token's subject; AdminService.GetExecution returns an
   execution from an in-memory table (NOT_FOUND otherwise) with spec.metadata.principal.
 """
@@ -21,6 +28,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 from flyteidl.admin import execution_pb2
@@ -36,6 +44,26 @@ HEADER = "flyte-authorization"
 
 class Unauthenticated(Exception):
     pass
+
+
+def public_url_for(dialled: str | None, authorized_uris: list[str]) -> str:
+    """FlyteAdmin's GetPublicURL for a gRPC call: the dialled host as https://HOST[:PORT];
+    among authorized URIs with its hostname, the first with its scheme wins, else the last
+    with its port, else the last with its hostname; no hostname match → the first entry."""
+    if dialled is None:
+        return authorized_uris[0]
+    u = urlsplit("https://" + dialled)
+    host_match: str | None = None
+    host_port_match: str | None = None
+    for uri in authorized_uris:
+        a = urlsplit(uri)
+        if u.hostname == a.hostname:
+            host_match = uri
+            if u.port == a.port:
+                host_port_match = uri
+            if u.scheme == a.scheme:
+                return uri
+    return host_port_match or host_match or authorized_uris[0]
 
 
 def validate_bearer(value: str | None, keys: list[tuple[str, RSAKey]], audience: str,
@@ -79,7 +107,9 @@ def validate_bearer(value: str | None, keys: list[tuple[str, RSAKey]], audience:
 class FlyteAdmin(admin_pb2_grpc.AdminServiceServicer,  # type: ignore[misc]
                  identity_pb2_grpc.IdentityServiceServicer):  # type: ignore[misc]
     public_key_pem: bytes
-    public_url: str = "http://flyteadmin.flyte.svc.cluster.local:80"
+    #: FlyteAdmin's auth.authorizedUris, in its order.
+    authorized_uris: list[str] = field(default_factory=lambda: [
+        "http://flyteadmin.flyte.svc.cluster.local:80"])
     #: (project, domain, name) -> principal
     executions: dict[tuple[str, str, str], str] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)  # (method, subject)
@@ -100,8 +130,9 @@ class FlyteAdmin(admin_pb2_grpc.AdminServiceServicer,  # type: ignore[misc]
             self.rejected += 1
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "token rejected: revoked")
         try:
+            audience = public_url_for(md.get("x-forwarded-host"), self.authorized_uris)
             claims = validate_bearer(md.get(HEADER) or md.get("authorization"), self.keys,
-                                     self.public_url, time.time())
+                                     audience, time.time())
         except Unauthenticated as exc:
             self.rejected += 1
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"token rejected: {exc}")

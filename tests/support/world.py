@@ -61,7 +61,7 @@ class World:
         await self.kube.start()
         install_guard(self.kube)
         self.kubeconfig = self.kube.kubeconfig(self.workdir / "kubeconfig")
-        self.admin = FlyteAdmin(public, public_url=ADMIN_URL)
+        self.admin = FlyteAdmin(public, authorized_uris=[ADMIN_URL])
         self.metadata = AuthMetadata(token_endpoint="", audience=ADMIN_URL)
         self._admin_server, self.admin_target = await start_flyteadmin(self.admin, self.metadata)
         return self

@@ -33,3 +33,17 @@ podAntiAffinity:
 image: {{ .Values.image.server.repository }}:{{ .Values.image.server.tag }}
 imagePullPolicy: {{ .Values.image.server.pullPolicy }}
 {{- end }}
+
+{{- /* FlyteAdmin picks the token audience by the host a task dials (flyteAdmin.grpcEndpoint):
+the authorizedUris entry with that hostname, else its first entry. Refuse an install where
+no audience has that hostname: every task's token would be refused. */ -}}
+{{- define "flyte-auth.checkAudiences" -}}
+{{- $host := regexReplaceAll ":[0-9]+$" .Values.flyteAdmin.grpcEndpoint "" -}}
+{{- $found := false -}}
+{{- range .Values.flyteAdmin.audiences -}}
+{{- if eq (urlParse .).hostname $host -}}{{- $found = true -}}{{- end -}}
+{{- end -}}
+{{- if not $found -}}
+{{- fail (printf "flyteAdmin.audiences has no URL with host %q, the host tasks dial (flyteAdmin.grpcEndpoint): FlyteAdmin would expect its first authorizedUris entry as the audience and refuse every task's token. Add http://%s:80 (as listed in FlyteAdmin's authorizedUris) to flyteAdmin.audiences" $host $host) -}}
+{{- end -}}
+{{- end }}
