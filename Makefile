@@ -16,7 +16,7 @@ help:
 	@echo "make manifests / make chart   render the kustomize overlay / the Helm chart"
 	@echo "make images build the container images (needs a running docker or podman)"
 	@echo "make test   lint (ruff, mypy --strict) and run every test"
-	@echo "make e2e    end to end against a real kube-apiserver, etcd and Keycloak"
+	@echo "make e2e    end to end against real kube-apiserver, etcd, Keycloak, FlyteAdmin and flytepropeller"
 	@echo "make bench  run the benchmarks (prints figures and ratios)"
 	@echo "make fmt    format and auto-fix with ruff"
 
@@ -35,11 +35,13 @@ lint: $(STAMP)
 unit: $(STAMP) tools
 	KUSTOMIZE=$(KUSTOMIZE) HELM=$(HELM) $(VENV)/bin/pytest --ignore=tests/e2e $(PYTEST_ARGS)
 
-# End to end against real peers (kube-apiserver + etcd, Keycloak). The first run on a machine
-# builds kube-apiserver from the Go module proxy (minutes); later runs reuse the cache.
+# End to end against real peers (kube-apiserver + etcd, Keycloak, Flyte on PostgreSQL). The
+# first run on a machine builds kube-apiserver and Flyte from Go sources (about 20 minutes);
+# later runs reuse the cache.
 e2e-deps:
 	@command -v etcd >/dev/null || { apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null; }
-	@systemctl disable --now etcd >/dev/null 2>&1 || true
+	@test -x /usr/lib/postgresql/15/bin/initdb || { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
+	@systemctl disable --now etcd postgresql >/dev/null 2>&1 || true
 
 e2e: $(STAMP) tools e2e-deps
 	$(PY) -m tests.e2e.peers

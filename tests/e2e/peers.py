@@ -1,19 +1,24 @@
 """Build (once per machine) and locate the real peers of the end-to-end suite.
 
-Everything comes from the package registries this machine reaches, never from a fetched
-source tree: kube-apiserver from the k8s.io/kubernetes Go module (with `replace` lines for
-its staging modules), etcd from Debian (`make e2e-deps`), Keycloak's distribution from Maven
-Central. Binaries are cached under ~/.cache/flyte-auth-agent/e2e, keyed by version.
+Everything comes from the package registries this machine reaches, or from the source
+archives in ../shared/peers: kube-apiserver from the k8s.io/kubernetes Go module (with
+`replace` lines for its staging modules), etcd and PostgreSQL from Debian (`make e2e-deps`),
+Keycloak's distribution from Maven Central, Flyte's single binary (FlyteAdmin +
+flytepropeller) from flyte-1.16.8-src.tar.xz with its dependencies from the Go module proxy.
+Binaries are cached under ~/.cache/flyte-auth-agent/e2e, keyed by version (Flyte: by the
+archive's sha256 and the Go version).
 
     python -m tests.e2e.peers     build what is missing, saying what and why
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -31,6 +36,16 @@ STAGING = (
     "legacy-cloud-providers", "metrics", "mount-utils", "pod-security-admission",
     "sample-apiserver", "sample-cli-plugin", "sample-controller",
 )
+
+
+ROOT = Path(__file__).resolve().parents[2]
+FLYTE_ARCHIVE = Path(os.environ.get(
+    "FLYTE_AUTH_FLYTE_ARCHIVE", ROOT.parent / "shared/peers/flyte-1.16.8-src.tar.xz"))
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+#: flytepropeller's plugin loader imports the Spark plugin, whose dependency
+#: github.com/kubeflow/spark-operator the Go module proxy refuses (403); the suite runs only
+#: container tasks, so the build drops that one import line (in the unpacked copy only).
+SPARK_IMPORT = '_ "github.com/flyteorg/flyte/flyteplugins/go/tasks/plugins/k8s/spark"'
 
 
 class PeerUnavailable(Exception):
@@ -95,14 +110,47 @@ def keycloak() -> Path:
     archive = (Path.home() / ".m2/repository/org/keycloak/keycloak-quarkus-dist" / KEYCLOAK /
                f"keycloak-quarkus-dist-{KEYCLOAK}.zip")
     with zipfile.ZipFile(archive) as z:
-        z.extractall(CACHE)
+        z.extractall(CACHE)  # noqa: S202 - Keycloak's own distribution from Maven Central
     (home / "bin/kc.sh").chmod(0o755)
     return home
 
 
+def flyte() -> Path:
+    """Flyte's single binary (`flyte start --config FILE`: FlyteAdmin and flytepropeller)."""
+    if not FLYTE_ARCHIVE.exists():
+        raise PeerUnavailable(f"{FLYTE_ARCHIVE} is missing (set FLYTE_AUTH_FLYTE_ARCHIVE)")
+    digest = hashlib.sha256(FLYTE_ARCHIVE.read_bytes()).hexdigest()[:16]
+    go = subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True,
+                        check=False).stdout.strip() or "go"
+    out = CACHE / f"flyte-{digest}-{go}" / "flyte"
+    if out.exists():
+        return out
+    say(f"building Flyte's single binary from {FLYTE_ARCHIVE.name} (first run on this "
+        f"machine only; about 15 minutes cold)")
+    work = out.parent / "src"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    with tarfile.open(FLYTE_ARCHIVE) as tar:
+        tar.extractall(work, filter="data")
+    tree = next(work.iterdir())
+    loader = tree / "flytepropeller/plugins/loader.go"
+    loader.write_text("\n".join(line for line in loader.read_text().splitlines()
+                                if SPARK_IMPORT not in line) + "\n")
+    _run(["go", "build", "-o", str(out), "./cmd/"], tree)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def postgres() -> Path:
+    if not (POSTGRES_BIN / "initdb").exists():
+        raise PeerUnavailable(f"PostgreSQL 15 is not installed ({POSTGRES_BIN}): "
+                              "`make e2e-deps` installs Debian's postgresql")
+    return POSTGRES_BIN
+
+
 if __name__ == "__main__":
     CACHE.mkdir(parents=True, exist_ok=True)
-    for build in (kube_apiserver, etcd, java21, keycloak):
+    for build in (kube_apiserver, etcd, java21, keycloak, postgres, flyte):
         try:
             say(f"{build.__name__}: {build()}")
         except PeerUnavailable as exc:

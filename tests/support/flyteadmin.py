@@ -8,10 +8,10 @@ v1.16.8) for what this project relies on:
   key, an unknown id falls back to the first key; exp/iat/nbf are checked only when present;
   iss is not checked; `aud` (string or list) must contain the public URL, chosen from
   `authorizedUris` as GetPublicURL does (flyteadmin/auth/handler_utils.go; see
-  `public_url_for`); `client_id`, if
-  present, must be a string; `scp` is a list, or one string taken whole; no client_id and no
-  scp grants `all`; BlanketAuthorization then requires scope `all`; `user_info`, if present,
-  must be an object. Anything else is UNAUTHENTICATED.
+  `public_url_for`); `scp` is a list, or one string taken whole; no client_id and no scp
+  grants `all`; BlanketAuthorization then requires scope `all`. Any failure is
+  UNAUTHENTICATED, except a `client_id` that is not a string or a `user_info` that is not
+  an object: real FlyteAdmin answers those INTERNAL (seen by the e2e parity table).
 - The dialled host: FlyteAdmin reads `x-forwarded-host`, else the gRPC `:authority`. grpc's
   asyncio server exposes no `:authority` to a servicer, so the stand-in reads
   `x-forwarded-host` only; without it, it chooses as FlyteAdmin does for a host that matches
@@ -44,6 +44,10 @@ HEADER = "flyte-authorization"
 
 class Unauthenticated(Exception):
     pass
+
+
+class Internal(Unauthenticated):
+    """FlyteAdmin fails these claims with INTERNAL rather than UNAUTHENTICATED."""
 
 
 def public_url_for(dialled: str | None, authorized_uris: list[str]) -> str:
@@ -90,9 +94,9 @@ def validate_bearer(value: str | None, keys: list[tuple[str, RSAKey]], audience:
     if audience not in ([aud] if isinstance(aud, str) else aud or []):
         raise Unauthenticated("audience")
     if "client_id" in claims and not isinstance(claims["client_id"], str):
-        raise Unauthenticated("client_id")
+        raise Internal("client_id is not a string")
     if "user_info" in claims and not isinstance(claims["user_info"], dict):
-        raise Unauthenticated("user_info")
+        raise Internal("user_info is not an object")
     scp = claims.get("scp")
     if "client_id" not in claims and scp is None:
         scopes = ["all"]
@@ -135,7 +139,9 @@ class FlyteAdmin(admin_pb2_grpc.AdminServiceServicer,  # type: ignore[misc]
                                      audience, time.time())
         except Unauthenticated as exc:
             self.rejected += 1
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"token rejected: {exc}")
+            code = grpc.StatusCode.INTERNAL if isinstance(exc, Internal) else \
+                grpc.StatusCode.UNAUTHENTICATED
+            await context.abort(code, f"token rejected: {exc}")
         self.calls.append((method, str(claims.get("sub", ""))))
         return claims
 

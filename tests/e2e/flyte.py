@@ -1,0 +1,241 @@
+"""Real Flyte on this machine: PostgreSQL, a login provider's discovery document, and Flyte's
+single binary (FlyteAdmin with auth on and its own authorization server, flytepropeller)
+against the suite's kube-apiserver.
+
+- PostgreSQL 15 from Debian: `initdb` and `pg_ctl` run as the `postgres` user (PostgreSQL
+  refuses root) in a fresh directory, on a free loopback port, trust auth.
+- FlyteAdmin's OIDC login provider: only its discovery document is served (FlyteAdmin reads
+  it at start-up); nobody logs in through it. Users' tokens are minted as FlyteAdmin's own
+  authorization server mints them after a login: RS256 with its token_rsa_key.pem.
+- The blob store is a directory (stow `local`): FlyteAdmin writes execution inputs there and
+  flytepropeller reads them. No task container ever runs here (no kubelet), and flytekit
+  registers without fast registration, so nothing else needs a blob store.
+- FlyteAdmin v1.16.8 has no bind-address setting: its gRPC and HTTP ports listen on
+  0.0.0.0 (`ServerConfig.GetHostAddress`). Every other peer binds 127.0.0.1.
+- flytepropeller talks to the API server as the service account flyte/flytepropeller (the
+  guard's default creator) and to FlyteAdmin as the static client `flytepropeller`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bcrypt
+import grpc
+import yaml
+from aiohttp import web
+from flyteidl.service import auth_pb2, auth_pb2_grpc
+
+from tests.e2e import peers
+from tests.e2e.cluster import free_port
+from tests.support.world import write_signing_key
+
+#: flytepropeller's client secret at FlyteAdmin's own authorization server (a static client
+#: registered below with the secret's bcrypt hash, base64-encoded as FlyteAdmin reads it).
+PROPELLER_CLIENT_SECRET = "e2e-" + base64.b16encode(os.urandom(8)).decode()
+
+
+@dataclass
+class Postgres:
+    port: int = 0
+    data: Path = field(default_factory=Path)
+
+    def start(self) -> None:
+        binaries = peers.postgres()
+        self.data = Path(tempfile.mkdtemp(prefix="fa-pg-"))  # /tmp: the postgres user can reach it
+        shutil.chown(self.data, "postgres", "postgres")
+        self.port = free_port()
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+        subprocess.run([*as_postgres, str(binaries / "initdb"), "-D", str(self.data / "db"),
+                        "-U", "postgres", "--auth=trust"], check=True, capture_output=True)
+        subprocess.run([*as_postgres, str(binaries / "pg_ctl"), "-D", str(self.data / "db"),
+                        "-l", str(self.data / "postgres.log"), "-w", "start", "-o",
+                        f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 "
+                        "-c fsync=off"], check=True, capture_output=True)
+
+    def log(self) -> str:
+        path = self.data / "postgres.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.port:
+            subprocess.run(["runuser", "-u", "postgres", "--", str(peers.postgres() / "pg_ctl"),
+                            "-D", str(self.data / "db"), "-m", "immediate", "stop"],
+                           capture_output=True, check=False)
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+@dataclass
+class Flyte:
+    workdir: Path
+    #: FlyteAdmin creates FlyteWorkflow objects with this one.
+    admin_kubeconfig: Path
+    #: flytepropeller watches them and creates task pods with this one.
+    propeller_kubeconfig: Path
+    grpc_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    postgres: Postgres = field(default_factory=Postgres)
+    process: subprocess.Popen[bytes] | None = None
+    _oidc: web.AppRunner | None = None
+
+    @property
+    def target(self) -> str:
+        """FlyteAdmin's gRPC HOST:PORT, as a task's FLYTE_PLATFORM_URL names it."""
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def key_file(self) -> Path:
+        return self.workdir / "secrets/token_rsa_key.pem"
+
+    @property
+    def authorized_uris(self) -> list[str]:
+        """flyte-core's shape: a public URL first, then in-cluster names, then 127.0.0.1 (what
+        the suite dials). Each names FlyteAdmin's HTTP port: the chosen entry is also where
+        its metadata says the token endpoint is (flytepropeller's client credentials)."""
+        return ["https://flyte.example.com", "http://flyteadmin.flyte.svc.cluster.local:80",
+                f"http://127.0.0.1:{self.http_port}"]
+
+    async def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.postgres.start()
+        await self._start_oidc()
+        self._write_secrets()
+        config = self.workdir / "flyte.yaml"
+        config.write_text(yaml.safe_dump(self._config()))
+        log = (self.workdir / "flyte.log").open("wb")
+        self.process = subprocess.Popen([str(peers.flyte()), "start", "--config", str(config)],
+                                        stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        await self._wait_ready()
+
+    async def _start_oidc(self) -> None:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+
+        async def discovery(_: web.Request) -> web.Response:
+            return web.json_response({
+                "issuer": base, "authorization_endpoint": base + "/authorize",
+                "token_endpoint": base + "/token", "jwks_uri": base + "/jwks",
+                "userinfo_endpoint": base + "/userinfo", "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"]})
+
+        app = web.Application()
+        app.router.add_get("/.well-known/openid-configuration", discovery)
+        self._oidc = web.AppRunner(app, access_log=None)
+        await self._oidc.setup()
+        await web.TCPSite(self._oidc, "127.0.0.1", port).start()
+        self.oidc_base = base
+
+    def _write_secrets(self) -> None:
+        """The secrets FlyteAdmin's auth reads from secrets-prefix: token_rsa_key.pem
+        (PKCS#1) and keys base64-encoded without padding (FlyteAdmin decodes them with
+        RawStdEncoding)."""
+        secrets = self.workdir / "secrets"
+        secrets.mkdir(exist_ok=True)
+        write_signing_key(self.key_file)
+        for name, size in (("claim_symmetric_key", 32), ("cookie_hash_key", 64),
+                           ("cookie_block_key", 32)):
+            (secrets / name).write_text(base64.b64encode(os.urandom(size)).decode().rstrip("="))
+        (secrets / "oidc_client_secret").write_text("unused")
+        (self.workdir / "propeller-secret").write_text(PROPELLER_CLIENT_SECRET)
+        (self.workdir / "blob/flyte").mkdir(parents=True, exist_ok=True)
+
+    def _config(self) -> dict[str, object]:
+        w = self.workdir
+        return {
+            "flyte": {"admin": {"disableScheduler": True, "disableClusterResourceManager": True,
+                                "seedProjects": ["flytesnacks"]},
+                      "propeller": {"disableWebhook": True},
+                      "dataCatalog": {"disabled": True}},
+            "server": {"httpPort": self.http_port, "grpc": {"port": self.grpc_port},
+                       "kube-config": str(self.admin_kubeconfig),
+                       "security": {"secure": False, "useAuth": True}},
+            "auth": {"authorizedUris": self.authorized_uris,
+                     "appAuth": {"authServerType": "Self", "selfAuthServer": {
+                         "staticClients": {"flytepropeller": {
+                             "id": "flytepropeller",
+                             "client_secret": base64.b64encode(bcrypt.hashpw(
+                                 PROPELLER_CLIENT_SECRET.encode(), bcrypt.gensalt(6))).decode(),
+                             "redirect_uris": ["http://localhost:3000/callback"],
+                             "grant_types": ["refresh_token", "client_credentials"],
+                             "response_types": ["token"],
+                             "scopes": ["all", "offline", "access_token"],
+                             "audience": None, "public": False}}}},
+                     "userAuth": {"openId": {"baseUrl": self.oidc_base, "clientId": "flyte",
+                                             "scopes": ["openid"]}}},
+            "secrets": {"secrets-prefix": str(w / "secrets")},
+            "database": {"postgres": {"host": "127.0.0.1", "port": self.postgres.port,
+                                      "username": "postgres", "dbname": "postgres",
+                                      "options": "sslmode=disable"}},
+            "storage": {"type": "stow", "container": "flyte",
+                        "stow": {"kind": "local", "config": {"path": str(w / "blob")}}},
+            "propeller": {"kube-config": str(self.propeller_kubeconfig), "workers": 2,
+                          "rawoutput-prefix": f"file://{w}/blob/raw",
+                          "metadata-prefix": "metadata/propeller",
+                          "create-flyteworkflow-crd": False,
+                          "prof-port": free_port()},
+            "flyteadmin": {"profilerPort": free_port()},
+            "admin": {"endpoint": f"dns:///{self.target}", "insecure": True,
+                      "authType": "ClientSecret", "clientId": "flytepropeller",
+                      "clientSecretLocation": str(w / "propeller-secret")},
+            "tasks": {"task-plugins": {"enabled-plugins": ["container", "sidecar"],
+                                       "default-for-task-types": {"container": "container"}}},
+            "namespace_mapping": {"template": "{{ project }}-{{ domain }}"},
+            "logger": {"level": 4},
+        }
+
+    async def _wait_ready(self) -> None:
+        async with asyncio.timeout(180), grpc.aio.insecure_channel(self.target) as channel:
+            stub = auth_pb2_grpc.AuthMetadataServiceStub(channel)
+            while True:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"flyte exited at start-up:\n{self.logs()}")
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await stub.GetPublicClientConfig(auth_pb2.PublicClientAuthConfigRequest(),
+                                                     timeout=2)
+                    return
+                await asyncio.sleep(0.5)  # FlyteAdmin migrates its database first
+
+    def logs(self) -> str:
+        path = self.workdir / "flyte.log"
+        text = path.read_text(errors="replace")[-6000:] if path.exists() else ""
+        return f"--- flyte ---\n{text}\n--- postgres ---\n{self.postgres.log()}"
+
+    async def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        if self._oidc is not None:
+            await self._oidc.cleanup()
+        self.postgres.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_flyte(workdir: Path, admin_kubeconfig: Path,
+                        propeller_kubeconfig: Path) -> AsyncIterator[Flyte]:
+    flyte = Flyte(workdir, admin_kubeconfig, propeller_kubeconfig)
+    try:
+        await flyte.start()
+        yield flyte
+    except BaseException:
+        print(flyte.logs())  # the peers' logs, for the failing test's report
+        raise
+    finally:
+        await flyte.stop()

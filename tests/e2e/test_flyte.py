@@ -1,0 +1,361 @@
+"""End to end with real Flyte: FlyteAdmin (auth on, its own authorization server) and
+flytepropeller from Flyte's single binary, on PostgreSQL, against the suite's kube-apiserver,
+with our injector, guard, exchange server, agent and flytekit plugin.
+
+1. Verdict parity: one table of tokens, each presented at every host a task might dial, to
+   real FlyteAdmin and to our stand-in; they must agree.
+2. A real execution launched by alice: flytepropeller creates the task pod, the API server
+   has it injected, the exchange server maps it to alice through real FlyteAdmin, and
+   FlyteRemote(Config.auto()) inside the pod acts as alice, a sub-execution included.
+3. The agent's discovery against real FlyteAdmin, over gRPC and over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+import pytest_asyncio
+import trustme
+from flyteidl.admin import execution_pb2
+from flyteidl.core import identifier_pb2
+from flyteidl.service import admin_pb2_grpc, identity_pb2, identity_pb2_grpc
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+from joserfc.jws import JWSRegistry
+
+from flyte_auth_agent.config import AdminEndpoint, AgentConfig
+from flyte_auth_agent.discovery import _via_grpc, _via_http
+from flyte_auth_agent.runtime import running_agent
+from flyte_auth_exchange.config import ExchangeConfig
+from flyte_auth_exchange.mint import Minter
+from flyte_auth_exchange.runtime import running_exchange
+from flyte_auth_injector.config import InjectorConfig
+from flyte_auth_injector.runtime import running_injector
+from flyte_auth_injector.webhook_config import webhook_configuration
+from tests.e2e.cluster import ADMIN_TOKEN, Cluster, free_port, running_cluster
+from tests.e2e.flyte import Flyte, running_flyte
+from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests
+from tests.support.admin_metadata import AuthMetadata
+from tests.support.flyteadmin import FlyteAdmin, start_flyteadmin
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
+PROJECT, DOMAIN = "flytesnacks", "development"
+NAMESPACE = f"{PROJECT}-{DOMAIN}"
+ALICE = "alice@example.com"
+AUDIENCE = "flyte-auth"
+LENIENT = JWSRegistry(strict_check_header=False)  # FlyteAdmin's `key_id` header
+
+
+@dataclass
+class RealFlyte:
+    cluster: Cluster
+    flyte: Flyte
+    exchange_url: str
+    workdir: Path
+
+    def mint(self, claims: dict[str, Any], *, key: RSAKey | None = None,
+             key_id: str = "token_rsa_key.pem") -> str:
+        """A token as FlyteAdmin's own authorization server signs one."""
+        signing = key or Minter.load_key(self.flyte.key_file)
+        return jwt.encode({"alg": "RS256", "typ": "JWT", "key_id": key_id}, claims, signing,
+                          registry=LENIENT)
+
+    def user_token(self, subject: str = ALICE, **overrides: Any) -> str:
+        now = int(time.time())
+        claims: dict[str, Any] = {"sub": subject, "aud": self.flyte.authorized_uris,
+                                  "scp": ["all"], "iat": now, "exp": now + 600,
+                                  "jti": str(uuid.uuid4()), "iss": self.flyte.http_base}
+        claims.update(overrides)
+        return self.mint({k: v for k, v in claims.items() if v is not None})
+
+
+async def grant_propeller(cluster: Cluster) -> None:
+    """flytepropeller's service account as propeller runs in a cluster: cluster-wide rights
+    on pods and FlyteWorkflows (cluster-admin here; the guard checks who, not how much)."""
+    await cluster.apply({"apiVersion": "v1", "kind": "ServiceAccount",
+                         "metadata": {"name": "flytepropeller", "namespace": "flyte"}})
+    await cluster.apply({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "e2e-flytepropeller"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "flytepropeller",
+                      "namespace": "flyte"}]})
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def real(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RealFlyte]:
+    workdir = tmp_path_factory.mktemp("real-flyte")
+    async with running_cluster(workdir / "cluster") as cluster:
+        try:
+            for name, labels in (("flyte-auth", {}), ("flyte", {}), (NAMESPACE, {
+                    "flyte-auth.flyte.org/inject": "enabled"})):
+                await cluster.namespace(name, labels)
+            await grant_propeller(cluster)
+            await cluster.apply_all(rendered_manifests(), "flyte-auth")
+            await cluster.crd(FLYTEWORKFLOW_CRD)
+
+            async def kubeconfig(namespace: str, account: str) -> Path:
+                token = await cluster.token(namespace, account, audience=cluster.url)
+                return cluster.kubeconfig(workdir / f"{account}.kubeconfig", token)
+
+            admin_kc = cluster.kubeconfig(workdir / "admin.kubeconfig", ADMIN_TOKEN)
+            async with running_flyte(workdir / "flyte", admin_kc,
+                                     await kubeconfig("flyte", "flytepropeller")) as flyte:
+                audiences = [a for uri in flyte.authorized_uris
+                             for a in ("--admin-audience", uri)]
+                exchange_config = ExchangeConfig.load([
+                    "--listen", "127.0.0.1:0", "--signing-key", str(flyte.key_file),
+                    "--key-id", "token_rsa_key.pem", *audiences,
+                    "--subject-issuer", cluster.url, "--subject-discovery", cluster.url,
+                    "--ca-cert-file", str(cluster.ca_file), "--subject-audience", AUDIENCE,
+                    "--token-review", "--cache-ttl", "0", "--admin-endpoint", flyte.target,
+                    "--admin-insecure", "--kubeconfig",
+                    str(await kubeconfig("flyte-auth", "flyte-auth-exchange"))], {})
+                ca = trustme.CA()
+                ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+                    str(workdir / "injector.pem"))
+                port = free_port()
+                async with running_exchange(exchange_config) as exchange:
+                    injector_config = InjectorConfig.load([
+                        "--listen", f"127.0.0.1:{port}", "--tls-cert",
+                        str(workdir / "injector.pem"), "--tls-key",
+                        str(workdir / "injector.pem"), "--admin-endpoint", flyte.target,
+                        "--admin-insecure", "--token-endpoint",
+                        exchange.url + "/oauth2/token", "--kubeconfig",
+                        str(await kubeconfig("flyte-auth", "flyte-auth-injector"))], {})
+                    async with running_injector(injector_config):
+                        await cluster.apply(webhook_configuration(
+                            url=f"https://127.0.0.1:{port}/mutate",
+                            ca_bundle=base64.b64encode(ca.cert_pem.bytes()).decode()))
+                        yield RealFlyte(cluster, flyte, exchange.url, workdir)
+        except BaseException:
+            print(cluster.logs())
+            raise
+
+
+# --- 1. verdict parity ------------------------------------------------------------------------
+
+def token_table(real: RealFlyte) -> dict[str, dict[str, str]]:
+    """name -> metadata to send (no metadata: no header)."""
+    t = real.user_token
+    uris = real.flyte.authorized_uris
+    now = int(time.time())
+    other_key = RSAKey.generate_key(2048)
+    table: dict[str, dict[str, str]] = {
+        "valid, aud the minted list": {"flyte-authorization": f"Bearer {t()}"},
+        "wrong aud": {"flyte-authorization": f"Bearer {t(aud=['https://elsewhere.example'])}"},
+        "no all scope": {"flyte-authorization": f"Bearer {t(scp=['read'])}"},
+        "scp as a string": {"flyte-authorization": f"Bearer {t(scp='all')}"},
+        "expired": {"flyte-authorization": f"Bearer {t(iat=now - 7200, exp=now - 3600)}"},
+        "nbf in the future": {"flyte-authorization": f"Bearer {t(nbf=now + 3600)}"},
+        "another key": {"flyte-authorization": "Bearer " + real.mint(
+            json.loads(base64.urlsafe_b64decode(t().split(".")[1] + "==")), key=other_key)},
+        "unknown key_id": {"flyte-authorization": "Bearer " + real.mint(
+            json.loads(base64.urlsafe_b64decode(t().split(".")[1] + "==")), key_id="nope")},
+        "no header": {},
+        "the authorization header": {"authorization": f"Bearer {t()}"},
+        "non-string client_id": {"flyte-authorization": f"Bearer {t(client_id=5)}"},
+        "non-object user_info": {"flyte-authorization": f"Bearer {t(user_info='alice')}"},
+    }
+    for uri in uris:
+        table[f"aud names only {uri}"] = {"flyte-authorization": f"Bearer {t(aud=uri)}"}
+    return table
+
+
+async def verdict(target: str, metadata: dict[str, str], host: str) -> str:
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            reply = await identity_pb2_grpc.IdentityServiceStub(channel).UserInfo(
+                identity_pb2.UserInfoRequest(),
+                metadata=(*metadata.items(), ("x-forwarded-host", host)), timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            return str(exc.code().name)
+    return f"OK {reply.subject}"
+
+
+async def test_real_flyteadmin_and_the_stand_in_give_the_same_verdicts(real: RealFlyte) -> None:
+    flyte = real.flyte
+    public_pem = Minter.load_key(flyte.key_file).as_pem(private=False)
+    stand_in = FlyteAdmin(public_pem, authorized_uris=flyte.authorized_uris)
+    server, target = await start_flyteadmin(stand_in, AuthMetadata(token_endpoint=""))
+    hosts = ("flyteadmin.flyte:81", "flyteadmin.flyte.svc.cluster.local:81",
+             f"127.0.0.1:{flyte.grpc_port}", "flyte.example.com:443")
+    try:
+        differences, verdicts = [], {}
+        for name, metadata in token_table(real).items():
+            for host in hosts:
+                real_v = await verdict(flyte.target, metadata, host)
+                stand_v = await verdict(target, metadata, host)
+                verdicts[(name, host)] = real_v
+                if real_v != stand_v:
+                    differences.append((name, host, real_v, stand_v))
+    finally:
+        await server.stop(None)
+    assert differences == [], "\n".join(map(str, differences))
+    ok = f"OK {ALICE}"
+    assert all(verdicts[("valid, aud the minted list", h)] == ok for h in hosts)
+    assert verdicts[("wrong aud", hosts[0])] == "UNAUTHENTICATED"
+    # The audience FlyteAdmin expects depends on the host: each authorized URI alone is
+    # accepted only where it is the one FlyteAdmin picks.
+    only_public = "aud names only https://flyte.example.com"
+    assert verdicts[(only_public, "flyteadmin.flyte:81")] == ok  # no match: the first entry
+    assert verdicts[(only_public, hosts[1])] == "UNAUTHENTICATED"
+
+
+# --- 2. a real execution ----------------------------------------------------------------------
+
+def sidecar_env(pod: dict[str, Any], **overrides: str) -> dict[str, str]:
+    """The agent's env from the mutated pod spec, label references resolved as the kubelet
+    resolves them."""
+    sidecar = next(c for c in pod["spec"]["initContainers"] if c["name"] == "flyte-auth-agent")
+    labels = pod["metadata"]["labels"]
+    env = {}
+    for e in sidecar["env"]:
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        else:
+            path = e["valueFrom"]["fieldRef"]["fieldPath"]
+            env[e["name"]] = labels.get(path.split("'")[1], "")
+    env.pop("FLYTE_AUTH_AGENT_HEALTH_ADDR", None)
+    return env | overrides
+
+
+def task_env(pod: dict[str, Any], **overrides: str) -> dict[str, str]:
+    container = pod["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e} | overrides
+
+
+def flytekit_as(real: RealFlyte, token: str) -> Any:  # a FlyteRemote
+    """A FlyteRemote that authenticates as the holder of `token`, as a user's CLI would."""
+    from flytekit.configuration import Config, PlatformConfig  # noqa: PLC0415
+    from flytekit.remote import FlyteRemote  # noqa: PLC0415
+
+    platform = PlatformConfig(endpoint=real.flyte.target, insecure=True,
+                              auth_mode="ExternalCommand", command=["echo", token])
+    return FlyteRemote(Config(platform=platform), default_project=PROJECT,
+                       default_domain=DOMAIN)
+
+
+async def principal(real: RealFlyte, name: str) -> str:
+    async with grpc.aio.insecure_channel(real.flyte.target) as channel:
+        execution = await admin_pb2_grpc.AdminServiceStub(channel).GetExecution(
+            execution_pb2.WorkflowExecutionGetRequest(id=identifier_pb2.WorkflowExecutionIdentifier(
+                project=PROJECT, domain=DOMAIN, name=name)),
+            metadata=(("flyte-authorization", f"Bearer {real.user_token('admin')}"),))
+    return str(execution.spec.metadata.principal)
+
+
+async def wait_for_pod(cluster: Cluster, execution: str) -> dict[str, Any]:
+    async with asyncio.timeout(180):
+        while True:
+            pods = await cluster.request(
+                "GET", f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=execution-id%3D"
+                f"{execution}")
+            if pods["items"]:
+                pod: dict[str, Any] = pods["items"][0]
+                return pod
+            await asyncio.sleep(0.5)  # flytepropeller's next round
+
+
+async def test_a_real_execution_launched_by_alice(real: RealFlyte, short_dir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from flytekit.configuration import ImageConfig, SerializationSettings  # noqa: PLC0415
+
+    from tests.e2e import workflows  # noqa: PLC0415
+
+    alice = flytekit_as(real, real.user_token())
+    version = uuid.uuid4().hex[:8]
+    settings = SerializationSettings(
+        image_config=ImageConfig.auto(img_name="flyte-auth-e2e/task:1"), project=PROJECT,
+        domain=DOMAIN, version=version)
+    lp = await asyncio.to_thread(lambda: alice.register_workflow(
+        workflows.greet, serialization_settings=settings, version=version))
+    launch_plan = await asyncio.to_thread(
+        alice.fetch_launch_plan, name=lp.id.name, version=version)
+    execution = await asyncio.to_thread(alice.execute, launch_plan, inputs={})
+    name = execution.id.name
+    assert await principal(real, name) == ALICE  # FlyteAdmin records her
+
+    pod = await wait_for_pod(real.cluster, name)
+    meta = pod["metadata"]
+    assert meta["labels"]["execution-id"] == name
+    assert meta["ownerReferences"][0]["apiVersion"].startswith("flyte.lyft.com/")
+    assert any(c["name"] == "flyte-auth-agent" for c in pod["spec"]["initContainers"])
+
+    token_file = short_dir / "sa-token"
+    token_file.write_text(await real.cluster.token(
+        NAMESPACE, pod["spec"]["serviceAccountName"], audience=AUDIENCE, pod=pod))
+    sock = short_dir / "agent.sock"
+    config = AgentConfig.load([], sidecar_env(
+        pod, FLYTE_AUTH_AGENT_SOCKET=str(sock), FLYTE_AUTH_AGENT_TOKEN_FILE=str(token_file)))
+    for key in [k for k in os.environ if k.startswith("FLYTE_")]:
+        monkeypatch.delenv(key)
+    for key, value in task_env(pod, FLYTE_AUTH_AGENT_SOCKET=str(sock)).items():
+        monkeypatch.setenv(key, value)
+    async with running_agent(config) as agent:
+        assert await agent.source.wait(30) is not None, agent.source.status()
+        assert (await asyncio.to_thread(user_info_in_task)) == ALICE
+        child = await asyncio.to_thread(launch_from_task, lp.id.name, version)
+    assert await principal(real, child) == ALICE  # the eager case: alice launched it
+
+    await real.cluster.request("DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods/"
+                                         f"{meta['name']}")
+    form = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": token_file.read_text(),
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt"}
+    async with aiohttp.ClientSession() as session, session.post(
+            real.exchange_url + "/oauth2/token", data=form) as resp:
+        refused = await resp.json()
+    assert (resp.status, refused["error"]) == (400, "invalid_grant")
+
+
+def user_info_in_task() -> str:
+    """What a task's code runs: flytekit configured from the pod's env alone."""
+    from flytekit.clients.auth_helper import get_authenticated_channel  # noqa: PLC0415
+    from flytekit.configuration import PlatformConfig  # noqa: PLC0415
+
+    channel = get_authenticated_channel(PlatformConfig.auto())
+    try:
+        reply = identity_pb2_grpc.IdentityServiceStub(channel).UserInfo(
+            identity_pb2.UserInfoRequest())
+    finally:
+        channel.close()
+    return str(reply.subject)
+
+
+def launch_from_task(name: str, version: str) -> str:
+    from flytekit.configuration import Config  # noqa: PLC0415
+    from flytekit.remote import FlyteRemote  # noqa: PLC0415
+
+    remote = FlyteRemote(Config.auto(), default_project=PROJECT, default_domain=DOMAIN)
+    child = remote.execute(remote.fetch_launch_plan(name=name, version=version), inputs={})
+    return str(child.id.name)
+
+
+# --- 3. discovery -----------------------------------------------------------------------------
+
+async def test_the_agent_discovers_real_flyteadmin_over_grpc_and_http(real: RealFlyte) -> None:
+    flyte = real.flyte
+    over_grpc = await _via_grpc(AdminEndpoint(flyte.target, True), None, 10)
+    async with aiohttp.ClientSession() as session:
+        over_http = await _via_http(AdminEndpoint(f"127.0.0.1:{flyte.http_port}", True),
+                                    session, True, 10)
+    for info in (over_grpc, over_http):
+        assert info.authorization_metadata_key == "flyte-authorization"
+        assert info.token_endpoint is not None
+        assert info.token_endpoint.endswith("/oauth2/token")
+        assert "all" in info.scopes
+    assert (over_grpc.source, over_http.source) == ("grpc", "http")
