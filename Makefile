@@ -21,9 +21,13 @@ help:
 	@echo "make fmt    format and auto-fix with ruff"
 
 $(STAMP): pyproject.toml
+	@echo "make: setting up $(VENV) (first run, or pyproject.toml changed; about a minute):"
+	@echo "      the project and its dev extras: aiohttp, grpcio + flyteidl, flytekit,"
+	@echo "      kubernetes-asyncio, joserfc, structlog, pytest, ruff, mypy"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@echo "make: $(VENV) is ready"
 	touch $@
 
 venv: $(STAMP)
@@ -87,10 +91,16 @@ KUSTOMIZE          := $(TOOLS)/kustomize-$(KUSTOMIZE_VERSION)/kustomize
 HELM               := $(TOOLS)/helm-$(HELM_VERSION)/helm
 KUBE_VERSION       := 1.30.0
 
+NEED_GO = @command -v go >/dev/null || { echo "make: building $(notdir $@) needs Go (1.22 or \
+newer) on PATH: install it from https://go.dev/dl or your package manager (apt-get install \
+golang), then run make again; it is built once into $(TOOLS)"; exit 1; }
+
 $(KUSTOMIZE):
+	$(NEED_GO)
 	GOBIN=$(dir $@) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 
 $(HELM):
+	$(NEED_GO)
 	GOBIN=$(dir $@) go install -ldflags "-X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION)" \
 	    helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 

@@ -25,6 +25,12 @@ def test_make_run_once_prints_the_round_trip(short_dir: Path) -> None:
     assert "via the flyte-auth-agent plugin: GetExecution\n                  says the " \
            "execution's principal is alice@example.com" in out.stdout
     assert "curl -s --unix-socket run/agent.sock -H 'X-Flyte-Auth-Agent: 1'" in out.stdout
+    # ONCE: the stack is gone, so the curl hint says how to keep it up first.
+    assert "The stack has stopped (ONCE=1). Run `make run` to keep it up" in out.stdout
+    assert "Ctrl-C stops the stack" not in out.stdout
+    # The demo agent carries the execution env a real task pod has.
+    assert "execution flytesnacks/development/f3a1b2c4d5e6" in out.stdout
+    assert "too_many_pings" not in out.stderr
     run = short_dir / "run"
     assert not (run / "agent.sock").exists()  # the agent was stopped cleanly
     logs = (run / "flyte-auth-agent.log").read_text() + (run / "flyte-auth-exchange.log"

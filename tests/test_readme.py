@@ -10,7 +10,8 @@ from flyte_auth_agent import config as agent
 from flyte_auth_exchange import config as exchange
 from flyte_auth_injector import config as injector
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
 
 
 @pytest.mark.parametrize("component", [agent, exchange, injector],
@@ -21,3 +22,13 @@ def test_every_flag_is_in_the_readme(component: object) -> None:
         env = opt.env(component.ENV_PREFIX)  # type: ignore[attr-defined]
         short = "..._" + env.removeprefix(component.ENV_PREFIX)  # type: ignore[attr-defined]
         assert env in README or short in README, env
+
+
+def test_no_readme_points_outside_the_repository_or_at_future_issues() -> None:
+    readmes = [p for p in ROOT.rglob("README.md")
+               if not any(part.startswith(".") for part in p.relative_to(ROOT).parts)]
+    assert len(readmes) >= 6
+    for path in readmes:
+        text = path.read_text()
+        assert "../shared" not in text and "ARCHITECTURE.md" not in text, path
+        assert "arrives with issue" not in text, path

@@ -14,7 +14,7 @@ import sys
 from flyte_auth_agent import contract
 from flyte_auth_agent.client import AgentClient, AgentClientError, socket_path_from_env
 from flyte_auth_agent.config import ENV_PREFIX, OPTIONS, AgentConfig
-from flyte_auth_agent.options import add_options
+from flyte_auth_agent.options import add_options, parse_command_line
 
 DESCRIPTION = """\
 Sidecar that gives a Flyte task a FlyteAdmin access token with no secret in the task.
@@ -63,7 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_command_line(_parser(), argv)
     if args.command == "serve":
         return _serve(args)
     client = AgentClient(args.socket or socket_path_from_env())

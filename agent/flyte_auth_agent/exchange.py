@@ -98,6 +98,9 @@ class Exchanger:
         self._session = session
         self._clock = clock
         self._ssl = ssl_ctx
+        #: Requests actually sent to the token endpoint (an attempt that fails before, on a
+        #: missing token file say, sends none).
+        self.token_endpoint_calls = 0
         self._ca_pem = ca_pem
         self.admin_info: AdminAuthInfo | None = None
         # Nothing to ask FlyteAdmin when the endpoint and the header key are both given: an
@@ -166,6 +169,7 @@ class Exchanger:
             headers["Authorization"] = basic_auth(self._config.client_id, secret)
         form = build_form(self.request(), subject)
         timeout = aiohttp.ClientTimeout(total=self._config.exchange_timeout)
+        self.token_endpoint_calls += 1  # a request leaves for the token endpoint
         try:
             async with self._session.post(endpoint, data=form, headers=headers, ssl=self._ssl,
                                           timeout=timeout, allow_redirects=False) as resp:

@@ -12,6 +12,7 @@ Stdlib only.
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -57,6 +58,27 @@ def add_options(parser: argparse.ArgumentParser, prefix: str, options: Iterable[
             "{" + ",".join(opt.choices) + "}" if opt.choices else opt.dest.upper())
         parser.add_argument(opt.flag, dest=opt.dest, default=None, help=help_text,
                             metavar=metavar, action="append" if opt.repeatable else "store")
+
+
+def parse_command_line(parser: argparse.ArgumentParser,
+                       argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, except that an unknown flag is reported by the subcommand it was given to:
+    its usage, and the closest flag it knows ("did you mean --token-file?"). Exits 2."""
+    args, extras = parser.parse_known_args(argv)
+    if not extras:
+        return args
+    target = parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            target = action.choices.get(str(getattr(args, action.dest or "", "")), parser)
+    known = [flag for action in target._actions for flag in action.option_strings]
+    shown = []
+    for extra in extras:
+        close = difflib.get_close_matches(extra.split("=", 1)[0], known, n=1) \
+            if extra.startswith("-") else []
+        shown.append(f"{extra} (did you mean {close[0]}?)" if close else extra)
+    target.error(f"unrecognized arguments: {' '.join(shown)}")
+    raise SystemExit(2)  # error() exits; this line only tells linters so
 
 
 def parse_flags(prefix: str, options: Iterable[Option], argv: list[str]) -> argparse.Namespace:

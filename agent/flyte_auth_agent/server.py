@@ -1,4 +1,4 @@
-"""The socket API (ARCHITECTURE.md, fixed contract): thin handlers over a TokenSource."""
+"""The socket API (the fixed contract in flyte_auth_agent.contract and the README): thin handlers over a TokenSource."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ class AgentAPI:
     def _unavailable(self) -> web.Response:
         err = self.source.last_error
         reason = err.message if err else "the first token exchange has not finished yet"
-        return _error(503, contract.ERROR_NO_TOKEN, f"no valid token: {reason}",
+        return _error(503, contract.ERROR_NO_TOKEN, reason,  # the error code says "no token"
                       self.source.retry_after())
 
     async def token(self, request: web.Request) -> web.Response:
@@ -168,6 +168,7 @@ class AgentAPI:
             return refusal
         info = self.exchanger.admin_info
         body = self.source.status()
+        body["token_endpoint_calls"] = self.exchanger.token_endpoint_calls
         body["upstream"] = {
             "token_endpoint": display_url(self.exchanger.token_endpoint),
             "grant": self.config.grant,

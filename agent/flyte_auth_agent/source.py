@@ -79,7 +79,7 @@ class TokenSource:
         self.last_error: Failure | None = None
         self.next_attempt_at: float | None = None
         self.consecutive_failures = 0
-        self.exchanges = 0
+        self.attempts = 0
 
     # --- readers -----------------------------------------------------------------------------
 
@@ -101,9 +101,10 @@ class TokenSource:
         return tok
 
     def failing(self) -> bool:
-        """The held token has expired and refreshing it is failing: a reader waiting for the
-        next attempt would only wait, so it is answered at once."""
-        return self._token is not None and self.token() is None and self.last_error is not None
+        """No valid token, and the last exchange failed (the first one, or a refresh after
+        the token expired): a reader waiting for the next attempt, seconds away with back-off,
+        would only wait, so it is answered at once with the reason."""
+        return self.token() is None and self.last_error is not None
 
     def retry_after(self) -> int:
         """Whole seconds until the next exchange attempt (at least 1)."""
@@ -125,12 +126,13 @@ class TokenSource:
                 "issued_at": rfc3339(held.issued_at),
                 "scope": held.scope,
                 "fingerprint": held.fingerprint,
+                "subject": held.subject,
             },
             "last_refresh": None if self.last_refresh is None else rfc3339(self.last_refresh),
             "next_attempt_at": None if self.next_attempt_at is None
             else rfc3339(self.next_attempt_at),
             "consecutive_failures": self.consecutive_failures,
-            "exchanges": self.exchanges,
+            "attempts": self.attempts,
             "last_error": None if err is None else {
                 "message": err.message,
                 "kind": err.kind,
@@ -158,7 +160,7 @@ class TokenSource:
     async def _attempt(self) -> float:
         started = self.clock.now()
         t0 = time.perf_counter()
-        self.exchanges += 1
+        self.attempts += 1
         try:
             tok = await self._fetch()
         except AgentError as exc:

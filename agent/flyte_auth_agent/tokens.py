@@ -59,10 +59,14 @@ class AccessToken:
     expires_at: float
     scope: str
     fingerprint: str
+    #: Whom the token names (its JWT `sub`; None for an opaque token): who the task acts as.
+    subject: str | None = None
 
     @classmethod
     def create(cls, value: str, *, issued_at: float, expires_at: float, scope: str) -> AccessToken:
-        return cls(value, issued_at, expires_at, scope, fingerprint(value))
+        sub = (jwt_claims(value) or {}).get("sub")
+        return cls(value, issued_at, expires_at, scope, fingerprint(value),
+                   sub if isinstance(sub, str) else None)
 
     @property
     def lifetime(self) -> float:

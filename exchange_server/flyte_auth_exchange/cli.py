@@ -7,7 +7,7 @@ import os
 import sys
 
 from flyte_auth_agent import daemon
-from flyte_auth_agent.options import add_options
+from flyte_auth_agent.options import add_options, parse_command_line
 from flyte_auth_exchange.config import ENV_PREFIX, OPTIONS, ExchangeConfig
 
 DESCRIPTION = """\
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the exchange server",
                            description="Run the exchange server until SIGTERM.")
     add_options(serve, ENV_PREFIX, OPTIONS)
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     from flyte_auth_exchange.runtime import running_exchange  # noqa: PLC0415 - --help stays fast
 
     return daemon.run("flyte-auth-exchange", lambda: ExchangeConfig.from_args(args, os.environ),

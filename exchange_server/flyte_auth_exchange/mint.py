@@ -1,4 +1,5 @@
-"""Minting tokens FlyteAdmin accepts (FLYTE_FACTS.md, "How FlyteAdmin validates a bearer token").
+"""Minting tokens FlyteAdmin accepts (as flyteadmin/auth at v1.16.8 validates
+bearer tokens; `make e2e` presents them to the real FlyteAdmin).
 
 RS256; the header names the key with `key_id` (what FlyteAdmin reads) and `kid` (what
 everyone else reads); claims `aud` (FlyteAdmin's public URL), `sub`, `scp` as a list (FlyteAdmin

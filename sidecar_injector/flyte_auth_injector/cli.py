@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from flyte_auth_agent import daemon
-from flyte_auth_agent.options import add_options
+from flyte_auth_agent.options import add_options, parse_command_line
 from flyte_auth_injector.config import ENV_PREFIX, OPTIONS, InjectorConfig
 from flyte_auth_injector.webhook_config import webhook_configuration
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                          "Ignore: pods start without the agent (quiet, tasks fail to auth)")
     wc.add_argument("--timeout-seconds", type=int, default=10, choices=range(1, 31),
                     metavar="1-30", help="how long the API server waits for the webhook")
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     return _serve(args) if args.command == "serve" else _webhook_config(args)
 
 

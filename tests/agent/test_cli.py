@@ -175,3 +175,21 @@ def test_help_explains_flags_and_env_vars() -> None:
         assert text in text_
     top = run("--help")
     assert "curl -s --unix-socket" in top.stdout
+
+
+@pytest.mark.parametrize(("program", "argv", "suggestion"), [
+    ("flyte-auth-agent", ["serve", "--tokn-file", "x"], "--tokn-file (did you mean "
+     "--token-file?)"),
+    ("flyte-auth-agent", ["token", "--sockt", "/s"], "--sockt (did you mean --socket?)"),
+    ("flyte-auth-exchange", ["serve", "--admin-audiance=http://a"],
+     "--admin-audiance=http://a (did you mean --admin-audience?)"),
+    ("flyte-auth-injector", ["serve", "--lissen", "x"], "--lissen (did you mean --listen?)"),
+])
+def test_a_mistyped_flag_gets_the_closest_one_and_the_subcommands_usage(
+        program: str, argv: list[str], suggestion: str) -> None:
+    out = subprocess.run([str(Path(sys.executable).parent / program), *argv],
+                         capture_output=True, text=True, env=clean_env(), timeout=30,
+                         check=False)
+    assert out.returncode == 2
+    assert f"usage: {program} {argv[0]} " in out.stderr  # the subcommand's usage
+    assert f"{program} {argv[0]}: error: unrecognized arguments: {suggestion}" in out.stderr

@@ -284,3 +284,17 @@ async def test_an_unexpected_handler_error_is_a_json_500_and_one_line(
     assert (resp.status, body["error"]) == (500, "internal_error")
     assert [e["error_type"] for e in logs if e["event"] == "request_failed"] == ["ValueError"]
     assert token.status == 200  # the rest of the agent is unaffected
+
+
+async def test_status_counts_attempts_and_token_endpoint_calls_apart(
+        sock_path: Path, tmp_path: Path, endpoint: TokenEndpoint,
+        http: aiohttp.ClientSession) -> None:
+    clock = FakeClock(time.time())
+    missing = tmp_path / "not-yet"
+    async with running_agent(config(sock_path, missing, endpoint), clock=clock):
+        await clock.next_sleep()
+        await clock.run_next()  # two attempts; the token file is missing for both
+        status = await (await http.get("/v1/status", headers=H)).json()
+    assert status["attempts"] == 2
+    assert status["token_endpoint_calls"] == 0
+    assert endpoint.count == 0

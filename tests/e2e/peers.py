@@ -39,8 +39,12 @@ STAGING = (
 
 
 ROOT = Path(__file__).resolve().parents[2]
-FLYTE_ARCHIVE = Path(os.environ.get(
-    "FLYTE_AUTH_FLYTE_ARCHIVE", ROOT.parent / "shared/peers/flyte-1.16.8-src.tar.xz"))
+FLYTE_ARCHIVE_NAME = "flyte-1.16.8-src.tar.xz"
+#: Where the archive is looked for: $FLYTE_AUTH_FLYTE_ARCHIVE, ../shared/peers beside this
+#: checkout, and the workplace's shared folder (CI runs in a fresh clone elsewhere).
+FLYTE_ARCHIVES = [Path(p) for p in (os.environ.get("FLYTE_AUTH_FLYTE_ARCHIVE"),) if p] + [
+    ROOT.parent / "shared/peers" / FLYTE_ARCHIVE_NAME,
+    Path("/work/shared/peers") / FLYTE_ARCHIVE_NAME]
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 #: flytepropeller's plugin loader imports the Spark plugin, whose dependency
 #: github.com/kubeflow/spark-operator the Go module proxy refuses (403); the suite runs only
@@ -117,20 +121,23 @@ def keycloak() -> Path:
 
 def flyte() -> Path:
     """Flyte's single binary (`flyte start --config FILE`: FlyteAdmin and flytepropeller)."""
-    if not FLYTE_ARCHIVE.exists():
-        raise PeerUnavailable(f"{FLYTE_ARCHIVE} is missing (set FLYTE_AUTH_FLYTE_ARCHIVE)")
-    digest = hashlib.sha256(FLYTE_ARCHIVE.read_bytes()).hexdigest()[:16]
+    archive = next((a for a in FLYTE_ARCHIVES if a.exists()), None)
+    if archive is None:
+        raise PeerUnavailable(f"{FLYTE_ARCHIVE_NAME} is not in any of "
+                              f"{', '.join(map(str, FLYTE_ARCHIVES))}; set "
+                              "FLYTE_AUTH_FLYTE_ARCHIVE to its path")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
     go = subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True,
                         check=False).stdout.strip() or "go"
     out = CACHE / f"flyte-{digest}-{go}" / "flyte"
     if out.exists():
         return out
-    say(f"building Flyte's single binary from {FLYTE_ARCHIVE.name} (first run on this "
+    say(f"building Flyte's single binary from {archive} (first run on this "
         f"machine only; about 15 minutes cold)")
     work = out.parent / "src"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    with tarfile.open(FLYTE_ARCHIVE) as tar:
+    with tarfile.open(archive) as tar:
         tar.extractall(work, filter="data")
     tree = next(work.iterdir())
     loader = tree / "flytepropeller/plugins/loader.go"

@@ -3,8 +3,10 @@ agent with no code change."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -19,8 +21,14 @@ from flytekit.models.core.identifier import WorkflowExecutionIdentifier
 from flytekit.remote import FlyteRemote
 
 from flyte_auth_agent.client import AgentClient
-from flytekitplugins.auth_agent import AgentAuthenticator, AgentAuthError, default_remote
+from flytekitplugins.auth_agent import (
+    AgentAuthenticator,
+    AgentAuthError,
+    default_remote,
+    whoami,
+)
 from tests.plugin.conftest import EXECUTION, Chain, in_thread
+from tests.support.clock import FakeClock
 from tests.support.world import EXECUTOR
 
 EXECUTION_ID = WorkflowExecutionIdentifier(*EXECUTION)
@@ -229,3 +237,41 @@ def test_the_readme_eager_example_is_valid_flytekit(tmp_path: Path,
     monkeypatch.syspath_prepend(str(tmp_path))
     module = importlib.import_module("readme_eager_example")
     assert isinstance(module.fan_out, EagerAsyncPythonFunctionTask)
+
+
+async def test_an_agent_without_a_token_fails_the_first_attempt_at_once_saying_why_once(
+        chain: Chain, monkeypatch: pytest.MonkeyPatch, short_dir: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The agent's token file is missing: one socket request answers 503 at once (no
+    --wait-timeout), flytekit's retries get the same answer without asking again, and the
+    cause is said once, plainly, before flytekit wraps it."""
+    from flyte_auth_agent.config import AgentConfig  # noqa: PLC0415
+    from flyte_auth_agent.runtime import running_agent  # noqa: PLC0415
+
+    sock = short_dir / "broken.sock"
+    config = AgentConfig.load(["--socket", str(sock), "--token-file", str(short_dir / "nope"),
+                               "--token-endpoint", "http://127.0.0.1:9/oauth2/token",
+                               "--wait-timeout", "30"], {})
+    monkeypatch.setenv("FLYTE_AUTH_AGENT_SOCKET", str(sock))
+    clock = FakeClock(time.time())
+    async with running_agent(config, clock=clock) as agent:
+        await clock.next_sleep()  # the first exchange attempt has failed; it backs off
+        with pytest.raises(Exception) as err, caplog.at_level(  # noqa: PT011 - flytekit's
+                "ERROR", logger="flytekitplugins.auth_agent"):
+            async with asyncio.timeout(20):  # would take 30 s per try if the agent waited
+                await in_thread(lambda: principal_via(FlyteRemote(Config.auto())))
+        served = agent.api.metrics.registry.get_sample_value(
+            "flyte_auth_agent_requests_total", {"path": "/v1/token", "code": "503"})
+    text = str(err.value.__cause__)
+    assert f"the agent has no valid token: service-account token file {short_dir / 'nope'} " \
+           "does not exist" in text
+    assert "no valid token: no valid token" not in text  # said once, not stuttered
+    assert served == 1  # flytekit's retries did not ask again
+    plain = [r.getMessage() for r in caplog.records if "does not exist" in r.getMessage()]
+    assert len(plain) == 1
+
+
+async def test_whoami_names_the_launcher_without_asking_flyteadmin(chain: Chain) -> None:
+    calls = list(chain.world.admin.calls)
+    assert await in_thread(whoami) == EXECUTOR
+    assert chain.world.admin.calls == calls  # no FlyteAdmin round trip

@@ -47,10 +47,11 @@ class Failed(Exception):
 
 @contextlib.asynccontextmanager
 async def process(name: str, *argv: str, ready: str | None = None,
+                  env_extra: dict[str, str] | None = None,
                   ) -> AsyncIterator[tuple[asyncio.subprocess.Process, dict[str, Any]]]:
     """Run a project CLI with JSON logs to run/NAME.log; with `ready`, wait for that log event
     and yield it. SIGTERM on exit."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYTE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYTE_")} | (env_extra or {})
     proc = await asyncio.create_subprocess_exec(str(BIN / name), *argv, env=env,
                                                 stderr=asyncio.subprocess.PIPE)
     assert proc.stderr is not None
@@ -119,18 +120,23 @@ async def main(once: bool) -> int:
         async with process("flyte-auth-exchange", "serve", *world.exchange_args(),
                            ready="exchange_started") as (_, started):
             world.metadata.token_endpoint = started["listen"] + "/oauth2/token"
+            labels = pod["metadata"]["labels"]
+            execution_env = {contract.ENV_EXECUTION_ID: labels["execution-id"],  # as propeller
+                             contract.ENV_EXECUTION_PROJECT: labels["project"],  # sets them
+                             contract.ENV_EXECUTION_DOMAIN: labels["domain"]}
             async with process("flyte-auth-agent", "serve", "--socket", str(sock),
                                "--token-file", str(token_file), "--admin-endpoint",
-                               world.admin_target, "--admin-insecure") as (agent, _):
+                               world.admin_target, "--admin-insecure",
+                               env_extra=execution_env) as (agent, _):
                 client = AgentClient(str(sock))
                 body = await first_token(client, agent)
                 config = await asyncio.to_thread(client.config)
                 status = await asyncio.to_thread(client.status)
                 header = config["authorization_metadata_key"]
                 principal = await user_info(world.admin_target, header, body["access_token"])
-                via_flytekit = await asyncio.to_thread(flytekit_call, world, pod, sock)
+                via_flytekit = await task_process(world, pod, sock, execution_env)
                 report(world, pod, started["listen"], body, status, header, principal, sock,
-                       via_flytekit)
+                       via_flytekit, once=once, config=dict(config))
                 if principal != EXECUTOR or via_flytekit != EXECUTOR:
                     raise Failed(f"FlyteAdmin saw {principal!r} / {via_flytekit!r}, expected "
                                  f"{EXECUTOR!r}")
@@ -149,28 +155,50 @@ async def main(once: bool) -> int:
         await world.stop()
 
 
-def flytekit_call(world: World, pod: dict[str, Any], sock: Path) -> str:
-    """What a task does: FlyteRemote(Config.auto()) with the env the injector sets; the
-    flyte-auth-agent plugin supplies the token. Returns the execution's principal."""
-    from flytekit.configuration import Config  # noqa: PLC0415 - heavy, and only needed here
-    from flytekit.models.core.identifier import WorkflowExecutionIdentifier  # noqa: PLC0415
-    from flytekit.remote import FlyteRemote  # noqa: PLC0415
+TASK_CODE = """
+import os
+from flytekit.configuration import Config
+from flytekit.models.core.identifier import WorkflowExecutionIdentifier
+from flytekit.remote import FlyteRemote
+execution = FlyteRemote(Config.auto()).client.get_execution(WorkflowExecutionIdentifier(
+    os.environ["FLYTE_INTERNAL_EXECUTION_PROJECT"], os.environ["FLYTE_INTERNAL_EXECUTION_DOMAIN"],
+    os.environ["FLYTE_INTERNAL_EXECUTION_ID"]))
+print(execution.spec.metadata.principal)
+"""
 
-    os.environ.update({contract.ENV_PLATFORM_URL: world.admin_target,
-                       contract.ENV_PLATFORM_INSECURE: "true",
-                       contract.ENV_AUTH_MODE: contract.PLUGIN_AUTH_MODE,
-                       contract.SOCKET_ENV: str(sock.resolve())})
-    labels = pod["metadata"]["labels"]
-    execution = FlyteRemote(Config.auto()).client.get_execution(WorkflowExecutionIdentifier(
-        labels["project"], labels["domain"], labels["execution-id"]))
-    return str(execution.spec.metadata.principal)
+
+async def task_process(world: World, pod: dict[str, Any], sock: Path,
+                       execution_env: dict[str, str]) -> str:
+    """What a task does, as its own process (a task's gRPC channel ends with it, so no idle
+    keepalive pings outlive it): FlyteRemote(Config.auto()) with the env the injector sets;
+    the flyte-auth-agent plugin supplies the token. Returns the execution's principal."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYTE_")} | execution_env | {
+        contract.ENV_PLATFORM_URL: world.admin_target, contract.ENV_PLATFORM_INSECURE: "true",
+        contract.ENV_AUTH_MODE: contract.PLUGIN_AUTH_MODE, contract.SOCKET_ENV: str(sock.resolve())}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", TASK_CODE, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise Failed(f"the task's flytekit call failed: {err.decode()[-800:]}")
+    return out.decode().strip()
 
 
 def report(world: World, pod: dict[str, Any], exchange_url: str, body: dict[str, Any],
            status: dict[str, Any], header: str, principal: str, sock: Path,
-           via_flytekit: str) -> None:
+           via_flytekit: str, *, once: bool, config: dict[str, Any]) -> None:
     meta, claims = pod["metadata"], jwt_claims(body["access_token"]) or {}
     labels = meta["labels"]
+    if once:
+        tail = (f"The stack has stopped (ONCE=1). Run `make run` to keep it up, then fetch a "
+                f"token yourself:\n  curl -s --unix-socket {sock} -H 'X-Flyte-Auth-Agent: 1' "
+                f"http://localhost/v1/token")
+    else:
+        tail = (f"Fetch a token yourself (Ctrl-C stops the stack):\n"
+                f"  curl -s --unix-socket {sock} -H 'X-Flyte-Auth-Agent: 1' "
+                f"http://localhost/v1/token\n"
+                f"  curl -s --unix-socket {sock} -H 'X-Flyte-Auth-Agent: 1' "
+                f"http://localhost/v1/status")
     print(f"""
 flyte-auth-agent: the round trip on this machine
 (stand-ins: Kubernetes API server + kubelet, FlyteAdmin; real: exchange server, agent)
@@ -181,15 +209,15 @@ flyte-auth-agent: the round trip on this machine
 {EXECUTOR}
   exchange server {exchange_url}  (discovered by the agent from FlyteAdmin over gRPC)
   agent           {sock}  ({status["state"]}, next refresh {status["next_attempt_at"]})
+  /v1/config      endpoint {config["endpoint"]}, execution {config["project"]}/\
+{config["domain"]}/{config["execution_id"]}
   token           {fingerprint(body["access_token"])}  sub={claims.get("sub")} \
 scp={claims.get("scp")} expires {body["expires_at"]}
   FlyteAdmin      UserInfo with `{header}: Bearer <token>` says: {principal}
   flytekit        FlyteRemote(Config.auto()) via the flyte-auth-agent plugin: GetExecution
                   says the execution's principal is {via_flytekit}
 
-Fetch a token yourself:
-  curl -s --unix-socket {sock} -H 'X-Flyte-Auth-Agent: 1' http://localhost/v1/token
-  curl -s --unix-socket {sock} -H 'X-Flyte-Auth-Agent: 1' http://localhost/v1/status
+{tail}
 Logs: {RUN}/flyte-auth-agent.log, {RUN}/flyte-auth-exchange.log
 """, flush=True)
 

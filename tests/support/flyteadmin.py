@@ -1,5 +1,5 @@
 """Stand-in for FlyteAdmin: a real gRPC server from flyteidl stubs. We cannot run
-FlyteAdmin here; this follows its documented behaviour (FLYTE_FACTS.md, flyteadmin/auth at
+FlyteAdmin here; this follows its documented behaviour (flyteadmin/auth at
 v1.16.8) for what this project relies on:
 
 - AuthMetadataService (GetOAuth2Metadata, GetPublicClientConfig) answers anonymously.

@@ -1,5 +1,6 @@
 """Stand-in for the Kubernetes API server: the part of it the exchange server uses. We
-cannot run kube-apiserver here (issue 7 does); this follows its documented behaviour:
+keep `make test` fast; `make e2e` runs the real kube-apiserver and checks this against it
+(tests/e2e/test_parity.py). It follows the API server's documented behaviour:
 
 - Service-account issuer discovery (anonymous): GET /.well-known/openid-configuration
   (issuer, jwks_uri = ISSUER/openid/v1/jwks) and GET /openid/v1/jwks.

@@ -9,6 +9,7 @@ from flytekitplugins.auth_agent.authenticator import (
     AgentAuthError,
     from_platform_config,
 )
-from flytekitplugins.auth_agent.remote import default_remote
+from flytekitplugins.auth_agent.remote import default_remote, whoami
 
-__all__ = ["AgentAuthError", "AgentAuthenticator", "default_remote", "from_platform_config"]
+__all__ = ["AgentAuthError", "AgentAuthenticator", "default_remote", "from_platform_config",
+           "whoami"]

@@ -26,7 +26,6 @@ from flyte_auth_agent.client import (
     AgentClient,
     AgentClientError,
     AgentRefusedError,
-    AgentUnreachableError,
 )
 from flyte_auth_agent.tokens import fingerprint
 
@@ -51,13 +50,20 @@ class _Held(NamedTuple):
 _NOTHING = _Held("", "", 0.0, 0.0)
 
 
+_told: set[str] = set()
+
+
 def explain(exc: AgentClientError) -> AgentAuthError:
-    if isinstance(exc, AgentUnreachableError):
-        return AgentAuthError(f"flyte-auth: {exc}")
+    """Our error, said once plainly on stderr before flytekit wraps it in its traceback."""
     if isinstance(exc, AgentRefusedError) and exc.status == 503:
-        return AgentAuthError(f"flyte-auth: the agent has no valid token: {exc.description}. "
-                              f"Check `flyte-auth-agent status` and the agent's log")
-    return AgentAuthError(f"flyte-auth: {exc}")
+        message = (f"flyte-auth: the agent has no valid token: {exc.description}. "
+                   f"Check `flyte-auth-agent status` and the agent's log")
+    else:
+        message = f"flyte-auth: {exc}"
+    if message not in _told:
+        _told.add(message)
+        log.error("%s", message)
+    return AgentAuthError(message)
 
 
 class AgentAuthenticator(Authenticator):  # type: ignore[misc]
@@ -69,6 +75,9 @@ class AgentAuthenticator(Authenticator):  # type: ignore[misc]
         self._lock = threading.Lock()
         self._held = _NOTHING
         self._rejected: str | None = None  # fingerprint FlyteAdmin last refused
+        #: The agent said it has no token, and why: flytekit's retries within the agent's
+        #: Retry-After get the same answer at once instead of asking again.
+        self._failed: tuple[AgentAuthError, float] | None = None
         self.fetches = 0
 
     @property
@@ -80,10 +89,18 @@ class AgentAuthenticator(Authenticator):  # type: ignore[misc]
             held = self._held
             if unless_fresh and self._clock() < held.check_at:
                 return held  # another thread fetched while we waited for the lock
+            if self._failed is not None and self._clock() < self._failed[1]:
+                raise self._failed[0]
             try:
                 body = self._client.token()
+            except AgentRefusedError as exc:
+                error = explain(exc)
+                if exc.status == 503:
+                    self._failed = (error, self._clock() + (exc.retry_after or 1))
+                raise error from None
             except AgentClientError as exc:
                 raise explain(exc) from None
+            self._failed = None
             self.fetches += 1
             now = self._clock()
             expires_in = float(body["expires_in"])

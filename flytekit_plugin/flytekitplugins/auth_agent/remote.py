@@ -46,3 +46,19 @@ def default_remote(*, environ: Mapping[str, str] | None = None, **kwargs: Any) -
         default_domain=env.get(contract.ENV_EXECUTION_DOMAIN) or conf["domain"],
         **kwargs,
     )
+
+
+def whoami() -> str | None:
+    """Whom this task acts as against FlyteAdmin: the subject of the agent's token (for an
+    execution, the user who launched it; flyteorg/flyte#6550). No FlyteAdmin call, no token
+    handed out: it reads the agent's /v1/status. None if the token is opaque."""
+    try:
+        status = AgentClient().status()
+    except AgentClientError as exc:
+        raise explain(exc) from None
+    token = status.get("token") or {}
+    if status.get("state") != "valid":
+        error = (status.get("last_error") or {}).get("message", "no exchange finished yet")
+        raise AgentAuthError(f"flyte-auth: the agent holds no valid token: {error}")
+    subject = token.get("subject")
+    return subject if isinstance(subject, str) else None
