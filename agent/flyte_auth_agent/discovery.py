@@ -1,6 +1,7 @@
 """Read FlyteAdmin's auth metadata: gRPC AuthMetadataService first, HTTP as the fallback.
 
-FlyteAdmin (with `useAuth`) answers both anonymously (flyteadmin/auth/authzserver at v1.16.8; checked against the real one in `make e2e`):
+FlyteAdmin (with `useAuth`) answers both anonymously (flyteadmin/auth at v1.16.8; `make e2e`
+reads the real one both ways):
   GetOAuth2Metadata      ~ GET /.well-known/oauth-authorization-server  (token_endpoint, ...)
   GetPublicClientConfig  ~ GET /config/v1/flyte_client  (authorization_metadata_key, audience,
                                                          scopes)

@@ -1,4 +1,5 @@
-"""The socket API (the fixed contract in flyte_auth_agent.contract and the README): thin handlers over a TokenSource."""
+"""The socket API (the fixed contract: flyte_auth_agent.contract and the README): thin handlers
+over a TokenSource."""
 
 from __future__ import annotations
 

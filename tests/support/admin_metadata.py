@@ -1,6 +1,7 @@
 """Stand-in for FlyteAdmin's AuthMetadataService, a real gRPC server from flyteidl stubs.
 
-Behaves as FlyteAdmin with `useAuth` does (flyteadmin/auth at v1.16.8; `make e2e` checks it against the real one): both RPCs answer anonymously,
+Behaves as FlyteAdmin with `useAuth` does (flyteadmin/auth at v1.16.8; `make e2e` checks it
+against the real one): both RPCs answer anonymously,
 GetOAuth2Metadata with the authorization server's RFC 8414 metadata, GetPublicClientConfig
 with the client config whose `authorization_metadata_key` clients must send tokens under.
 """
