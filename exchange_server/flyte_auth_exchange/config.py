@@ -38,8 +38,9 @@ OPTIONS = (
            "the metadata; default: from --listen)", metavar="URL"),
     Option("--signing-key", "RSA private key that signs minted tokens: FlyteAdmin's "
            "token_rsa_key.pem (PKCS#1 PEM)", metavar="PEM"),
-    Option("--key-id", "key id put in minted tokens' `kid` and `key_id` headers (FlyteAdmin "
-           "falls back to its first key for an id it does not know)", "flyte-auth-exchange"),
+    Option("--key-id", "key id put in minted tokens' `kid` and `key_id` headers (default: the "
+           "key's RFC 7638 thumbprint, the id FlyteAdmin gives the same key; with another id "
+           "FlyteAdmin tries only its first key, which breaks key rotation)", metavar="ID"),
     Option("--admin-audience", "FlyteAdmin's public URL, as in its authorizedUris; minted "
            "tokens carry it in `aud`", metavar="URL", repeatable=True),
     Option("--token-lifetime", "lifetime of minted tokens in seconds (a policy may cap it)",
@@ -92,7 +93,7 @@ class ExchangeConfig:
     tls_key: Path | None
     public_url: str | None  # None: the URL of the bound listener
     signing_key: Path
-    key_id: str
+    key_id: str | None
     admin_audiences: tuple[str, ...]
     token_lifetime: float
     subject_issuer: str
@@ -156,7 +157,7 @@ class ExchangeConfig:
             listen=listen, tls_cert=tls_cert, tls_key=tls_key,
             public_url=_strip_slash(s.get("public_url", to_http_url)),
             signing_key=signing_key or Path(),
-            key_id=s.text("key_id") or "flyte-auth-exchange",
+            key_id=s.text("key_id"),
             admin_audiences=audiences,
             token_lifetime=s.get("token_lifetime", to_positive_float) or 3600.0,
             subject_issuer=issuer or "",

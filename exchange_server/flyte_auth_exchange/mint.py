@@ -33,10 +33,24 @@ class Minted:
 
 
 class Minter:
-    def __init__(self, key: RSAKey, key_id: str, issuer: str) -> None:
+    """Signs tokens. The key id (`kid` and FlyteAdmin's `key_id`) is, unless configured, the
+    key's RFC 7638 thumbprint: the id FlyteAdmin itself gives each of its keys
+    (jwk.AssignKeyID), so during a key rotation it verifies our tokens with the right one of
+    token_rsa_key.pem and token_rsa_key_old.pem. A file name there would be an unknown id,
+    and FlyteAdmin would try only its first key."""
+
+    def __init__(self, key: RSAKey, key_id: str | None, issuer: str) -> None:
         self._key = key
-        self.key_id = key_id
+        self._key_id = key_id
         self.issuer = issuer
+
+    @property
+    def key_id(self) -> str:
+        return self._key_id or self._key.thumbprint()
+
+    def set_key(self, key: RSAKey) -> None:
+        """Sign with `key` from now on (the mounted key file changed)."""
+        self._key = key
 
     @staticmethod
     def load_key(path: Path) -> RSAKey:

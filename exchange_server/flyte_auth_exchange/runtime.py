@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
 import structlog
 from aiohttp import web
+from joserfc.jwk import RSAKey
 
 from flyte_auth_agent.daemon import app_runner
 from flyte_auth_agent.errors import ConfigError
+from flyte_auth_agent.reload import FileReloader
 from flyte_auth_agent.runtime import tls_material
 from flyte_auth_exchange.admin import SELF_SUBJECT, Admin, SelfToken
 from flyte_auth_exchange.config import ExchangeConfig
@@ -41,52 +44,96 @@ def _server_tls(config: ExchangeConfig) -> ssl.SSLContext | None:
 
 
 @dataclass
+class Files:
+    """The mounted files the server loads again when they change."""
+
+    policy: FileReloader[Policy]
+    signing_key: FileReloader[RSAKey]
+
+
+@dataclass
 class RunningExchange:
     config: ExchangeConfig
     api: ExchangeAPI
     url: str
+    files: Files
+
+
+def _policy_loader(config: ExchangeConfig, kube_connected: list[bool]) -> Callable[[], Policy]:
+    """Load --policy (again), refusing a policy this running server cannot serve."""
+    def load() -> Policy:
+        policy = Policy.load(config.policy, config.identity) if config.policy \
+            else Policy.default(config.identity)
+        if policy.uses_executor and config.admin is None:
+            raise ConfigError(["--admin-endpoint / FLYTE_AUTH_EXCHANGE_ADMIN_ENDPOINT: "
+                               "required: the policy uses the executor identity, which "
+                               "FlyteAdmin supplies"])
+        if policy.uses_executor and kube_connected and not kube_connected[0]:
+            raise ConfigError([f"--policy {config.policy}: the executor identity needs the "
+                               "Kubernetes API, which this server started without; restart it"])
+        return policy
+    return load
+
+
+def _admin(config: ExchangeConfig, minter: Minter, ca_pem: bytes | None) -> Admin | None:
+    """FlyteAdmin, asked with tokens this server mints for itself (also built when the policy
+    does not use the executor yet: a reloaded one may)."""
+    if config.admin is None:
+        return None
+    audience = list(config.admin_audiences)
+
+    def mint_self(now: float) -> tuple[str, float]:
+        minted = minter.mint(subject=SELF_SUBJECT, audience=audience, scopes=["all"],
+                             lifetime=SELF_TOKEN_LIFETIME, now=now)
+        return minted.token, now + minted.expires_in
+
+    return Admin(config.admin, SelfToken(mint_self), ca_pem=ca_pem)
+
+
+async def _issuer_keys(config: ExchangeConfig, session: aiohttp.ClientSession,
+                       client_ssl: ssl.SSLContext | bool) -> IssuerKeys | None:
+    if config.subject_jwks is None and config.subject_discovery is None:
+        return None  # TokenReview alone
+    keys = IssuerKeys(jwks_file=config.subject_jwks, discovery_url=config.subject_discovery,
+                      session=session, ssl_ctx=client_ssl)
+    await keys.start()
+    return keys
 
 
 @contextlib.asynccontextmanager
 async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExchange]:
-    policy = Policy.load(config.policy, config.identity) if config.policy \
-        else Policy.default(config.identity)
-    if policy.uses_executor and config.admin is None:
-        raise ConfigError(["--admin-endpoint / FLYTE_AUTH_EXCHANGE_ADMIN_ENDPOINT: required: "
-                           "the policy uses the executor identity, which FlyteAdmin supplies"])
+    kube_connected: list[bool] = []  # filled once the start-up decided
+    policy_files = FileReloader("policy", [config.policy] if config.policy else [],
+                                _policy_loader(config, kube_connected))
+    policy = policy_files.value
     client_ssl, ca_pem = tls_material(config.ca_cert_file,
                                       "--ca-cert-file / FLYTE_AUTH_EXCHANGE_CA_CERT_FILE")
     server_ssl = _server_tls(config)
-    signing_key = Minter.load_key(config.signing_key)
+    key_file = FileReloader("signing key", [config.signing_key],
+                            lambda: Minter.load_key(config.signing_key))
     host, port = config.listen
     sock = socket.create_server((host, port))  # bound first: the URL needs the real port
     url = f"{'https' if server_ssl else 'http'}://{host}:{sock.getsockname()[1]}"
     public_url = config.public_url or url
-    minter = Minter(signing_key, config.key_id, public_url)
+    minter = Minter(key_file.value, config.key_id, public_url)
+    key_file.apply = minter.set_key
     needs_kube = config.token_review or policy.uses_executor
+    kube_connected.append(needs_kube)
     session = aiohttp.ClientSession()
     kube: Kube | None = None
     admin: Admin | None = None
     runner: web.AppRunner | None = None
+    watchers: list[asyncio.Task[None]] = []
     try:
         kube = await Kube.connect(config.kubeconfig) if needs_kube else None
-        if config.admin is not None and policy.uses_executor:
-            audience = list(config.admin_audiences)
-
-            def mint_self(now: float) -> tuple[str, float]:
-                minted = minter.mint(subject=SELF_SUBJECT, audience=audience, scopes=["all"],
-                                     lifetime=SELF_TOKEN_LIFETIME, now=now)
-                return minted.token, now + minted.expires_in
-
-            admin = Admin(config.admin, SelfToken(mint_self), ca_pem=ca_pem)
-        keys = None
-        if config.subject_jwks is not None or config.subject_discovery is not None:
-            keys = IssuerKeys(jwks_file=config.subject_jwks,
-                              discovery_url=config.subject_discovery, session=session,
-                              ssl_ctx=client_ssl)
-            await keys.start()
+        admin = _admin(config, minter, ca_pem)
+        keys = await _issuer_keys(config, session, client_ssl)
         service = ExchangeService(config, policy=policy, keys=keys, minter=minter, kube=kube,
                                   admin=admin)
+        policy_files.apply = service.set_policy
+        watchers = [asyncio.create_task(key_file.watch(), name="signing-key-reload")]
+        if config.policy:
+            watchers.append(asyncio.create_task(policy_files.watch(), name="policy-reload"))
         api = ExchangeAPI(service, minter, keys, public_url)
         runner = app_runner(app(api), shutdown_timeout=10.0)
         await runner.setup()
@@ -97,9 +144,11 @@ async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExcha
         log.info("exchange_started", listen=url, public_url=public_url,
                  identity=config.identity, token_review=config.token_review,
                  rules=[r.name for r in policy.rules])
-        yield RunningExchange(config, api, url)
+        yield RunningExchange(config, api, url, Files(policy_files, key_file))
     finally:
         log.info("exchange_stopping")
+        for task in watchers:
+            task.cancel()
         if runner is not None:
             await runner.cleanup()
         if admin is not None:

@@ -106,6 +106,10 @@ class ExchangeService:
         self.bindings: Memo[Binding] = Memo(config.cache_ttl)
         self.guards: Memo[None] = Memo(config.cache_ttl)
 
+    def set_policy(self, policy: Policy) -> None:
+        """Decide by `policy` from now on (the mounted policy file changed)."""
+        self._policy = policy
+
     async def exchange(self, form: Form, audit: dict[str, Any]) -> dict[str, Any]:
         subject_token = self._check_grant(form)
         subject = await self._authenticate(subject_token)

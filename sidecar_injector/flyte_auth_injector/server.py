@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -20,6 +18,7 @@ from prometheus_client import (
 
 from flyte_auth_agent.errors import ConfigError
 from flyte_auth_agent.metrics import metrics_response
+from flyte_auth_agent.reload import FileReloader
 from flyte_auth_injector.config import InjectorConfig
 from flyte_auth_injector.review import BadReview, decide, parse, refusal
 
@@ -44,36 +43,25 @@ class CertReloader:
     def __init__(self, cert: Path, key: Path) -> None:
         self.cert, self.key = cert, key
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self._stamp: tuple[float, float] | None = None
-        self.reloads = 0
-        self.check()
+        self._files = FileReloader("tls certificate", (cert, key), self._load)
 
-    def _mtimes(self) -> tuple[float, float]:
-        return os.stat(self.cert).st_mtime, os.stat(self.key).st_mtime
+    def _load(self) -> None:
+        try:
+            self.context.load_cert_chain(self.cert, self.key)  # new handshakes use it
+        except OSError as exc:  # ssl.SSLError included
+            raise ConfigError([f"--tls-cert / --tls-key: cannot load {self.cert} and "
+                               f"{self.key} ({type(exc).__name__})"]) from None
+
+    @property
+    def reloads(self) -> int:
+        return self._files.reloads
 
     def check(self) -> bool:
         """Load the files if they changed since the last load; True if reloaded."""
-        try:
-            stamp = self._mtimes()
-            if stamp == self._stamp:
-                return False
-            self.context.load_cert_chain(self.cert, self.key)  # new handshakes use it
-        except (OSError, ssl.SSLError) as exc:
-            if self._stamp is None:
-                raise ConfigError([f"--tls-cert / --tls-key: cannot load {self.cert} and "
-                                   f"{self.key} ({type(exc).__name__})"]) from None
-            log.warning("tls_reload_failed", error=type(exc).__name__, keeping="previous")
-            return False
-        if self._stamp is not None:
-            self.reloads += 1
-            log.info("tls_reloaded", cert=str(self.cert))
-        self._stamp = stamp
-        return True
+        return self._files.check()
 
-    async def watch(self, interval: float = 10.0) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            self.check()
+    async def watch(self) -> None:
+        await self._files.watch()
 
 
 class InjectorAPI:

@@ -101,6 +101,11 @@ class Flyte:
         return self.workdir / "secrets/token_rsa_key.pem"
 
     @property
+    def old_key_file(self) -> Path:
+        """token_rsa_key_old.pem: FlyteAdmin also verifies with it (a key rotation)."""
+        return self.workdir / "secrets/token_rsa_key_old.pem"
+
+    @property
     def authorized_uris(self) -> list[str]:
         """flyte-core's shape: a public URL first, then in-cluster names, then 127.0.0.1 (what
         the suite dials). Each names FlyteAdmin's HTTP port: the chosen entry is also where
@@ -146,6 +151,7 @@ class Flyte:
         secrets = self.workdir / "secrets"
         secrets.mkdir(exist_ok=True)
         write_signing_key(self.key_file)
+        write_signing_key(self.old_key_file)
         for name, size in (("claim_symmetric_key", 32), ("cookie_hash_key", 64),
                            ("cookie_block_key", 32)):
             (secrets / name).write_text(base64.b64encode(os.urandom(size)).decode().rstrip("="))

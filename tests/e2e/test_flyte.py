@@ -66,11 +66,12 @@ class RealFlyte:
     workdir: Path
 
     def mint(self, claims: dict[str, Any], *, key: RSAKey | None = None,
-             key_id: str = "token_rsa_key.pem") -> str:
-        """A token as FlyteAdmin's own authorization server signs one."""
+             key_id: str | None = None) -> str:
+        """A token as FlyteAdmin's own authorization server signs one: `key_id` is the key's
+        RFC 7638 thumbprint unless given."""
         signing = key or Minter.load_key(self.flyte.key_file)
-        return jwt.encode({"alg": "RS256", "typ": "JWT", "key_id": key_id}, claims, signing,
-                          registry=LENIENT)
+        header = {"alg": "RS256", "typ": "JWT", "key_id": key_id or signing.thumbprint()}
+        return jwt.encode(header, claims, signing, registry=LENIENT)
 
     def user_token(self, subject: str = ALICE, **overrides: Any) -> str:
         now = int(time.time())
@@ -118,7 +119,7 @@ async def real(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RealFl
                              for a in ("--admin-audience", uri)]
                 exchange_config = ExchangeConfig.load([
                     "--listen", "127.0.0.1:0", "--signing-key", str(flyte.key_file),
-                    "--key-id", "token_rsa_key.pem", *audiences,
+                    *audiences,
                     "--subject-issuer", cluster.url, "--subject-discovery", cluster.url,
                     "--ca-cert-file", str(cluster.ca_file), "--subject-audience", AUDIENCE,
                     "--token-review", "--cache-ttl", "0", "--admin-endpoint", flyte.target,
@@ -148,12 +149,17 @@ async def real(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RealFl
 
 # --- 1. verdict parity ------------------------------------------------------------------------
 
+def claims_of(token: str) -> dict[str, Any]:
+    return dict(json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "==")))
+
+
 def token_table(real: RealFlyte) -> dict[str, dict[str, str]]:
     """name -> metadata to send (no metadata: no header)."""
     t = real.user_token
     uris = real.flyte.authorized_uris
     now = int(time.time())
     other_key = RSAKey.generate_key(2048)
+    old_key = Minter.load_key(real.flyte.old_key_file)
     table: dict[str, dict[str, str]] = {
         "valid, aud the minted list": {"flyte-authorization": f"Bearer {t()}"},
         "wrong aud": {"flyte-authorization": f"Bearer {t(aud=['https://elsewhere.example'])}"},
@@ -162,9 +168,14 @@ def token_table(real: RealFlyte) -> dict[str, dict[str, str]]:
         "expired": {"flyte-authorization": f"Bearer {t(iat=now - 7200, exp=now - 3600)}"},
         "nbf in the future": {"flyte-authorization": f"Bearer {t(nbf=now + 3600)}"},
         "another key": {"flyte-authorization": "Bearer " + real.mint(
-            json.loads(base64.urlsafe_b64decode(t().split(".")[1] + "==")), key=other_key)},
+            claims_of(t()), key=other_key)},
         "unknown key_id": {"flyte-authorization": "Bearer " + real.mint(
-            json.loads(base64.urlsafe_b64decode(t().split(".")[1] + "==")), key_id="nope")},
+            claims_of(t()), key_id="nope")},
+        # Key rotation: FlyteAdmin finds the old key by its id (the key's thumbprint) only.
+        "the old key, key_id its thumbprint": {"flyte-authorization": "Bearer " + real.mint(
+            claims_of(t()), key=old_key)},
+        "the old key, key_id a file name": {"flyte-authorization": "Bearer " + real.mint(
+            claims_of(t()), key=old_key, key_id="token_rsa_key.pem")},
         "no header": {},
         "the authorization header": {"authorization": f"Bearer {t()}"},
         "non-string client_id": {"flyte-authorization": f"Bearer {t(client_id=5)}"},
@@ -189,7 +200,9 @@ async def verdict(target: str, metadata: dict[str, str], host: str) -> str:
 async def test_real_flyteadmin_and_the_stand_in_give_the_same_verdicts(real: RealFlyte) -> None:
     flyte = real.flyte
     public_pem = Minter.load_key(flyte.key_file).as_pem(private=False)
-    stand_in = FlyteAdmin(public_pem, authorized_uris=flyte.authorized_uris)
+    old_pem = Minter.load_key(flyte.old_key_file).as_pem(private=False)
+    stand_in = FlyteAdmin(public_pem, old_public_key_pem=old_pem,
+                          authorized_uris=flyte.authorized_uris)
     server, target = await start_flyteadmin(stand_in, AuthMetadata(token_endpoint=""))
     hosts = ("flyteadmin.flyte:81", "flyteadmin.flyte.svc.cluster.local:81",
              f"127.0.0.1:{flyte.grpc_port}", "flyte.example.com:443")
@@ -213,6 +226,8 @@ async def test_real_flyteadmin_and_the_stand_in_give_the_same_verdicts(real: Rea
     only_public = "aud names only https://flyte.example.com"
     assert verdicts[(only_public, "flyteadmin.flyte:81")] == ok  # no match: the first entry
     assert verdicts[(only_public, hosts[1])] == "UNAUTHENTICATED"
+    assert verdicts[("the old key, key_id its thumbprint", hosts[1])] == ok
+    assert verdicts[("the old key, key_id a file name", hosts[1])] == "UNAUTHENTICATED"
 
 
 # --- 2. a real execution ----------------------------------------------------------------------

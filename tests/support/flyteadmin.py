@@ -4,8 +4,10 @@ v1.16.8) for what this project relies on:
 
 - AuthMetadataService (GetOAuth2Metadata, GetPublicClientConfig) answers anonymously.
 - Every other call must carry `flyte-authorization: Bearer <jwt>` (or `authorization`):
-  RS256 verified with the public half of token_rsa_key.pem; the header's `key_id` picks the
-  key, an unknown id falls back to the first key; exp/iat/nbf are checked only when present;
+  RS256 verified with the public half of token_rsa_key.pem, or of token_rsa_key_old.pem when
+  one is configured (key rotation); each key's id is its RFC 7638 thumbprint (FlyteAdmin's
+  jwk.AssignKeyID), the header's `key_id` picks the key, an unknown id falls back to the
+  first key (the current one); exp/iat/nbf are checked only when present;
   iss is not checked; `aud` (string or list) must contain the public URL, chosen from
   `authorizedUris` as GetPublicURL does (flyteadmin/auth/handler_utils.go; see
   `public_url_for`); `scp` is a list, or one string taken whole; no client_id and no scp
@@ -111,6 +113,8 @@ def validate_bearer(value: str | None, keys: list[tuple[str, RSAKey]], audience:
 class FlyteAdmin(admin_pb2_grpc.AdminServiceServicer,  # type: ignore[misc]
                  identity_pb2_grpc.IdentityServiceServicer):  # type: ignore[misc]
     public_key_pem: bytes
+    #: The public half of token_rsa_key_old.pem, during a key rotation.
+    old_public_key_pem: bytes | None = None
     #: FlyteAdmin's auth.authorizedUris, in its order.
     authorized_uris: list[str] = field(default_factory=lambda: [
         "http://flyteadmin.flyte.svc.cluster.local:80"])
@@ -123,7 +127,13 @@ class FlyteAdmin(admin_pb2_grpc.AdminServiceServicer,  # type: ignore[misc]
     reject_next: int = 0
 
     def __post_init__(self) -> None:
-        self.keys = [("token_rsa_key.pem", RSAKey.import_key(self.public_key_pem))]
+        self.set_keys(self.public_key_pem, self.old_public_key_pem)
+
+    def set_keys(self, current_pem: bytes, old_pem: bytes | None = None) -> None:
+        """token_rsa_key.pem and token_rsa_key_old.pem, as FlyteAdmin loads them at start."""
+        self.public_key_pem, self.old_public_key_pem = current_pem, old_pem
+        pems = [current_pem] + ([old_pem] if old_pem else [])
+        self.keys = [(key.thumbprint(), key) for key in map(RSAKey.import_key, pems)]
 
     async def _authenticate(self, method: str, context: Any) -> dict[str, Any]:
         md = dict(context.invocation_metadata())

@@ -1,0 +1,67 @@
+"""A value loaded from mounted files and loaded again when they change, without a restart.
+
+Kubernetes updates a mounted ConfigMap or Secret by swapping a symlink, so the files' stat
+(followed through the link) changes. `check()` compares it with the last load; `watch()` checks
+every few seconds. A file that fails to load keeps the previous value and says so in the log,
+so a bad edit never takes a running server down; at start-up the error is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import structlog
+
+from flyte_auth_agent.errors import ConfigError
+
+T = TypeVar("T")
+log = structlog.get_logger("flyte_auth")
+#: How often mounted files are checked (the kubelet syncs volumes about once a minute).
+CHECK_EVERY = 10.0
+
+
+class FileReloader(Generic[T]):
+    def __init__(self, what: str, paths: Sequence[Path], load: Callable[[], T],
+                 apply: Callable[[T], None] = lambda _: None) -> None:
+        self.what = what
+        self._paths = tuple(paths)
+        self._load = load
+        #: Called with each value loaded after the first (and with the first, at start).
+        self.apply = apply
+        self._stamp = self._stat()
+        self.value = load()  # a ConfigError here stops the start-up, as it should
+        apply(self.value)
+        self.reloads = 0
+
+    def _stat(self) -> tuple[tuple[int, int, int], ...] | None:
+        try:
+            return tuple((s.st_mtime_ns, s.st_size, s.st_ino) for s in map(os.stat, self._paths))
+        except OSError:
+            return None  # mid-swap or gone: the next check sees it again
+
+    def check(self) -> bool:
+        """Load again if a file changed since the last load; True if the value changed."""
+        stamp = self._stat()
+        if stamp is None or stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            value = self._load()
+        except (ConfigError, OSError, ValueError) as exc:
+            problems = exc.problems if isinstance(exc, ConfigError) else [type(exc).__name__]
+            log.warning("reload_failed", what=self.what, problems=problems, keeping="previous")
+            return False
+        self.value = value
+        self.apply(value)
+        self.reloads += 1
+        log.info("reloaded", what=self.what, files=[str(p) for p in self._paths])
+        return True
+
+    async def watch(self, every: float = CHECK_EVERY) -> None:
+        while True:
+            await asyncio.sleep(every)
+            self.check()

@@ -1,0 +1,78 @@
+"""Configuration changes take effect without a restart: the policy and the signing key are
+loaded again from their mounted files; FlyteAdmin's key rotation in the order the operator
+guide gives refuses no task token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+from structlog.testing import capture_logs
+
+from flyte_auth_exchange.mint import Minter
+from tests.exchange.conftest import StartExchange, form, post
+from tests.exchange.test_exchange import user_info_code
+from tests.support.world import World, write_signing_key
+
+
+async def test_a_changed_policy_applies_without_a_restart_and_a_broken_one_is_ignored(
+        world: World, exchange: StartExchange, http: aiohttp.ClientSession,
+        tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n  - name: open\n")
+    subject = world.kube.token_for(world.task_pod())
+    with capture_logs() as logs:
+        async with exchange("--policy", str(policy)) as ex:
+            assert (await post(http, ex.url, form(subject)))[0] == 200
+            policy.write_text("rules:\n  - name: closed\n    allow: false\n")
+            assert ex.files.policy.check() is True  # what the 10 s watcher does
+            status, body = await post(http, ex.url, form(subject))
+            policy.write_text("rules: [oops")  # a half-edited file keeps the last good one
+            assert ex.files.policy.check() is False
+            still, _ = await post(http, ex.url, form(subject))
+    assert (status, body["error"]) == (400, "access_denied")
+    assert "policy rule 'closed' refuses" in str(body["error_description"])
+    assert still == 400
+    failed = [e for e in logs if e["event"] == "reload_failed"]
+    assert failed and failed[0]["what"] == "policy" and "not valid YAML" in failed[0][
+        "problems"][0]
+
+
+async def test_flyteadmin_key_rotation_in_the_guides_order_refuses_no_token(
+        world: World, exchange: StartExchange, http: aiohttp.ClientSession,
+        tmp_path: Path) -> None:
+    """1. FlyteAdmin gets the new key as token_rsa_key.pem and keeps the old one as
+    token_rsa_key_old.pem; 2. the exchange server's key file becomes the new key (reloaded);
+    3. once the longest token lifetime has passed, FlyteAdmin drops the old key."""
+    old_public = Minter.load_key(world.key_file).as_pem(private=False)
+    new_key = tmp_path / "new.pem"
+    new_public = write_signing_key(new_key)
+    subject = world.kube.token_for(world.task_pod())
+    async with exchange() as ex:
+        _, before = await post(http, ex.url, form(subject))  # signed with the old key
+        # 1. FlyteAdmin rotates: new key first, old key kept.
+        world.admin.set_keys(new_public, old_public)
+        assert await user_info_code(world, str(before["access_token"])) == "OK"
+        # 2. The exchange server's Secret now holds the new key.
+        world.key_file.write_bytes(new_key.read_bytes())
+        assert ex.files.signing_key.check() is True
+        _, after = await post(http, ex.url, form(subject))
+        assert await user_info_code(world, str(after["access_token"])) == "OK"
+        assert await user_info_code(world, str(before["access_token"])) == "OK"
+        # 3. FlyteAdmin drops the old key: only tokens from before step 2 are refused.
+        world.admin.set_keys(new_public)
+        assert await user_info_code(world, str(after["access_token"])) == "OK"
+        assert await user_info_code(world, str(before["access_token"])) == "UNAUTHENTICATED"
+
+
+async def test_a_file_name_as_key_id_breaks_the_rotation(
+        world: World, exchange: StartExchange, http: aiohttp.ClientSession,
+        tmp_path: Path) -> None:
+    """Why the key id is the key's thumbprint: FlyteAdmin does not know `token_rsa_key.pem`
+    as an id, so it tries only its first key, the new one."""
+    old_public = Minter.load_key(world.key_file).as_pem(private=False)
+    subject = world.kube.token_for(world.task_pod())
+    async with exchange("--key-id", "token_rsa_key.pem") as ex:
+        _, named = await post(http, ex.url, form(subject))
+    world.admin.set_keys(write_signing_key(tmp_path / "new.pem"), old_public)
+    assert await user_info_code(world, str(named["access_token"])) == "UNAUTHENTICATED"
