@@ -59,6 +59,8 @@ OPTIONS = (
            metavar="HOST:PORT"),
     Option("--agent-image", "the agent sidecar's image", consts.DEFAULT_AGENT_IMAGE,
            metavar="IMAGE"),
+    Option("--agent-image-pull-policy", "the agent sidecar's imagePullPolicy", "IfNotPresent",
+           choices=("IfNotPresent", "Always", "Never")),
     Option("--admin-endpoint", "FlyteAdmin HOST:PORT for the agent (discovery) and the task's "
            "FLYTE_PLATFORM_URL", metavar="HOST"),
     Option("--admin-insecure", "FlyteAdmin without TLS (FLYTE_PLATFORM_INSECURE=true)",
@@ -93,6 +95,7 @@ class Sidecar:
     """What goes into every injected pod, the same for all of them."""
 
     image: str
+    image_pull_policy: str
     admin_endpoint: str | None
     admin_insecure: bool
     token_endpoint: str | None
@@ -159,6 +162,7 @@ class InjectorConfig:
         )
         sidecar = Sidecar(
             image=s.text("agent_image") or consts.DEFAULT_AGENT_IMAGE,
+            image_pull_policy=s.get("agent_image_pull_policy", str) or "IfNotPresent",
             admin_endpoint=s.text("admin_endpoint"),
             admin_insecure=s.flag("admin_insecure"),
             token_endpoint=s.get("token_endpoint", to_http_url),

@@ -223,7 +223,7 @@ def sidecar_container(name: str, sidecar: Sidecar, settings: PodSettings, token_
     return {
         "name": name,
         "image": sidecar.image,
-        "imagePullPolicy": "IfNotPresent",
+        "imagePullPolicy": sidecar.image_pull_policy,
         "command": ["flyte-auth-agent", "serve"],
         "restartPolicy": "Always",  # a native sidecar: ends with the task, starts before it
         "env": env,

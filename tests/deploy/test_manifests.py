@@ -320,3 +320,70 @@ def test_the_dockerfile_builds_slim_non_root_images() -> None:
         assert "apt-get" not in stage
         assert "COPY --from=build /opt/" in stage
     assert "'.[agent]'" in finals["build"]  # the sidecar image carries only the agent extra
+
+
+def test_the_values_operators_reach_for_reach_the_pods() -> None:
+    objs = by_key(helm(
+        "imagePullSecrets[0].name=regcred",
+        "exchange.nodeSelector.pool=system", "exchange.tolerations[0].key=dedicated",
+        "exchange.tolerations[0].operator=Exists", "exchange.priorityClassName=critical",
+        "exchange.podAnnotations.team=flyte", "exchange.podLabels.tier=control",
+        "injector.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+        ".nodeSelectorTerms[0].matchExpressions[0].key=zone",
+        "injector.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+        ".nodeSelectorTerms[0].matchExpressions[0].operator=Exists",
+        "injector.sidecar.imagePullPolicy=Always", "injector.sidecar.resources.limits.memory=64Mi",
+        "injector.allowedScopes={all,offline}"))
+    exchange = objs[("Deployment", "flyte-auth-exchange")]["spec"]["template"]
+    injector = objs[("Deployment", "flyte-auth-injector")]["spec"]["template"]
+    for pod in (exchange, injector):
+        assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    assert exchange["spec"]["nodeSelector"] == {"pool": "system"}
+    assert exchange["spec"]["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
+    assert exchange["spec"]["priorityClassName"] == "critical"
+    assert exchange["metadata"]["annotations"] == {"team": "flyte"}
+    assert exchange["metadata"]["labels"]["tier"] == "control"
+    assert "nodeAffinity" in injector["spec"]["affinity"]
+    for obj in (objs[("Deployment", "flyte-auth-exchange")], objs[("Service",
+                                                                   "flyte-auth-exchange")]):
+        selector = obj["spec"]["selector"]
+        assert "tier" not in selector.get("matchLabels", selector)  # selectors stay stable
+    config = yaml.safe_load(objs[("ConfigMap", "flyte-auth-injector-config")]["data"][
+        "injector.yaml"])
+    assert config["agent_image_pull_policy"] == "Always"
+    assert config["resources"]["limits"]["memory"] == "64Mi"
+    assert config["allowed_scopes"] == ["all", "offline"]
+    for obj in objs.values():
+        for version in K8S_VERSIONS:
+            if obj["kind"] not in CRD_KINDS:
+                kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_a_wrong_shape_is_a_schema_error_naming_the_value(tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text("imagePullSecrets: [regcred]\nexchange: {nodeSelector: {pool: 1}}\n"
+                      "injector: {sidecar: {imagePullPolicy: Sometimes}}\n")
+    out = subprocess.run([tool("helm", "v3.19.0"), "template", "x", "deploy/helm/flyte-auth",
+                          "--kube-version", "1.30.0", "-f", str(values)], capture_output=True,
+                         text=True, cwd=ROOT, check=False)
+    assert out.returncode != 0
+    for where in ("/imagePullSecrets/0", "/exchange/nodeSelector/pool",
+                  "/injector/sidecar/imagePullPolicy"):
+        assert where in out.stderr, (where, out.stderr)
+
+
+@ALL
+def test_disruption_budgets_never_block_a_drain(rendering: str) -> None:
+    for obj in RENDERINGS[rendering]():
+        if obj["kind"] == "PodDisruptionBudget":
+            assert obj["spec"] == {"maxUnavailable": 1, "selector": obj["spec"]["selector"]}
+
+
+def test_the_injector_config_reaches_the_sidecar(tmp_path: Path) -> None:
+    from flyte_auth_injector.mutate import sidecar_container  # noqa: PLC0415
+
+    config = injector_config.InjectorConfig.load(
+        ["--agent-image-pull-policy", "Always", "--token-endpoint", "http://x/oauth2/token"], {})
+    settings = type("S", (), {"scopes": "all", "audience": "a", "expiration": 600})()
+    container = sidecar_container("agent", config.sidecar, settings, "t", "s")
+    assert container["imagePullPolicy"] == "Always"

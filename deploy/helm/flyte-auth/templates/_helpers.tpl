@@ -47,3 +47,33 @@ no audience has that hostname: every task's token would be refused. */ -}}
 {{- fail (printf "flyteAdmin.audiences has no URL with host %q, the host tasks dial (flyteAdmin.grpcEndpoint): FlyteAdmin would expect its first authorizedUris entry as the audience and refuse every task's token. Add http://%s:80 (as listed in FlyteAdmin's authorizedUris) to flyteAdmin.audiences" $host $host) -}}
 {{- end -}}
 {{- end }}
+
+{{- /* What operators set per component (.Values.injector / .Values.exchange): pod labels and
+annotations, scheduling, priority. Call with (dict "name" NAME "c" COMPONENT-VALUES "root" $). */ -}}
+{{- define "flyte-auth.podMeta" -}}
+labels: {{- include "flyte-auth.labels" .name | nindent 2 }}
+  {{- with .c.podLabels }}{{ toYaml . | nindent 2 }}{{ end }}
+{{- with .c.podAnnotations }}
+annotations: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{- define "flyte-auth.podScheduling" -}}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .c.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .c.nodeSelector }}
+nodeSelector: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .c.tolerations }}
+tolerations: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if .c.affinity }}
+affinity: {{- toYaml .c.affinity | nindent 2 }}
+{{- else }}
+affinity: {{- include "flyte-auth.antiAffinity" .name | nindent 2 }}
+{{- end }}
+{{- end }}
