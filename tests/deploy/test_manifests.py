@@ -26,7 +26,8 @@ from flyte_auth_injector import config as injector_config
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = Path.home() / ".cache/flyte-auth-agent/tools"
 K8S_VERSIONS = ("1.30", "1.37")
-CRD_KINDS = {"Issuer", "Certificate"}  # cert-manager's, not in the Kubernetes schema
+#: cert-manager's and the Prometheus Operator's, not in the Kubernetes schema
+CRD_KINDS = {"Issuer", "Certificate", "ServiceMonitor", "PodMonitor", "PrometheusRule"}
 Obj = dict[str, Any]
 
 
@@ -250,7 +251,8 @@ def test_exchange_server_is_reachable_only_from_task_and_flyteadmin_namespaces()
     policy = by_key(kustomize("cert-manager"))[("NetworkPolicy", "flyte-auth-exchange")]
     sources = policy["spec"]["ingress"][0]["from"]
     assert [s["namespaceSelector"]["matchLabels"] for s in sources] == [
-        {"flyte-auth.flyte.org/inject": "enabled"}, {"kubernetes.io/metadata.name": "flyte"}]
+        {"flyte-auth.flyte.org/inject": "enabled"}, {"kubernetes.io/metadata.name": "flyte"},
+        {"kubernetes.io/metadata.name": "monitoring"}]
 
 
 def _parse(options: Any, prefix: str, argv: list[str]) -> argparse.Namespace:
@@ -387,3 +389,31 @@ def test_the_injector_config_reaches_the_sidecar(tmp_path: Path) -> None:
     settings = type("S", (), {"scopes": "all", "audience": "a", "expiration": 600})()
     container = sidecar_container("agent", config.sidecar, settings, "t", "s")
     assert container["imagePullPolicy"] == "Always"
+
+
+def test_prometheus_objects_are_optional_and_alert_on_metrics_that_exist() -> None:
+    import re  # noqa: PLC0415
+
+    assert not [o for o in helm() if o["kind"] in CRD_KINDS - {"Issuer", "Certificate"}]
+    objs = by_key(helm("metrics.serviceMonitor.enabled=true",
+                       "metrics.prometheusRule.enabled=true",
+                       "metrics.agentPodMonitor.enabled=true",
+                       "metrics.serviceMonitor.labels.release=prom"))
+    monitor = objs[("ServiceMonitor", "flyte-auth")]
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    ports = {e["port"] for e in monitor["spec"]["endpoints"]}
+    services = [o for o in objs.values() if o["kind"] == "Service"]
+    assert ports == {p["name"] for svc in services for p in svc["spec"]["ports"]} - {"https"}
+    rules = objs[("PrometheusRule", "flyte-auth")]["spec"]["groups"][0]["rules"]
+    assert {r["alert"] for r in rules} == {
+        "FlyteAuthExchangeRefusing", "FlyteAuthExchangeUnavailable", "FlyteAuthExchangeSlow",
+        "FlyteAuthWebhookErrors", "FlyteAuthAgentTokenNearExpiry"}
+    sources = "".join(p.read_text() for p in ROOT.glob("*/flyte_auth_*/*.py"))
+    for rule in rules:
+        for metric in re.findall(r"flyte_auth_[a-z_]+", rule["expr"]):
+            base = re.sub(r"_(total|bucket|count|sum)$", "", metric)
+            assert f'"{base}"' in sources, (rule["alert"], metric)
+        assert "{{ $labels" not in rule["annotations"]["description"]
+    assert "{{ $labels.code }}" in rules[0]["annotations"]["summary"]  # for Prometheus
+    pods = objs[("PodMonitor", "flyte-auth-agents")]["spec"]["podMetricsEndpoints"][0]
+    assert pods["targetPort"] == 9787  # the injected agent's health port
