@@ -5,6 +5,7 @@ matter, and read back through our own config loaders so flags and files stay in 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import subprocess
 import sys
@@ -84,13 +85,34 @@ def test_every_object_is_valid_for_the_oldest_and_newest_kubernetes(rendering: s
             kubernetes_validate.validate(obj, version, strict=True)
 
 
+HELM_ONLY_LABELS = {"app.kubernetes.io/instance", "app.kubernetes.io/version",
+                    "app.kubernetes.io/component", "app.kubernetes.io/managed-by",
+                    "helm.sh/chart"}
+
+
+def without_helm_bookkeeping(obj: Obj) -> Obj:
+    obj = copy.deepcopy(obj)
+    metas = [obj["metadata"]]
+    if obj["kind"] == "Deployment":
+        metas.append(obj["spec"]["template"]["metadata"])
+    for meta in metas:
+        for label in HELM_ONLY_LABELS:
+            meta.get("labels", {}).pop(label, None)
+        meta.get("annotations", {}).pop("checksum/config", None)
+        if meta.get("annotations") == {}:
+            del meta["annotations"]
+    return obj
+
+
 @pytest.mark.parametrize(("kustomized", "helmed"), [
     ("kustomize-cert-manager", "helm-default"),
     ("kustomize-self-signed", "helm-self-signed"),
 ])
 def test_kustomize_and_helm_render_the_same_objects(kustomized: str, helmed: str) -> None:
+    """The same objects; Helm adds only its bookkeeping: the release's standard labels and the
+    config checksum that rolls pods on `helm upgrade` (kustomize users rely on the reload)."""
     k = by_key(RENDERINGS[kustomized]())
-    h = by_key(RENDERINGS[helmed]())
+    h = {key: without_helm_bookkeeping(obj) for key, obj in by_key(RENDERINGS[helmed]()).items()}
     k.pop(("Namespace", "flyte-auth"))  # helm installs into a namespace it does not own
     assert sorted(k) == sorted(h)
     for key, obj in k.items():
@@ -343,7 +365,7 @@ def test_the_values_operators_reach_for_reach_the_pods() -> None:
     assert exchange["spec"]["nodeSelector"] == {"pool": "system"}
     assert exchange["spec"]["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
     assert exchange["spec"]["priorityClassName"] == "critical"
-    assert exchange["metadata"]["annotations"] == {"team": "flyte"}
+    assert exchange["metadata"]["annotations"]["team"] == "flyte"
     assert exchange["metadata"]["labels"]["tier"] == "control"
     assert "nodeAffinity" in injector["spec"]["affinity"]
     for obj in (objs[("Deployment", "flyte-auth-exchange")], objs[("Service",
@@ -417,3 +439,81 @@ def test_prometheus_objects_are_optional_and_alert_on_metrics_that_exist() -> No
     assert "{{ $labels.code }}" in rules[0]["annotations"]["summary"]  # for Prometheus
     pods = objs[("PodMonitor", "flyte-auth-agents")]["spec"]["podMetricsEndpoints"][0]
     assert pods["targetPort"] == 9787  # the injected agent's health port
+
+
+def test_every_object_carries_the_standard_labels() -> None:
+    for obj in helm():
+        if obj["kind"] in ("ConfigMap", "MutatingWebhookConfiguration", "Issuer",
+                           "Certificate", "ValidatingAdmissionPolicy",
+                           "ValidatingAdmissionPolicyBinding"):
+            continue
+        labels = obj["metadata"]["labels"]
+        assert HELM_ONLY_LABELS | {"app.kubernetes.io/name", "app.kubernetes.io/part-of"} \
+            <= set(labels), (obj["kind"], obj["metadata"]["name"])
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_another_release_name_renames_every_object_and_every_reference() -> None:
+    out = run(tool("helm", "v3.19.0"), "template", "prod", "deploy/helm/flyte-auth",
+              "--namespace", "flyte", "--kube-version", "1.30.0")
+    objs = by_key(tuple(d for d in yaml.safe_load_all(out) if d))
+    names = {name for _, name in objs}
+    assert all(n.startswith("prod-flyte-auth") or n == "prod-flyte-auth-exchange"
+               for n in names), names
+    fixed = out
+    for allowed in ("prod-flyte-auth-", "flyte-auth-exchange-signing-key",  # the operator's
+                    "helm.sh/chart: flyte-auth-0.1.0", "flyte-auth-agent:0.1.0",  # Secret
+                    "flyte-auth-server:0.1.0"):
+        fixed = fixed.replace(allowed, "")
+    assert "flyte-auth-" not in fixed, "an object still names a fixed object"
+    exchange = objs[("Deployment", "prod-flyte-auth-exchange")]["spec"]["template"]["spec"]
+    args = exchange["containers"][0]["args"]
+    assert "--guard=prod-flyte-auth-execution-labels" in args
+    assert ("ValidatingAdmissionPolicy", "prod-flyte-auth-execution-labels") in objs
+    hook = objs[("MutatingWebhookConfiguration", "prod-flyte-auth-injector")]["webhooks"][0]
+    assert hook["clientConfig"]["service"]["name"] == "prod-flyte-auth-injector"
+    assert ("Service", "prod-flyte-auth-injector") in objs
+    config = yaml.safe_load(objs[("ConfigMap", "prod-flyte-auth-injector-config")]["data"][
+        "injector.yaml"])
+    assert config["token_endpoint"].startswith("http://prod-flyte-auth-exchange.flyte.svc")
+    selector = objs[("Deployment", "prod-flyte-auth-exchange")]["spec"]["selector"]
+    assert objs[("Service", "prod-flyte-auth-exchange")]["spec"]["selector"] == selector[
+        "matchLabels"]
+
+
+def test_a_helm_upgrade_with_a_changed_policy_rolls_the_exchange_pods() -> None:
+    def annotation(*sets: str) -> str:
+        objs = by_key(helm(*sets))
+        meta = objs[("Deployment", "flyte-auth-exchange")]["spec"]["template"]["metadata"]
+        return str(meta["annotations"]["checksum/config"])
+
+    def injector_annotation(*sets: str) -> str:
+        objs = by_key(helm(*sets))
+        meta = objs[("Deployment", "flyte-auth-injector")]["spec"]["template"]["metadata"]
+        return str(meta["annotations"]["checksum/config"])
+
+    assert annotation() != annotation("exchange.policy=rules-changed")
+    assert annotation() == annotation("injector.replicas=3")
+    assert injector_annotation() != injector_annotation("injector.tokenExpiration=1800")
+
+
+def test_notes_tell_the_operator_how_to_enable_a_namespace_and_check(tmp_path: Path) -> None:
+    """NOTES.txt as `helm install` prints it (rendered from a copy, since `helm template`
+    skips NOTES.txt)."""
+    import shutil  # noqa: PLC0415
+
+    chart = tmp_path / "flyte-auth"
+    shutil.copytree(ROOT / "deploy/helm/flyte-auth", chart)
+    (chart / "templates/NOTES.txt").rename(chart / "notes.txt")
+    (chart / "templates/notes.yaml").write_text(
+        'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n'
+        'data: {notes: {{ tpl (.Files.Get "notes.txt") . | quote }}}\n')
+    out = run(tool("helm", "v3.19.0"), "template", "prod", str(chart), "--namespace",
+              "flyte", "--kube-version", "1.30.0", "--show-only", "templates/notes.yaml")
+    notes = yaml.safe_load(out)["data"]["notes"]
+    assert "kubectl label namespace flytesnacks-development flyte-auth.flyte.org/inject=enabled" \
+        in notes
+    assert "prod-flyte-auth-execution-labels" in notes
+    assert "system:serviceaccount:flyte:flytepropeller" in notes
+    assert "http://flyteadmin.flyte.svc.cluster.local:80" in notes
+    assert "logs deploy/prod-flyte-auth-exchange" in notes

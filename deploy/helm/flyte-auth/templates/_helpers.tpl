@@ -1,6 +1,28 @@
+{{- /* Object names come from the release: "flyte-auth" for a release of that name (as the
+kustomize manifests name them), else RELEASE-flyte-auth, or fullnameOverride. */ -}}
+{{- define "flyte-auth.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end }}
+
+{{- /* The standard labels; call with (dict "root" $ "component" "exchange"). */ -}}
 {{- define "flyte-auth.labels" -}}
-app.kubernetes.io/name: {{ . }}
+{{ include "flyte-auth.selector" . }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/part-of: flyte-auth
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
+{{- end }}
+
+{{- define "flyte-auth.selector" -}}
+app.kubernetes.io/name: {{ include "flyte-auth.fullname" .root }}-{{ .component }}
 {{- end }}
 
 {{- define "flyte-auth.podSecurityContext" -}}
@@ -26,7 +48,7 @@ podAntiAffinity:
       podAffinityTerm:
         topologyKey: kubernetes.io/hostname
         labelSelector:
-          matchLabels: {app.kubernetes.io/name: {{ . }}}
+          matchLabels: {{- include "flyte-auth.selector" . | nindent 12 }}
 {{- end }}
 
 {{- define "flyte-auth.serverImage" -}}
@@ -49,13 +71,15 @@ no audience has that hostname: every task's token would be refused. */ -}}
 {{- end }}
 
 {{- /* What operators set per component (.Values.injector / .Values.exchange): pod labels and
-annotations, scheduling, priority. Call with (dict "name" NAME "c" COMPONENT-VALUES "root" $). */ -}}
+annotations, scheduling, priority. Call with
+(dict "root" $ "component" "exchange" "c" .Values.exchange "checksum" SHA). */ -}}
 {{- define "flyte-auth.podMeta" -}}
-labels: {{- include "flyte-auth.labels" .name | nindent 2 }}
+labels: {{- include "flyte-auth.labels" . | nindent 2 }}
   {{- with .c.podLabels }}{{ toYaml . | nindent 2 }}{{ end }}
-{{- with .c.podAnnotations }}
-annotations: {{- toYaml . | nindent 2 }}
-{{- end }}
+annotations:
+  # A changed configuration rolls the pods (`helm upgrade`); the files are also reloaded.
+  checksum/config: {{ .checksum }}
+  {{- with .c.podAnnotations }}{{ toYaml . | nindent 2 }}{{ end }}
 {{- end }}
 
 {{- define "flyte-auth.podScheduling" -}}
@@ -74,6 +98,22 @@ tolerations: {{- toYaml . | nindent 2 }}
 {{- if .c.affinity }}
 affinity: {{- toYaml .c.affinity | nindent 2 }}
 {{- else }}
-affinity: {{- include "flyte-auth.antiAffinity" .name | nindent 2 }}
+affinity: {{- include "flyte-auth.antiAffinity" . | nindent 2 }}
 {{- end }}
+{{- end }}
+
+{{- /* The injector's config file; its checksum rolls the injector's pods when it changes. */ -}}
+{{- define "flyte-auth.injectorConfig" -}}
+agent_image: {{ .Values.image.agent.repository }}:{{ .Values.image.agent.tag }}
+admin_endpoint: {{ .Values.flyteAdmin.grpcEndpoint }}
+admin_insecure: {{ .Values.flyteAdmin.insecure }}
+token_endpoint: http://{{ include "flyte-auth.fullname" . }}-exchange.{{ .Release.Namespace }}.svc.cluster.local/oauth2/token
+token_audience: {{ .Values.injector.tokenAudience }}
+token_expiration: {{ .Values.injector.tokenExpiration }}
+scopes: {{ .Values.injector.scopes }}
+{{- with .Values.injector.allowedScopes }}
+allowed_scopes: {{ toJson . }}
+{{- end }}
+agent_image_pull_policy: {{ .Values.injector.sidecar.imagePullPolicy }}
+resources: {{ toJson .Values.injector.sidecar.resources }}
 {{- end }}
