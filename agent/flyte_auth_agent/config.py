@@ -41,8 +41,10 @@ OPTIONS = (
            "http(s)://HOST:PORT); used for discovery and reported on /v1/config", metavar="HOST"),
     Option("--admin-insecure", "talk to FlyteAdmin without TLS (plaintext gRPC and HTTP)",
            is_switch=True),
-    Option("--ca-cert-file", "PEM bundle to trust for FlyteAdmin and the token endpoint "
-           "(default: the system trust store)", metavar="FILE"),
+    Option("--ca-cert-file", "PEM bundle to trust for FlyteAdmin and the token endpoint, "
+           "besides the system trust store", metavar="FILE"),
+    Option("--ca-cert-pem", "the same as PEM text (the injector sets it: the exchange "
+           "server's CA, a private CA of FlyteAdmin)", metavar="PEM"),
     Option("--authorization-metadata-key", "gRPC header FlyteAdmin reads tokens from, reported "
            "on /v1/config (default: FlyteAdmin's client config, else flyte-authorization); with "
            "--token-endpoint it spares the agent any discovery", metavar="HEADER"),
@@ -126,6 +128,7 @@ class AgentConfig:
     token_endpoint: str | None
     admin: AdminEndpoint | None
     ca_cert_file: Path | None
+    ca_cert_pem: str | None
     authorization_metadata_key: str | None
     grant: Grant
     subject_token_type: str
@@ -181,6 +184,7 @@ class AgentConfig:
             token_endpoint=token_endpoint,
             admin=admin,
             ca_cert_file=s.get("ca_cert_file", to_path),
+            ca_cert_pem=s.text("ca_cert_pem"),
             authorization_metadata_key=s.text("authorization_metadata_key"),
             grant=grant,
             subject_token_type=s.text("subject_token_type") or JWT_TOKEN_TYPE,

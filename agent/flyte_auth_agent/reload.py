@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -65,3 +66,31 @@ class FileReloader(Generic[T]):
         while True:
             await asyncio.sleep(every)
             self.check()
+
+
+class ServingTLS:
+    """One server SSLContext loaded with the current certificate files: new handshakes use a
+    rotated pair as soon as it is read (cert-manager, or our own bootstrap, rewrites them)."""
+
+    def __init__(self, cert: Path, key: Path, setting: str = "--tls-cert / --tls-key") -> None:
+        self.cert, self.key, self._setting = cert, key, setting
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._files = FileReloader("tls certificate", (cert, key), self._load)
+
+    def _load(self) -> None:
+        try:
+            self.context.load_cert_chain(self.cert, self.key)
+        except OSError as exc:  # ssl.SSLError included
+            raise ConfigError([f"{self._setting}: cannot load {self.cert} and {self.key} "
+                               f"({type(exc).__name__})"]) from None
+
+    @property
+    def reloads(self) -> int:
+        return self._files.reloads
+
+    def check(self) -> bool:
+        """Load the files if they changed since the last load; True if reloaded."""
+        return self._files.check()
+
+    async def watch(self) -> None:
+        await self._files.watch()

@@ -66,17 +66,20 @@ def bind_unix_socket(path: Path, mode: int) -> socket.socket:
     return sock
 
 
-def tls_material(ca_file: Path | None, setting: str,
+def tls_material(ca_file: Path | None, setting: str, ca_pem: str | None = None,
                  ) -> tuple[ssl.SSLContext | bool, bytes | None]:
-    """The TLS context for HTTP upstreams and the PEM for gRPC, trusting `ca_file` (else the
-    system store). `setting` names the flag and env var in the error."""
-    if ca_file is None:
+    """The TLS context for HTTP upstreams (the system store plus `ca_file` and `ca_pem`) and
+    the PEM for gRPC. `setting` names the flag and env var in the error."""
+    if ca_file is None and not ca_pem:
         return True, None
     try:
-        pem = ca_file.read_bytes()
-        ctx = ssl.create_default_context(cadata=pem.decode("ascii"))
+        pem = (ca_file.read_bytes() if ca_file is not None else b"") + \
+            (ca_pem or "").encode("ascii")
+        ctx = ssl.create_default_context()
+        ctx.load_verify_locations(cadata=pem.decode("ascii"))
     except (OSError, ValueError, ssl.SSLError) as exc:
-        raise ConfigError([f"{setting}: cannot load {ca_file} as a PEM bundle "
+        where = ca_file if ca_file is not None else "the PEM text"
+        raise ConfigError([f"{setting}: cannot load {where} as a PEM bundle "
                            f"({type(exc).__name__})"]) from None
     return ctx, pem
 
@@ -95,8 +98,9 @@ async def running_agent(config: AgentConfig, *, clock: Clock | None = None,
     """Serve until the block exits; then stop accepting, let in-flight requests finish,
     stop the refresher and remove the socket."""
     clock = clock or SystemClock()
-    ssl_ctx, ca_pem = tls_material(config.ca_cert_file,
-                                   "--ca-cert-file / FLYTE_AUTH_AGENT_CA_CERT_FILE")
+    ssl_ctx, ca_pem = tls_material(
+        config.ca_cert_file, "--ca-cert-file / FLYTE_AUTH_AGENT_CA_CERT_FILE (or "
+        "FLYTE_AUTH_AGENT_CA_CERT_PEM)", config.ca_cert_pem)
     sock = bind_unix_socket(config.socket, config.socket_mode)
     metrics = AgentMetrics()
     session = aiohttp.ClientSession()

@@ -16,7 +16,7 @@ from joserfc.jwk import RSAKey
 
 from flyte_auth_agent.daemon import app_runner
 from flyte_auth_agent.errors import ConfigError
-from flyte_auth_agent.reload import FileReloader
+from flyte_auth_agent.reload import FileReloader, ServingTLS
 from flyte_auth_agent.runtime import tls_material
 from flyte_auth_exchange.admin import SELF_SUBJECT, Admin, SelfToken
 from flyte_auth_exchange.config import ExchangeConfig
@@ -31,16 +31,10 @@ log = structlog.get_logger("flyte_auth_exchange")
 SELF_TOKEN_LIFETIME = 600
 
 
-def _server_tls(config: ExchangeConfig) -> ssl.SSLContext | None:
+def _server_tls(config: ExchangeConfig) -> ServingTLS | None:
     if config.tls_cert is None or config.tls_key is None:
         return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        ctx.load_cert_chain(config.tls_cert, config.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError([f"--tls-cert / --tls-key: cannot load {config.tls_cert} and "
-                           f"{config.tls_key} ({type(exc).__name__})"]) from None
-    return ctx
+    return ServingTLS(config.tls_cert, config.tls_key)
 
 
 @dataclass
@@ -49,6 +43,7 @@ class Files:
 
     policy: FileReloader[Policy]
     signing_key: FileReloader[RSAKey]
+    tls: ServingTLS | None
 
 
 @dataclass
@@ -108,12 +103,12 @@ async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExcha
     policy = policy_files.value
     client_ssl, ca_pem = tls_material(config.ca_cert_file,
                                       "--ca-cert-file / FLYTE_AUTH_EXCHANGE_CA_CERT_FILE")
-    server_ssl = _server_tls(config)
+    serving = _server_tls(config)
     key_file = FileReloader("signing key", [config.signing_key],
                             lambda: Minter.load_key(config.signing_key))
     host, port = config.listen
     sock = socket.create_server((host, port))  # bound first: the URL needs the real port
-    url = f"{'https' if server_ssl else 'http'}://{host}:{sock.getsockname()[1]}"
+    url = f"{'https' if serving else 'http'}://{host}:{sock.getsockname()[1]}"
     public_url = config.public_url or url
     minter = Minter(key_file.value, config.key_id, public_url)
     key_file.apply = minter.set_key
@@ -131,20 +126,20 @@ async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExcha
         service = ExchangeService(config, policy=policy, keys=keys, minter=minter, kube=kube,
                                   admin=admin)
         policy_files.apply = service.set_policy
-        watchers = [asyncio.create_task(key_file.watch(), name="signing-key-reload")]
-        if config.policy:
-            watchers.append(asyncio.create_task(policy_files.watch(), name="policy-reload"))
+        watchers = [asyncio.create_task(files.watch()) for files in (key_file, policy_files,
+                                                                     serving) if files]
         api = ExchangeAPI(service, minter, keys, public_url)
         runner = app_runner(app(api), shutdown_timeout=10.0)
         await runner.setup()
-        await web.SockSite(runner, sock, ssl_context=server_ssl).start()
+        await web.SockSite(runner, sock,
+                           ssl_context=serving.context if serving else None).start()
         warning = config.audience_warning()
         if warning is not None:
             log.warning("admin_audience_mismatch", message=warning)
         log.info("exchange_started", listen=url, public_url=public_url,
                  identity=config.identity, token_review=config.token_review,
                  rules=[r.name for r in policy.rules])
-        yield RunningExchange(config, api, url, Files(policy_files, key_file))
+        yield RunningExchange(config, api, url, Files(policy_files, key_file, serving))
     finally:
         log.info("exchange_stopping")
         for task in watchers:

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,6 +62,10 @@ OPTIONS = (
            metavar="IMAGE"),
     Option("--agent-image-pull-policy", "the agent sidecar's imagePullPolicy", "IfNotPresent",
            choices=("IfNotPresent", "Always", "Never")),
+    Option("--agent-ca-file", "PEM file the injected agent trusts for the token endpoint and "
+           "FlyteAdmin, besides the system store: the exchange server's CA, a private CA of "
+           "FlyteAdmin (given to the agent as FLYTE_AUTH_AGENT_CA_CERT_PEM; reloaded on change)",
+           metavar="FILE", repeatable=True),
     Option("--admin-endpoint", "FlyteAdmin HOST:PORT for the agent (discovery) and the task's "
            "FLYTE_PLATFORM_URL", metavar="HOST"),
     Option("--admin-insecure", "FlyteAdmin without TLS (FLYTE_PLATFORM_INSECURE=true)",
@@ -96,6 +101,8 @@ class Sidecar:
 
     image: str
     image_pull_policy: str
+    #: Concatenated --agent-ca-file PEMs (None: the system store alone).
+    ca_pem: str | None
     admin_endpoint: str | None
     admin_insecure: bool
     token_endpoint: str | None
@@ -131,6 +138,7 @@ class InjectorConfig:
     namespace: str
     kubeconfig: Path | None
     sidecar: Sidecar
+    agent_ca_files: tuple[Path, ...]
     tokens: TokenSettings
     log_level: str
     log_format: str
@@ -163,6 +171,7 @@ class InjectorConfig:
         sidecar = Sidecar(
             image=s.text("agent_image") or consts.DEFAULT_AGENT_IMAGE,
             image_pull_policy=s.get("agent_image_pull_policy", str) or "IfNotPresent",
+            ca_pem=None,
             admin_endpoint=s.text("admin_endpoint"),
             admin_insecure=s.flag("admin_insecure"),
             token_endpoint=s.get("token_endpoint", to_http_url),
@@ -174,6 +183,11 @@ class InjectorConfig:
             security_context=_mapping(doc, "security_context", consts.DEFAULT_SECURITY_CONTEXT,
                                       s),
         )
+        ca_files = tuple(Path(v) for v in s.values("agent_ca_file"))
+        try:
+            sidecar = dataclasses.replace(sidecar, ca_pem=read_ca_pem(ca_files))
+        except ConfigError as exc:
+            s.problem("agent_ca_file", "; ".join(exc.problems))
         if sidecar.admin_endpoint is None and sidecar.token_endpoint is None:
             s.problem("admin_endpoint", "set FlyteAdmin's endpoint (or at least "
                       "--token-endpoint): the agent needs one to get tokens")
@@ -186,7 +200,7 @@ class InjectorConfig:
             metrics_addr=s.get("metrics_addr", to_host_port),
             namespace=s.text("namespace") or "flyte-auth",
             kubeconfig=s.get("kubeconfig", to_path),
-            sidecar=sidecar, tokens=tokens,
+            sidecar=sidecar, tokens=tokens, agent_ca_files=ca_files,
             log_level=s.text("log_level") or "info", log_format=s.text("log_format") or "json",
         )
         s.raise_problems()
@@ -197,6 +211,20 @@ class InjectorConfig:
         """`serve` flags from argv, env from `environ` (default os.environ)."""
         return cls.from_args(parse_flags(ENV_PREFIX, OPTIONS, argv),
                              os.environ if environ is None else environ)
+
+
+def read_ca_pem(files: tuple[Path, ...]) -> str | None:
+    """The PEM certificates of `files`, concatenated; ConfigError names a bad one."""
+    parts = []
+    for path in files:
+        try:
+            text = path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"{path} cannot be read ({type(exc).__name__})"]) from None
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            raise ConfigError([f"{path} holds no PEM certificate"])
+        parts.append(text.strip())
+    return "\n".join(parts) + "\n" if parts else None
 
 
 def _expiration(value: str) -> int:

@@ -213,6 +213,8 @@ def sidecar_container(name: str, sidecar: Sidecar, settings: PodSettings, token_
         env.append({"name": "FLYTE_AUTH_AGENT_TOKEN_ENDPOINT", "value": sidecar.token_endpoint})
         env.append({"name": "FLYTE_AUTH_AGENT_AUTHORIZATION_METADATA_KEY",
                     "value": sidecar.authorization_metadata_key})
+    if sidecar.ca_pem:
+        env.append({"name": "FLYTE_AUTH_AGENT_CA_CERT_PEM", "value": sidecar.ca_pem})
     if sidecar.admin_endpoint:
         env.append({"name": "FLYTE_AUTH_AGENT_ADMIN_ENDPOINT", "value": sidecar.admin_endpoint})
         env.append({"name": "FLYTE_AUTH_AGENT_ADMIN_INSECURE",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -17,7 +18,8 @@ from kubernetes_asyncio.config import ConfigException
 
 from flyte_auth_agent.daemon import app_runner
 from flyte_auth_agent.errors import ConfigError
-from flyte_auth_injector.config import InjectorConfig
+from flyte_auth_agent.reload import FileReloader
+from flyte_auth_injector.config import InjectorConfig, read_ca_pem
 from flyte_auth_injector.namespaces import NamespaceAnnotations
 from flyte_auth_injector.server import CertReloader, InjectorAPI, metrics_app, webhook_app
 from flyte_auth_injector.tls_bootstrap import Bootstrap
@@ -31,6 +33,7 @@ class RunningInjector:
     url: str
     certs: CertReloader | None
     namespaces: NamespaceAnnotations | None
+    agent_ca: FileReloader[str | None] | None = None
 
 
 async def _namespace_cache(config: InjectorConfig,
@@ -83,6 +86,17 @@ async def _tls(config: InjectorConfig, kube_api: client.ApiClient | None,
     return CertReloader(config.tls_dir / "tls.crt", config.tls_dir / "tls.key"), bootstrap
 
 
+def _agent_ca(api: InjectorAPI) -> FileReloader[str | None]:
+    """The CA PEMs given to agents, read again when a mounted file changes (a rotated CA)."""
+    files = api.config.agent_ca_files
+
+    def apply(pem: str | None) -> None:
+        sidecar = dataclasses.replace(api.config.sidecar, ca_pem=pem)
+        api.config = dataclasses.replace(api.config, sidecar=sidecar)
+
+    return FileReloader("agent ca", files, lambda: read_ca_pem(files), apply)
+
+
 @contextlib.asynccontextmanager
 async def running_injector(config: InjectorConfig) -> AsyncIterator[RunningInjector]:
     namespaces, kube_api = await _namespace_cache(config)
@@ -100,6 +114,9 @@ async def running_injector(config: InjectorConfig) -> AsyncIterator[RunningInjec
             tasks.append(asyncio.create_task(_renew(bootstrap, certs), name="tls-renew"))
         api = InjectorAPI(config, namespaces.get if namespaces else lambda _: {},
                           namespaces.synced.is_set if namespaces else lambda: True)
+        agent_ca = _agent_ca(api) if config.agent_ca_files else None
+        if agent_ca is not None:
+            tasks.append(asyncio.create_task(agent_ca.watch(), name="agent-ca-reload"))
         runner = app_runner(webhook_app(api), shutdown_timeout=10.0)
         runners.append(runner)
         await runner.setup()
@@ -112,7 +129,7 @@ async def running_injector(config: InjectorConfig) -> AsyncIterator[RunningInjec
             await web.TCPSite(extra, *config.metrics_addr).start()
         log.info("injector_started", listen=url, tls=certs is not None,
                  namespace_annotations=namespaces is not None, image=config.sidecar.image)
-        yield RunningInjector(api, url, certs, namespaces)
+        yield RunningInjector(api, url, certs, namespaces, agent_ca)
     finally:
         log.info("injector_stopping")
         for r in runners:

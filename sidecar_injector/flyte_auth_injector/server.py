@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ssl
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -16,9 +14,8 @@ from prometheus_client import (
     Histogram,
 )
 
-from flyte_auth_agent.errors import ConfigError
 from flyte_auth_agent.metrics import metrics_response
-from flyte_auth_agent.reload import FileReloader
+from flyte_auth_agent.reload import ServingTLS
 from flyte_auth_injector.config import InjectorConfig
 from flyte_auth_injector.review import BadReview, decide, parse, refusal
 
@@ -37,31 +34,7 @@ class Metrics:
                                  buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1))
 
 
-class CertReloader:
-    """Keeps one SSLContext loaded with the current files; cert-manager rewrites them."""
-
-    def __init__(self, cert: Path, key: Path) -> None:
-        self.cert, self.key = cert, key
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self._files = FileReloader("tls certificate", (cert, key), self._load)
-
-    def _load(self) -> None:
-        try:
-            self.context.load_cert_chain(self.cert, self.key)  # new handshakes use it
-        except OSError as exc:  # ssl.SSLError included
-            raise ConfigError([f"--tls-cert / --tls-key: cannot load {self.cert} and "
-                               f"{self.key} ({type(exc).__name__})"]) from None
-
-    @property
-    def reloads(self) -> int:
-        return self._files.reloads
-
-    def check(self) -> bool:
-        """Load the files if they changed since the last load; True if reloaded."""
-        return self._files.check()
-
-    async def watch(self) -> None:
-        await self._files.watch()
+CertReloader = ServingTLS  # the injector's serving certificate, reloaded on rotation
 
 
 class InjectorAPI:

@@ -298,3 +298,34 @@ async def test_status_counts_attempts_and_token_endpoint_calls_apart(
     assert status["attempts"] == 2
     assert status["token_endpoint_calls"] == 0
     assert endpoint.count == 0
+
+
+async def test_a_token_endpoint_behind_a_private_ca_given_as_pem_text(
+        sock_path: Path, token_file: Path, endpoint: TokenEndpoint, tmp_path: Path,
+        http: aiohttp.ClientSession) -> None:
+    """What the injector gives the agent: the exchange server's CA as FLYTE_AUTH_AGENT_CA_CERT_PEM
+    (trusted besides the system store)."""
+    import ssl  # noqa: PLC0415
+
+    import trustme  # noqa: PLC0415
+
+    from flyte_auth_agent.config import AgentConfig  # noqa: PLC0415
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    await endpoint.stop()
+    url = await endpoint.start(ssl_context=server_ctx)
+    assert url.startswith("https://")
+    base = ["--socket", str(sock_path), "--token-file", str(token_file), "--token-endpoint",
+            url, "--wait-timeout", "10"]
+    async with running_agent(AgentConfig.load(base, {
+            "FLYTE_AUTH_AGENT_CA_CERT_PEM": ca.cert_pem.bytes().decode()})) as agent:
+        assert await agent.source.wait(10) is not None
+    clock = FakeClock(time.time())
+    async with running_agent(AgentConfig.load(base, {}), clock=clock) as agent:
+        await clock.next_sleep()  # the first exchange failed: the CA is not trusted
+        error = agent.source.last_error
+    assert error is not None
+    assert error.kind == "unreachable"
+    assert "SSL" in error.message or "certificate" in error.message

@@ -76,3 +76,38 @@ async def test_a_file_name_as_key_id_breaks_the_rotation(
         _, named = await post(http, ex.url, form(subject))
     world.admin.set_keys(write_signing_key(tmp_path / "new.pem"), old_public)
     assert await user_info_code(world, str(named["access_token"])) == "UNAUTHENTICATED"
+
+
+async def test_a_rotated_serving_certificate_is_used_without_a_restart(
+        world: World, exchange: StartExchange, tmp_path: Path) -> None:
+    import asyncio  # noqa: PLC0415
+    import ssl  # noqa: PLC0415
+
+    import trustme  # noqa: PLC0415
+    from cryptography import x509  # noqa: PLC0415
+
+    ca = trustme.CA()
+    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
+
+    def issue() -> None:
+        cert = ca.issue_cert("127.0.0.1")
+        cert_file.write_bytes(b"".join(p.bytes() for p in cert.cert_chain_pems))
+        key_file.write_bytes(cert.private_key_pem.bytes())
+
+    async def serial(url: str) -> int:
+        ctx = ssl.create_default_context()
+        ca.configure_trust(ctx)
+        host, port = url.removeprefix("https://").split(":")
+        _, writer = await asyncio.open_connection(host, int(port), ssl=ctx)
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        return x509.load_der_x509_certificate(der).serial_number
+
+    issue()
+    async with exchange("--tls-cert", str(cert_file), "--tls-key", str(key_file)) as ex:
+        assert ex.files.tls is not None
+        before = await serial(ex.url)
+        issue()  # cert-manager renewed the certificate
+        assert ex.files.tls.check() is True
+        after = await serial(ex.url)
+    assert before != after

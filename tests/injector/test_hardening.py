@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
@@ -68,3 +70,50 @@ async def test_the_sidecar_name_is_unique_across_every_container_list(
     assert status["sidecar"] == f"{consts.SIDECAR_NAME}-1"
     _, again = await call(review(mutated))
     assert "patch" not in again["response"]  # idempotent on its own output
+
+
+async def test_the_agent_is_given_the_ca_files_and_a_rotated_one_reaches_new_pods(
+        tls_files: tuple[Path, Path], tmp_path: Path, client: aiohttp.ClientSession) -> None:
+    """--agent-ca-file: the exchange server's CA (or FlyteAdmin's private one) reaches the
+    injected agent as FLYTE_AUTH_AGENT_CA_CERT_PEM; a rotated file reaches the next pods."""
+    import trustme  # noqa: PLC0415
+
+    from flyte_auth_injector.runtime import running_injector  # noqa: PLC0415
+    from tests.injector.conftest import injector_config  # noqa: PLC0415
+
+    ca_file = tmp_path / "exchange-ca.crt"
+    first, second = trustme.CA(), trustme.CA()
+    ca_file.write_bytes(first.cert_pem.bytes())
+
+    def agent_ca(answer: dict[str, Any]) -> str:
+        pod = apply(bare_pod(), answer)
+        agent = pod["spec"]["initContainers"][0]
+        return str(next(e["value"] for e in agent["env"] if e["name"] ==
+                        "FLYTE_AUTH_AGENT_CA_CERT_PEM"))
+
+    async with running_injector(injector_config(tls_files, "--agent-ca-file",
+                                                str(ca_file))) as injector:
+        async def review_once() -> dict[str, Any]:
+            async with client.post(injector.url + "/mutate", json=review(bare_pod())) as r:
+                return dict(await r.json())
+
+        before = agent_ca(await review_once())
+        ca_file.write_bytes(second.cert_pem.bytes())
+        assert injector.agent_ca is not None
+        assert injector.agent_ca.check() is True  # what the 10 s watcher does
+        after = agent_ca(await review_once())
+    assert before == first.cert_pem.bytes().decode().strip() + "\n"
+    assert after == second.cert_pem.bytes().decode().strip() + "\n"
+
+
+def test_an_agent_ca_file_that_is_not_a_certificate_is_a_config_error(
+        tls_files: tuple[Path, Path], tmp_path: Path) -> None:
+    from flyte_auth_agent.errors import ConfigError  # noqa: PLC0415
+    from tests.injector.conftest import injector_config  # noqa: PLC0415
+
+    bad = tmp_path / "ca.crt"
+    bad.write_text("not a certificate")
+    with pytest.raises(ConfigError) as err:
+        injector_config(tls_files, "--agent-ca-file", str(bad))
+    assert f"--agent-ca-file / FLYTE_AUTH_INJECTOR_AGENT_CA_FILE: {bad} holds no PEM " \
+           "certificate" in str(err.value)
