@@ -34,6 +34,15 @@ OPTIONS = (
     Option("--tls-cert", "TLS certificate chain (PEM); with --tls-key, serve HTTPS",
            metavar="FILE"),
     Option("--tls-key", "TLS private key (PEM)", metavar="FILE"),
+    Option("--tls-bootstrap", "no cert-manager: keep a self-signed CA and serving certificate "
+           "in this Secret (created, renewed 30 days before expiry) and serve HTTPS with it; "
+           "its ca.crt is what agents trust", metavar="SECRET"),
+    Option("--tls-dir", "where --tls-bootstrap writes the pair it serves (writable)",
+           "/var/run/flyte-auth-exchange", metavar="DIR"),
+    Option("--service", "this server's Service (DNS names of the bootstrapped certificate)",
+           "flyte-auth-exchange", metavar="NAME"),
+    Option("--namespace", "this server's namespace (the Secret's and the Service's)",
+           "flyte-auth", metavar="NAME"),
     Option("--public-url", "URL clients reach this server at (issuer and token_endpoint in "
            "the metadata; default: from --listen)", metavar="URL"),
     Option("--signing-key", "RSA private key that signs minted tokens: FlyteAdmin's "
@@ -91,6 +100,10 @@ class ExchangeConfig:
     listen: tuple[str, int]
     tls_cert: Path | None
     tls_key: Path | None
+    tls_bootstrap: str | None
+    tls_dir: Path
+    service: str
+    namespace: str
     public_url: str | None  # None: the URL of the bound listener
     signing_key: Path
     key_id: str | None
@@ -121,6 +134,9 @@ class ExchangeConfig:
         if (tls_cert is None) != (tls_key is None):
             s.problem("tls_cert" if tls_cert is None else "tls_key",
                       "--tls-cert and --tls-key go together: give both or neither")
+        tls_bootstrap = s.text("tls_bootstrap")
+        if tls_bootstrap and tls_cert is not None:
+            s.problem("tls_bootstrap", "give --tls-bootstrap or --tls-cert/--tls-key, not both")
         signing_key = s.get("signing_key", to_path)
         if signing_key is None:
             s.problem("signing_key", "required: the PEM of the RSA key that signs tokens "
@@ -154,7 +170,10 @@ class ExchangeConfig:
             s.problem("admin_endpoint", "required with --identity executor: FlyteAdmin's gRPC "
                       "endpoint, to look up who launched each execution")
         config = cls(
-            listen=listen, tls_cert=tls_cert, tls_key=tls_key,
+            listen=listen, tls_cert=tls_cert, tls_key=tls_key, tls_bootstrap=tls_bootstrap,
+            tls_dir=s.get("tls_dir", to_path) or Path("/var/run/flyte-auth-exchange"),
+            service=s.text("service") or "flyte-auth-exchange",
+            namespace=s.text("namespace") or "flyte-auth",
             public_url=_strip_slash(s.get("public_url", to_http_url)),
             signing_key=signing_key or Path(),
             key_id=s.text("key_id"),

@@ -60,6 +60,10 @@ class Kube:
                                "cluster"]) from None
         return cls(api)
 
+    @property
+    def api_client(self) -> client.ApiClient:
+        return self._api
+
     async def close(self) -> None:
         await self._api.close()
 

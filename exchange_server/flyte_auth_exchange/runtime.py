@@ -18,6 +18,7 @@ from flyte_auth_agent.daemon import app_runner
 from flyte_auth_agent.errors import ConfigError
 from flyte_auth_agent.reload import FileReloader, ServingTLS
 from flyte_auth_agent.runtime import tls_material
+from flyte_auth_agent.tls_bootstrap import Bootstrap, renew_forever
 from flyte_auth_exchange.admin import SELF_SUBJECT, Admin, SelfToken
 from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.kube import Kube
@@ -35,6 +36,24 @@ def _server_tls(config: ExchangeConfig) -> ServingTLS | None:
     if config.tls_cert is None or config.tls_key is None:
         return None
     return ServingTLS(config.tls_cert, config.tls_key)
+
+
+async def _bootstrapped_tls(config: ExchangeConfig, kube: Kube | None,
+                            ) -> tuple[ServingTLS, Bootstrap]:
+    """--tls-bootstrap: the pair kept in a Secret (made or renewed now), served from files."""
+    if kube is None:
+        raise ConfigError(["--tls-bootstrap / FLYTE_AUTH_EXCHANGE_TLS_BOOTSTRAP: needs the "
+                           "Kubernetes API (--token-review or the executor identity)"])
+    assert config.tls_bootstrap is not None
+    bootstrap = Bootstrap(kube.api_client, namespace=config.namespace,
+                          secret=config.tls_bootstrap, service=config.service, webhook=None,
+                          directory=config.tls_dir)
+    try:
+        await bootstrap.ensure()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ConfigError([f"--tls-bootstrap: {exc}; check the exchange server's RBAC "
+                           "(self-signed overlay)"]) from None
+    return ServingTLS(config.tls_dir / "tls.crt", config.tls_dir / "tls.key"), bootstrap
 
 
 @dataclass
@@ -95,6 +114,14 @@ async def _issuer_keys(config: ExchangeConfig, session: aiohttp.ClientSession,
     return keys
 
 
+def _log_started(config: ExchangeConfig, url: str, public_url: str, policy: Policy) -> None:
+    warning = config.audience_warning()
+    if warning is not None:
+        log.warning("admin_audience_mismatch", message=warning)
+    log.info("exchange_started", listen=url, public_url=public_url, identity=config.identity,
+             token_review=config.token_review, rules=[r.name for r in policy.rules])
+
+
 @contextlib.asynccontextmanager
 async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExchange]:
     kube_connected: list[bool] = []  # filled once the start-up decided
@@ -108,11 +135,12 @@ async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExcha
                             lambda: Minter.load_key(config.signing_key))
     host, port = config.listen
     sock = socket.create_server((host, port))  # bound first: the URL needs the real port
-    url = f"{'https' if serving else 'http'}://{host}:{sock.getsockname()[1]}"
+    tls = serving is not None or config.tls_bootstrap is not None
+    url = f"{'https' if tls else 'http'}://{host}:{sock.getsockname()[1]}"
     public_url = config.public_url or url
     minter = Minter(key_file.value, config.key_id, public_url)
     key_file.apply = minter.set_key
-    needs_kube = config.token_review or policy.uses_executor
+    needs_kube = config.token_review or policy.uses_executor or bool(config.tls_bootstrap)
     kube_connected.append(needs_kube)
     session = aiohttp.ClientSession()
     kube: Kube | None = None
@@ -121,24 +149,22 @@ async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExcha
     watchers: list[asyncio.Task[None]] = []
     try:
         kube = await Kube.connect(config.kubeconfig) if needs_kube else None
+        if config.tls_bootstrap is not None:
+            serving, bootstrap = await _bootstrapped_tls(config, kube)
+            watchers.append(asyncio.create_task(renew_forever(bootstrap, serving.check)))
         admin = _admin(config, minter, ca_pem)
         keys = await _issuer_keys(config, session, client_ssl)
         service = ExchangeService(config, policy=policy, keys=keys, minter=minter, kube=kube,
                                   admin=admin)
         policy_files.apply = service.set_policy
-        watchers = [asyncio.create_task(files.watch()) for files in (key_file, policy_files,
-                                                                     serving) if files]
+        watchers += [asyncio.create_task(files.watch()) for files in (key_file, policy_files,
+                                                                      serving) if files]
         api = ExchangeAPI(service, minter, keys, public_url)
         runner = app_runner(app(api), shutdown_timeout=10.0)
         await runner.setup()
         await web.SockSite(runner, sock,
                            ssl_context=serving.context if serving else None).start()
-        warning = config.audience_warning()
-        if warning is not None:
-            log.warning("admin_audience_mismatch", message=warning)
-        log.info("exchange_started", listen=url, public_url=public_url,
-                 identity=config.identity, token_review=config.token_review,
-                 rules=[r.name for r in policy.rules])
+        _log_started(config, url, public_url, policy)
         yield RunningExchange(config, api, url, Files(policy_files, key_file, serving))
     finally:
         log.info("exchange_stopping")

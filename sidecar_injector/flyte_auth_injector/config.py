@@ -214,11 +214,15 @@ class InjectorConfig:
 
 
 def read_ca_pem(files: tuple[Path, ...]) -> str | None:
-    """The PEM certificates of `files`, concatenated; ConfigError names a bad one."""
+    """The PEM certificates of `files`, concatenated; ConfigError names a bad one. A file that
+    does not exist yet is skipped: an optional Secret volume (the exchange server's
+    bootstrapped CA) appears once its Secret is written, and is read then."""
     parts = []
     for path in files:
         try:
             text = path.read_text(encoding="ascii")
+        except FileNotFoundError:
+            continue
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError([f"{path} cannot be read ({type(exc).__name__})"]) from None
         if "-----BEGIN CERTIFICATE-----" not in text:

@@ -19,10 +19,10 @@ from kubernetes_asyncio.config import ConfigException
 from flyte_auth_agent.daemon import app_runner
 from flyte_auth_agent.errors import ConfigError
 from flyte_auth_agent.reload import FileReloader
+from flyte_auth_agent.tls_bootstrap import Bootstrap, renew_forever
 from flyte_auth_injector.config import InjectorConfig, read_ca_pem
 from flyte_auth_injector.namespaces import NamespaceAnnotations
 from flyte_auth_injector.server import CertReloader, InjectorAPI, metrics_app, webhook_app
-from flyte_auth_injector.tls_bootstrap import Bootstrap
 
 log = structlog.get_logger("flyte_auth_injector")
 
@@ -53,16 +53,6 @@ async def _namespace_cache(config: InjectorConfig,
         raise ConfigError([f"--kubeconfig / FLYTE_AUTH_INJECTOR_KUBECONFIG: cannot configure "
                            f"the Kubernetes client ({exc})"]) from None
     return NamespaceAnnotations(api), api
-
-
-async def _renew(bootstrap: Bootstrap, certs: CertReloader, every: float = 6 * 3600) -> None:
-    while True:
-        await asyncio.sleep(every)
-        try:
-            await bootstrap.ensure()
-            certs.check()
-        except (OSError, RuntimeError, ValueError) as exc:
-            log.warning("tls_renewal_failed", error=str(exc), retry_in=every)
 
 
 async def _tls(config: InjectorConfig, kube_api: client.ApiClient | None,
@@ -111,7 +101,8 @@ async def running_injector(config: InjectorConfig) -> AsyncIterator[RunningInjec
         if certs is not None:
             tasks.append(asyncio.create_task(certs.watch(), name="tls-reload"))
         if bootstrap is not None and certs is not None:
-            tasks.append(asyncio.create_task(_renew(bootstrap, certs), name="tls-renew"))
+            tasks.append(asyncio.create_task(renew_forever(bootstrap, certs.check),
+                                             name="tls-renew"))
         api = InjectorAPI(config, namespaces.get if namespaces else lambda _: {},
                           namespaces.synced.is_set if namespaces else lambda: True)
         agent_ca = _agent_ca(api) if config.agent_ca_files else None

@@ -111,3 +111,25 @@ async def test_a_rotated_serving_certificate_is_used_without_a_restart(
         assert ex.files.tls.check() is True
         after = await serial(ex.url)
     assert before != after
+
+
+async def test_self_signed_bootstrap_serves_https_with_the_secrets_ca(
+        world: World, exchange: StartExchange, tmp_path: Path) -> None:
+    """No cert-manager: the exchange server keeps its CA and certificate in a Secret and serves
+    HTTPS with them; the Secret's ca.crt (what the injector gives agents) verifies it."""
+    import base64  # noqa: PLC0415
+    import ssl  # noqa: PLC0415
+
+    subject = world.kube.token_for(world.task_pod())
+    async with exchange("--tls-bootstrap", "flyte-auth-exchange-tls", "--tls-dir",
+                        str(tmp_path / "tls"), "--namespace", "flyte-auth") as ex:
+        secret = world.kube.secrets[("flyte-auth", "flyte-auth-exchange-tls")]
+        ca = base64.b64decode(secret["data"]["ca.crt"]).decode()
+        ctx = ssl.create_default_context(cadata=ca)
+        ctx.check_hostname = False  # the certificate names the Service, we dial 127.0.0.1
+        async with aiohttp.ClientSession() as session, session.post(
+                ex.url + "/oauth2/token", data=form(subject), ssl=ctx) as resp:
+            status = resp.status
+    assert ex.url.startswith("https://")
+    assert status == 200
+    assert secret["type"] == "kubernetes.io/tls"

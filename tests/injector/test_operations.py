@@ -180,7 +180,7 @@ async def test_self_signed_bootstrap_creates_renews_and_sets_the_ca_bundle(
     import base64  # noqa: PLC0415
     import datetime as dt  # noqa: PLC0415
 
-    from flyte_auth_injector.tls_bootstrap import Bootstrap  # noqa: PLC0415
+    from flyte_auth_agent.tls_bootstrap import Bootstrap  # noqa: PLC0415
     from flyte_auth_injector.webhook_config import webhook_configuration  # noqa: PLC0415
 
     kube = StubKubeAPI()

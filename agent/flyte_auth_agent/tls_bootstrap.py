@@ -1,17 +1,22 @@
-"""Self-signed TLS for clusters without cert-manager (`serve --tls-bootstrap SECRET`).
+"""Self-signed TLS for clusters without cert-manager (`serve --tls-bootstrap SECRET`), for
+the injector's webhook and the exchange server alike.
 
 Each replica, at start and every few hours: read the Secret; if it is missing, or its
 certificate expires within RENEW_BEFORE, make a new CA and serving certificate and write the
 Secret (create, or update at the resourceVersion read — a concurrent writer wins and we take
-its pair); then set the webhook's caBundle if it differs (strategic merge by webhook name).
-The pair is written to files the CertReloader serves from.
+its pair); then, for the injector, set the webhook's caBundle if it differs (strategic merge
+by webhook name). The pair is written to files the server's ServingTLS loads. The Secret's
+`ca.crt` is what clients trust (the injector gives the exchange server's to agents).
+Only the server components import this module (it needs kubernetes-asyncio).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from kubernetes_asyncio import client
 
-log = structlog.get_logger("flyte_auth_injector")
+log = structlog.get_logger("flyte_auth")
 CA_LIFETIME = dt.timedelta(days=3650)
 LEAF_LIFETIME = dt.timedelta(days=365)
 RENEW_BEFORE = dt.timedelta(days=30)
@@ -41,10 +46,10 @@ def _name(cn: str) -> x509.Name:
 
 
 def make_pair(service: str, namespace: str, now: dt.datetime) -> Pair:
-    """A fresh CA and a serving certificate for the webhook Service's DNS names."""
+    """A fresh CA and a serving certificate for the Service's DNS names."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("flyte-auth-injector-ca"))
-          .issuer_name(_name("flyte-auth-injector-ca")).public_key(ca_key.public_key())
+    ca = (x509.CertificateBuilder().subject_name(_name(f"{service}-ca"))
+          .issuer_name(_name(f"{service}-ca")).public_key(ca_key.public_key())
           .serial_number(x509.random_serial_number()).not_valid_before(now)
           .not_valid_after(now + CA_LIFETIME)
           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -83,7 +88,7 @@ def _fresh(pair: Pair | None, now: dt.datetime) -> bool:
 
 class Bootstrap:
     def __init__(self, api: client.ApiClient, *, namespace: str, secret: str, service: str,
-                 webhook: str, directory: Path) -> None:
+                 webhook: str | None, directory: Path) -> None:
         self._api = api
         self.namespace, self.secret, self.service, self.webhook = (namespace, secret, service,
                                                                    webhook)
@@ -111,7 +116,8 @@ class Bootstrap:
             pair = await self._write(make_pair(self.service, self.namespace, now),
                                      secret if status == 200 else None)
         assert pair is not None
-        await self._set_ca_bundle(pair.ca)
+        if self.webhook is not None:
+            await self._set_ca_bundle(pair.ca)
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "tls.key").write_bytes(pair.key)
         (self.directory / "tls.crt").write_bytes(pair.cert)
@@ -120,7 +126,7 @@ class Bootstrap:
     async def _write(self, pair: Pair, existing: dict[str, Any] | None) -> Pair:
         body: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
                 "metadata": {"name": self.secret, "namespace": self.namespace,
-                             "labels": {"app.kubernetes.io/name": "flyte-auth-injector"}},
+                             "labels": {"app.kubernetes.io/name": self.service}},
                 "data": {"ca.crt": base64.b64encode(pair.ca).decode(),
                          "tls.crt": base64.b64encode(pair.cert).decode(),
                          "tls.key": base64.b64encode(pair.key).decode()}}
@@ -144,6 +150,7 @@ class Bootstrap:
         return pair
 
     async def _set_ca_bundle(self, ca: bytes) -> None:
+        assert self.webhook is not None
         path = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{self.webhook}"
         status, config = await self._call("GET", path)
         if status != 200:
@@ -160,3 +167,15 @@ class Bootstrap:
         if status != 200:
             raise RuntimeError(f"patching the caBundle of {self.webhook}: HTTP {status}")
         log.info("ca_bundle_set", webhook=self.webhook)
+
+
+async def renew_forever(bootstrap: Bootstrap, reload: Callable[[], object],
+                        every: float = 6 * 3600) -> None:
+    """Every few hours: renew the pair if due, then let the server load the files again."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await bootstrap.ensure()
+            reload()
+        except (OSError, RuntimeError, ValueError) as exc:
+            log.warning("tls_renewal_failed", error=str(exc), retry_in=every)
