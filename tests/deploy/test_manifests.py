@@ -230,7 +230,8 @@ def test_no_wildcards_and_secrets_only_for_the_self_signed_certificate(rendering
                 assert "*" not in rule.get(field, []), (name, rule)
             if "secrets" in rule["resources"]:
                 assert rendering.endswith("self-signed")
-                assert name == "flyte-auth-injector-tls"
+                assert name in ("flyte-auth-injector-tls", "flyte-auth-exchange-tls")
+                assert rule.get("resourceNames", [name]) == [name]  # its own Secret only
                 assert set(rule["verbs"]) <= {"get", "update", "create"}
 
 
@@ -305,7 +306,8 @@ def test_container_args_and_config_files_are_accepted_by_the_programs(rendering:
                 _parse(injector_config.OPTIONS, injector_config.ENV_PREFIX, argv),
                 {"FLYTE_AUTH_INJECTOR_NAMESPACE": "flyte-auth"})
             assert config.sidecar.token_endpoint == \
-                "http://flyte-auth-exchange.flyte-auth.svc.cluster.local/oauth2/token"
+                "https://flyte-auth-exchange.flyte-auth.svc.cluster.local/oauth2/token"
+            assert config.agent_ca_files == (tmp_path / "etc/flyte-auth/exchange-ca/ca.crt",)
             assert config.sidecar.image == "flyte-auth-agent:0.1.0"
         else:
             config_x = exchange_config.ExchangeConfig.from_args(
@@ -421,11 +423,14 @@ def test_prometheus_objects_are_optional_and_alert_on_metrics_that_exist() -> No
                        "metrics.prometheusRule.enabled=true",
                        "metrics.agentPodMonitor.enabled=true",
                        "metrics.serviceMonitor.labels.release=prom"))
-    monitor = objs[("ServiceMonitor", "flyte-auth")]
-    assert monitor["metadata"]["labels"]["release"] == "prom"
-    ports = {e["port"] for e in monitor["spec"]["endpoints"]}
-    services = [o for o in objs.values() if o["kind"] == "Service"]
-    assert ports == {p["name"] for svc in services for p in svc["spec"]["ports"]} - {"https"}
+    for name, port in (("flyte-auth-exchange", "https"), ("flyte-auth-injector", "metrics")):
+        monitor = objs[("ServiceMonitor", name)]
+        assert monitor["metadata"]["labels"]["release"] == "prom"
+        assert [e["port"] for e in monitor["spec"]["endpoints"]] == [port]
+        service_ports = [p["name"] for p in objs[("Service", name)]["spec"]["ports"]]
+        assert port in service_ports
+    tls = objs[("ServiceMonitor", "flyte-auth-exchange")]["spec"]["endpoints"][0]["tlsConfig"]
+    assert tls["ca"] == {"secret": {"name": "flyte-auth-exchange-tls", "key": "ca.crt"}}
     rules = objs[("PrometheusRule", "flyte-auth")]["spec"]["groups"][0]["rules"]
     assert {r["alert"] for r in rules} == {
         "FlyteAuthExchangeRefusing", "FlyteAuthExchangeUnavailable", "FlyteAuthExchangeSlow",
@@ -463,10 +468,15 @@ def test_another_release_name_renames_every_object_and_every_reference() -> None
     fixed = out
     for allowed in ("prod-flyte-auth-", "flyte-auth-exchange-signing-key",  # the operator's
                     "helm.sh/chart: flyte-auth-0.1.0", "flyte-auth-agent:0.1.0",  # Secret
-                    "flyte-auth-server:0.1.0"):
+                    "flyte-auth-server:0.1.0", "[flyte-auth-exchange, serve]",  # programs
+                    "[flyte-auth-injector, serve]", "/var/run/flyte-auth-exchange",  # paths
+                    "/var/run/flyte-auth-injector"):
         fixed = fixed.replace(allowed, "")
     assert "flyte-auth-" not in fixed, "an object still names a fixed object"
     exchange = objs[("Deployment", "prod-flyte-auth-exchange")]["spec"]["template"]["spec"]
+    assert exchange["containers"][0]["command"] == ["flyte-auth-exchange", "serve"]
+    injector = objs[("Deployment", "prod-flyte-auth-injector")]["spec"]["template"]["spec"]
+    assert injector["containers"][0]["command"] == ["flyte-auth-injector", "serve"]
     args = exchange["containers"][0]["args"]
     assert "--guard=prod-flyte-auth-execution-labels" in args
     assert ("ValidatingAdmissionPolicy", "prod-flyte-auth-execution-labels") in objs
@@ -475,7 +485,7 @@ def test_another_release_name_renames_every_object_and_every_reference() -> None
     assert ("Service", "prod-flyte-auth-injector") in objs
     config = yaml.safe_load(objs[("ConfigMap", "prod-flyte-auth-injector-config")]["data"][
         "injector.yaml"])
-    assert config["token_endpoint"].startswith("http://prod-flyte-auth-exchange.flyte.svc")
+    assert config["token_endpoint"].startswith("https://prod-flyte-auth-exchange.flyte.svc")
     selector = objs[("Deployment", "prod-flyte-auth-exchange")]["spec"]["selector"]
     assert objs[("Service", "prod-flyte-auth-exchange")]["spec"]["selector"] == selector[
         "matchLabels"]
@@ -517,3 +527,41 @@ def test_notes_tell_the_operator_how_to_enable_a_namespace_and_check(tmp_path: P
     assert "system:serviceaccount:flyte:flytepropeller" in notes
     assert "http://flyteadmin.flyte.svc.cluster.local:80" in notes
     assert "logs deploy/prod-flyte-auth-exchange" in notes
+
+
+@ALL
+def test_agents_reach_the_exchange_server_over_tls_by_default(rendering: str) -> None:
+    objs = by_key(RENDERINGS[rendering]())
+    exchange = objs[("Deployment", "flyte-auth-exchange")]["spec"]["template"]["spec"]
+    args = exchange["containers"][0]["args"]
+    assert "--listen=0.0.0.0:8443" in args
+    assert any(a.startswith(("--tls-cert=", "--tls-bootstrap=")) for a in args)
+    assert exchange["containers"][0]["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert objs[("Service", "flyte-auth-exchange")]["spec"]["ports"] == [
+        {"name": "https", "port": 443, "targetPort": "https"}]
+    injector = objs[("Deployment", "flyte-auth-injector")]["spec"]["template"]["spec"]
+    assert "--agent-ca-file=/etc/flyte-auth/exchange-ca/ca.crt" in injector["containers"][0][
+        "args"]
+    ca = next(v for v in injector["volumes"] if v["name"] == "exchange-ca")
+    assert ca["secret"] == {"secretName": "flyte-auth-exchange-tls", "optional": True,
+                            "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    config = yaml.safe_load(objs[("ConfigMap", "flyte-auth-injector-config")]["data"][
+        "injector.yaml"])
+    assert config["token_endpoint"].startswith("https://")
+    if rendering.endswith("cert-manager") or rendering == "helm-default":
+        cert = objs[("Certificate", "flyte-auth-exchange")]["spec"]
+        assert cert["secretName"] == "flyte-auth-exchange-tls"
+        assert cert["issuerRef"]["name"] == "flyte-auth-ca"  # a stable CA, not self-signed
+        assert objs[("Certificate", "flyte-auth-ca")]["spec"]["isCA"] is True
+
+
+def test_plain_http_is_an_explicit_opt_out() -> None:
+    objs = by_key(helm("exchange.plainHTTP=true"))
+    args = objs[("Deployment", "flyte-auth-exchange")]["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert "--listen=0.0.0.0:8080" in args
+    assert not any(a.startswith("--tls") for a in args)
+    assert ("Certificate", "flyte-auth-exchange") not in objs
+    config = yaml.safe_load(objs[("ConfigMap", "flyte-auth-injector-config")]["data"][
+        "injector.yaml"])
+    assert config["token_endpoint"].startswith("http://")

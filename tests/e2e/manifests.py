@@ -36,3 +36,19 @@ def rendered_manifests() -> str:
     return "\n---\n".join(docs)
 
 
+
+
+def sidecar_env(pod: dict[str, Any], **overrides: str) -> dict[str, str]:
+    """The agent's env from the mutated pod spec, label references resolved as the kubelet
+    resolves them."""
+    sidecar = next(c for c in pod["spec"]["initContainers"] if c["name"] == "flyte-auth-agent")
+    labels = pod["metadata"]["labels"]
+    env = {}
+    for e in sidecar["env"]:
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        else:
+            path = e["valueFrom"]["fieldRef"]["fieldPath"]
+            env[e["name"]] = labels.get(path.split("'")[1], "")
+    env.pop("FLYTE_AUTH_AGENT_HEALTH_ADDR", None)
+    return env | overrides

@@ -46,7 +46,7 @@ from flyte_auth_injector.runtime import running_injector
 from flyte_auth_injector.webhook_config import webhook_configuration
 from tests.e2e.cluster import ADMIN_TOKEN, Cluster, free_port, running_cluster
 from tests.e2e.flyte import Flyte, running_flyte
-from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests
+from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests, sidecar_env
 from tests.support.admin_metadata import AuthMetadata
 from tests.support.flyteadmin import FlyteAdmin, start_flyteadmin
 
@@ -231,22 +231,6 @@ async def test_real_flyteadmin_and_the_stand_in_give_the_same_verdicts(real: Rea
 
 
 # --- 2. a real execution ----------------------------------------------------------------------
-
-def sidecar_env(pod: dict[str, Any], **overrides: str) -> dict[str, str]:
-    """The agent's env from the mutated pod spec, label references resolved as the kubelet
-    resolves them."""
-    sidecar = next(c for c in pod["spec"]["initContainers"] if c["name"] == "flyte-auth-agent")
-    labels = pod["metadata"]["labels"]
-    env = {}
-    for e in sidecar["env"]:
-        if "value" in e:
-            env[e["name"]] = e["value"]
-        else:
-            path = e["valueFrom"]["fieldRef"]["fieldPath"]
-            env[e["name"]] = labels.get(path.split("'")[1], "")
-    env.pop("FLYTE_AUTH_AGENT_HEALTH_ADDR", None)
-    return env | overrides
-
 
 def task_env(pod: dict[str, Any], **overrides: str) -> dict[str, str]:
     container = pod["spec"]["containers"][0]

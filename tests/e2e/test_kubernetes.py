@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from flyte_auth_injector.runtime import running_injector
 from flyte_auth_injector.webhook_config import webhook_configuration
 from tests.conftest import H
 from tests.e2e.cluster import Cluster, KubeError, free_port, running_cluster
-from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests
+from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests, sidecar_env
 from tests.support.admin_metadata import AuthMetadata
 from tests.support.flyteadmin import FlyteAdmin, start_flyteadmin
 from tests.support.world import ADMIN_URL, EXECUTOR, write_signing_key
@@ -150,14 +151,18 @@ async def e2e(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E2E]:
             admin.executions[("flytesnacks", "development", "f3a1b2c4d5e6")] = EXECUTOR
             metadata = AuthMetadata(token_endpoint="", audience=ADMIN_URL)
             server, admin_target = await start_flyteadmin(admin, metadata)
+            ca = trustme.CA()  # what cert-manager's CA issuer is in a cluster
+            ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+                str(workdir / "exchange.pem"))
+            ca.cert_pem.write_to_path(str(workdir / "ca.crt"))
             exchange_config = ExchangeConfig.load([
-                "--listen", "127.0.0.1:0", "--signing-key", str(key_file),
+                "--listen", "127.0.0.1:0", "--tls-cert", str(workdir / "exchange.pem"),
+                "--tls-key", str(workdir / "exchange.pem"), "--signing-key", str(key_file),
                 "--admin-audience", ADMIN_URL, "--subject-issuer", cluster.url,
                 "--subject-discovery", cluster.url, "--ca-cert-file", str(cluster.ca_file),
                 "--subject-audience", AUDIENCE, "--token-review", "--cache-ttl", "0",
                 "--admin-endpoint", admin_target, "--admin-insecure",
                 "--kubeconfig", str(kube["flyte-auth-exchange"])], {})
-            ca = trustme.CA()
             cert = ca.issue_cert("127.0.0.1")
             cert.private_key_and_cert_chain_pem.write_to_path(str(workdir / "injector.pem"))
             port = free_port()
@@ -167,6 +172,7 @@ async def e2e(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E2E]:
                     "--listen", f"127.0.0.1:{port}", "--tls-cert", str(workdir / "injector.pem"),
                     "--tls-key", str(workdir / "injector.pem"), "--admin-endpoint", admin_target,
                     "--admin-insecure", "--token-endpoint", exchange.url + "/oauth2/token",
+                    "--agent-ca-file", str(workdir / "ca.crt"),
                     "--kubeconfig", str(kube["flyte-auth-injector"])], {})
                 async with running_injector(injector_config):
                     hook = webhook_configuration(
@@ -227,9 +233,13 @@ async def test_propellers_pod_is_exchanged_for_the_launcher_and_refused_once_gon
     assert len(agent_of(pod)) == 1
     token_file = short_dir / "token"
     token_file.write_text(await e2e.cluster.token(LABELED, "default", audience=AUDIENCE, pod=pod))
-    config = AgentConfig.load(["--socket", str(short_dir / "agent.sock"), "--token-file",
-                               str(token_file), "--token-endpoint",
-                               e2e.exchange_url + "/oauth2/token"], {})
+    # The agent as injected: its env from the mutated pod (the exchange server's CA included,
+    # so the service-account token travels over TLS), paths mapped to this machine.
+    env = sidecar_env(pod, FLYTE_AUTH_AGENT_SOCKET=str(short_dir / "agent.sock"),
+                      FLYTE_AUTH_AGENT_TOKEN_FILE=str(token_file))
+    assert env["FLYTE_AUTH_AGENT_TOKEN_ENDPOINT"].startswith("https://")
+    assert "BEGIN CERTIFICATE" in env["FLYTE_AUTH_AGENT_CA_CERT_PEM"]
+    config = AgentConfig.load([], env)
     connector = aiohttp.UnixConnector(path=str(short_dir / "agent.sock"))
     async with running_agent(config), aiohttp.ClientSession(connector=connector) as http:
         body = await (await http.get("http://agent/v1/token", headers=H)).json()
@@ -244,8 +254,9 @@ async def test_propellers_pod_is_exchanged_for_the_launcher_and_refused_once_gon
     form = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
             "subject_token": token_file.read_text(),
             "subject_token_type": "urn:ietf:params:oauth:token-type:jwt"}
+    tls = ssl.create_default_context(cafile=str(e2e.workdir / "ca.crt"))
     async with aiohttp.ClientSession() as session, session.post(
-            e2e.exchange_url + "/oauth2/token", data=form) as resp:
+            e2e.exchange_url + "/oauth2/token", data=form, ssl=tls) as resp:
         refused = await resp.json()
     assert resp.status == 400
     assert refused["error"] == "invalid_grant"

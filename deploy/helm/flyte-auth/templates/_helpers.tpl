@@ -107,7 +107,7 @@ affinity: {{- include "flyte-auth.antiAffinity" . | nindent 2 }}
 agent_image: {{ .Values.image.agent.repository }}:{{ .Values.image.agent.tag }}
 admin_endpoint: {{ .Values.flyteAdmin.grpcEndpoint }}
 admin_insecure: {{ .Values.flyteAdmin.insecure }}
-token_endpoint: http://{{ include "flyte-auth.fullname" . }}-exchange.{{ .Release.Namespace }}.svc.cluster.local/oauth2/token
+token_endpoint: {{ ternary "http" "https" .Values.exchange.plainHTTP }}://{{ include "flyte-auth.fullname" . }}-exchange.{{ .Release.Namespace }}.svc.cluster.local/oauth2/token
 token_audience: {{ .Values.injector.tokenAudience }}
 token_expiration: {{ .Values.injector.tokenExpiration }}
 scopes: {{ .Values.injector.scopes }}
