@@ -108,9 +108,7 @@ async def test_upstream_down_past_expiry_gives_503_then_recovers(
         tok = agent.source.token()
         assert tok is not None
         await endpoint.stop()
-        while (deadline := await clock.next_sleep()) < tok.expires_at:
-            clock.advance(deadline)
-        clock.advance(max(clock.now(), tok.expires_at - MIN_REMAINING))
+        await clock.run_until(tok.expires_at)
         resp = await http.get("/v1/token", headers=H)
         assert resp.status == 503
         body = await resp.json()

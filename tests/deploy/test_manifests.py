@@ -57,6 +57,18 @@ def helm(*sets: str) -> tuple[Obj, ...]:
     return tuple(d for d in yaml.safe_load_all(out) if d)
 
 
+def helm_refusal(tmp_path: Path, values: str = "", *sets: str) -> str:
+    """What `helm template` says when it refuses these values (it must refuse them)."""
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(values or "{}\n")
+    args = [a for s in sets for a in ("--set", s)]
+    out = subprocess.run([tool("helm", "v3.19.0"), "template", "x", "deploy/helm/flyte-auth",
+                          "--kube-version", "1.30.0", "-f", str(values_file), *args],
+                         capture_output=True, text=True, cwd=ROOT, check=False)
+    assert out.returncode != 0, out.stdout[:300]
+    return out.stderr
+
+
 RENDERINGS: dict[str, Callable[[], tuple[Obj, ...]]] = {
     "kustomize-cert-manager": lambda: kustomize("cert-manager"),
     "kustomize-self-signed": lambda: kustomize("self-signed"),
@@ -193,13 +205,9 @@ def test_the_guard_protects_exactly_the_labels_the_exchange_server_trusts(
     assert creators == "system:serviceaccount:flyte:flytepropeller"
 
 
-def test_helm_refuses_audiences_that_miss_the_host_tasks_dial() -> None:
-    out = subprocess.run([tool("helm", "v3.19.0"), "template", "x", "deploy/helm/flyte-auth",
-                          "--kube-version", "1.30.0", "--set",
-                          "flyteAdmin.grpcEndpoint=admin.example:443"], capture_output=True,
-                         text=True, cwd=ROOT, check=False)
-    assert out.returncode != 0
-    assert 'flyteAdmin.audiences has no URL with host "admin.example"' in out.stderr
+def test_helm_refuses_audiences_that_miss_the_host_tasks_dial(tmp_path: Path) -> None:
+    stderr = helm_refusal(tmp_path, "", "flyteAdmin.grpcEndpoint=admin.example:443")
+    assert 'flyteAdmin.audiences has no URL with host "admin.example"' in stderr
     ok = by_key(helm("flyteAdmin.grpcEndpoint=admin.example:443",
                      "flyteAdmin.audiences={https://admin.example}"))
     args = ok[("Deployment", "flyte-auth-exchange")]["spec"]["template"]["spec"][
@@ -213,13 +221,8 @@ def test_helm_takes_a_list_of_flyte_creators_and_refuses_a_malformed_one(
                        "system:serviceaccount:spark:spark-operator}"))
     assert objs[("ConfigMap", "flyte-auth-guard")]["data"]["creators"] == (
         "system:serviceaccount:flyte:flytepropeller,system:serviceaccount:spark:spark-operator")
-    values = tmp_path / "values.yaml"
-    values.write_text("guard: {flyteCreators: ['a, b']}\n")
-    out = subprocess.run([tool("helm", "v3.19.0"), "template", "x", "deploy/helm/flyte-auth",
-                          "--kube-version", "1.30.0", "-f", str(values)], capture_output=True,
-                         text=True, cwd=ROOT, check=False)
-    assert out.returncode != 0
-    assert "/guard/flyteCreators/0" in out.stderr
+    assert "/guard/flyteCreators/0" in helm_refusal(tmp_path,
+                                                    "guard: {flyteCreators: ['a, b']}\n")
 
 
 @ALL
@@ -322,16 +325,10 @@ def test_container_args_and_config_files_are_accepted_by_the_programs(rendering:
 
 
 def test_a_malformed_values_file_is_a_clear_render_error(tmp_path: Path) -> None:
-    values = tmp_path / "values.yaml"
-    values.write_text("tls: {mode: vault}\ninjector: {tokenExpiration: 60}\nflyteAdmin: "
-                      "{grpcEndpoint: 'http://flyteadmin'}\n")
-    out = subprocess.run([tool("helm", "v3.19.0"), "template", "x", "deploy/helm/flyte-auth",
-                          "--kube-version", "1.30.0", "-f", str(values)], capture_output=True,
-                         text=True, cwd=ROOT, check=False)
-    assert out.returncode != 0
-    assert "/tls/mode" in out.stderr
-    assert "/injector/tokenExpiration" in out.stderr
-    assert "/flyteAdmin/grpcEndpoint" in out.stderr
+    stderr = helm_refusal(tmp_path, "tls: {mode: vault}\ninjector: {tokenExpiration: 60}\n"
+                          "flyteAdmin: {grpcEndpoint: 'http://flyteadmin'}\n")
+    for where in ("/tls/mode", "/injector/tokenExpiration", "/flyteAdmin/grpcEndpoint"):
+        assert where in stderr, where
 
 
 def test_the_dockerfile_builds_slim_non_root_images() -> None:
@@ -386,16 +383,11 @@ def test_the_values_operators_reach_for_reach_the_pods() -> None:
 
 
 def test_a_wrong_shape_is_a_schema_error_naming_the_value(tmp_path: Path) -> None:
-    values = tmp_path / "values.yaml"
-    values.write_text("imagePullSecrets: [regcred]\nexchange: {nodeSelector: {pool: 1}}\n"
-                      "injector: {sidecar: {imagePullPolicy: Sometimes}}\n")
-    out = subprocess.run([tool("helm", "v3.19.0"), "template", "x", "deploy/helm/flyte-auth",
-                          "--kube-version", "1.30.0", "-f", str(values)], capture_output=True,
-                         text=True, cwd=ROOT, check=False)
-    assert out.returncode != 0
+    stderr = helm_refusal(tmp_path, "imagePullSecrets: [regcred]\nexchange: {nodeSelector: "
+                          "{pool: 1}}\ninjector: {sidecar: {imagePullPolicy: Sometimes}}\n")
     for where in ("/imagePullSecrets/0", "/exchange/nodeSelector/pool",
                   "/injector/sidecar/imagePullPolicy"):
-        assert where in out.stderr, (where, out.stderr)
+        assert where in stderr, (where, stderr)
 
 
 @ALL

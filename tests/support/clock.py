@@ -44,3 +44,10 @@ class FakeClock:
         again (for the refresher: one attempt done). Returns the new earliest deadline."""
         self.advance(await self.next_sleep())
         return await self.next_sleep()
+
+    async def run_until(self, when: float) -> None:
+        """Let every sleeper due before `when` run (each wakes, works, sleeps again), then
+        stand at `when`."""
+        while (deadline := await self.next_sleep()) < when:
+            self.advance(deadline)
+        self.advance(max(self._now, when))
