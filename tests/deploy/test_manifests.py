@@ -557,3 +557,18 @@ def test_plain_http_is_an_explicit_opt_out() -> None:
     config = yaml.safe_load(objs[("ConfigMap", "flyte-auth-injector-config")]["data"][
         "injector.yaml"])
     assert config["token_endpoint"].startswith("http://")
+
+
+def test_a_private_ca_for_flyteadmin_reaches_the_exchange_server_and_the_agents() -> None:
+    objs = by_key(helm("flyteAdmin.caSecret=flyteadmin-ca", "flyteAdmin.insecure=false"))
+    exchange = objs[("Deployment", "flyte-auth-exchange")]["spec"]["template"]["spec"]
+    assert "--ca-cert-file=/etc/flyte-auth/flyteadmin-ca/ca.crt" in exchange["containers"][0][
+        "args"]
+    injector = objs[("Deployment", "flyte-auth-injector")]["spec"]["template"]["spec"]
+    args = injector["containers"][0]["args"]
+    assert [a for a in args if a.startswith("--agent-ca-file=")] == [
+        "--agent-ca-file=/etc/flyte-auth/exchange-ca/ca.crt",
+        "--agent-ca-file=/etc/flyte-auth/flyteadmin-ca/ca.crt"]
+    for spec in (exchange, injector):
+        volume = next(v for v in spec["volumes"] if v["name"] == "flyteadmin-ca")
+        assert volume["secret"]["secretName"] == "flyteadmin-ca"
