@@ -83,6 +83,7 @@ class _Guarded(asyncio.Protocol):
         self._inner: asyncio.Protocol | None = None
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._last = 0.0  # loop time of the last bytes received
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         guard, limits = self._guard, self._guard.limits
@@ -100,21 +101,24 @@ class _Guarded(asyncio.Protocol):
         self._transport = transport
         self._inner = guard._inner()
         self._inner.connection_made(transport)
-        self._arm()
-
-    def _arm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
         loop = asyncio.get_running_loop()
+        self._last = loop.time()
         self._timer = loop.call_later(self._guard.limits.idle_timeout, self._idle)
 
     def _idle(self) -> None:
-        if self._transport is not None:
+        """Close the connection if it sent nothing for idle_timeout; else look again when it
+        would be (one timer a connection, not one a request: the hot path only notes the
+        time)."""
+        loop = asyncio.get_running_loop()
+        due = self._last + self._guard.limits.idle_timeout
+        if loop.time() < due:
+            self._timer = loop.call_at(due, self._idle)
+        elif self._transport is not None:
             self._transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
-            self._arm()
+            self._last = asyncio.get_running_loop().time()
             self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
