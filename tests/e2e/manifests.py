@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 
 #: flytepropeller's CRD, as flytepropeller/pkg/apis/flyteworkflow/crd.go defines it.
@@ -22,20 +24,46 @@ FLYTEWORKFLOW_CRD: dict[str, Any] = {
                                      "x-kubernetes-preserve-unknown-fields": True}}}]}}
 
 
+def rendered() -> str:
+    kustomize = os.environ.get("KUSTOMIZE") or str(
+        Path.home() / ".cache/flyte-auth-agent/tools/kustomize-v5.7.1/kustomize")
+    return subprocess.run([kustomize, "build", "deploy/kustomize/overlays/cert-manager"],
+                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+
+def rendered_exchange_args(workdir: Path, **machine: list[str]) -> list[str]:
+    """The exchange server's flags as deploy/ renders them (cert-manager overlay), with its
+    mounted files written under `workdir` (the policy from its ConfigMap) and the flags named
+    in `machine` (e.g. admin_endpoint=["127.0.0.1:5000"]) replaced by this machine's values:
+    the cluster's addresses, the files a cluster would mount. Everything else (TLS, TokenReview,
+    executor identity, namespace template, policy) stays as rendered."""
+    objs = [d for d in yaml.safe_load_all(rendered()) if d]
+    deployment = next(o for o in objs if o["kind"] == "Deployment"
+                      and o["metadata"]["name"] == "flyte-auth-exchange")
+    policy = next(o for o in objs if o["kind"] == "ConfigMap"
+                  and o["metadata"]["name"] == "flyte-auth-exchange-policy")
+    (workdir / "etc/flyte-auth/policy").mkdir(parents=True, exist_ok=True)
+    (workdir / "etc/flyte-auth/policy/policy.yaml").write_text(policy["data"]["policy.yaml"])
+    args: list[str] = []
+    for arg in deployment["spec"]["template"]["spec"]["containers"][0]["args"]:
+        flag, _, value = arg.partition("=")
+        name = flag.removeprefix("--").replace("-", "_")
+        if name in machine:
+            continue  # replaced below, every occurrence at once
+        args.append(f"{flag}={value.replace('/etc/', f'{workdir}/etc/')}" if value else flag)
+    for name, values in machine.items():
+        args += [f"--{name.replace('_', '-')}={v}" for v in values] if values else []
+    return args
+
 
 def rendered_manifests() -> str:
     """What deploy/ installs that the suite needs: RBAC, and the admission guard."""
-    kustomize = os.environ.get("KUSTOMIZE") or str(
-        Path.home() / ".cache/flyte-auth-agent/tools/kustomize-v5.7.1/kustomize")
-    out = subprocess.run([kustomize, "build", "deploy/kustomize/overlays/cert-manager"],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    out = rendered()
     keep = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
             "ValidatingAdmissionPolicyBinding")
     docs = [d for d in out.split("\n---\n") if any(f"kind: {k}\n" in d for k in keep)
             or "name: flyte-auth-guard\n" in d]
     return "\n---\n".join(docs)
-
-
 
 
 def sidecar_env(pod: dict[str, Any], **overrides: str) -> dict[str, str]:

@@ -33,7 +33,12 @@ from flyte_auth_injector.runtime import running_injector
 from flyte_auth_injector.webhook_config import webhook_configuration
 from tests.conftest import H
 from tests.e2e.cluster import Cluster, KubeError, free_port, running_cluster
-from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests, sidecar_env
+from tests.e2e.manifests import (
+    FLYTEWORKFLOW_CRD,
+    rendered_exchange_args,
+    rendered_manifests,
+    sidecar_env,
+)
 from tests.support.admin_metadata import AuthMetadata
 from tests.support.flyteadmin import FlyteAdmin, start_flyteadmin
 from tests.support.world import ADMIN_URL, EXECUTOR, write_signing_key
@@ -152,17 +157,22 @@ async def e2e(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E2E]:
             metadata = AuthMetadata(token_endpoint="", audience=ADMIN_URL)
             server, admin_target = await start_flyteadmin(admin, metadata)
             ca = trustme.CA()  # what cert-manager's CA issuer is in a cluster
-            ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
-                str(workdir / "exchange.pem"))
             ca.cert_pem.write_to_path(str(workdir / "ca.crt"))
-            exchange_config = ExchangeConfig.load([
-                "--listen", "127.0.0.1:0", "--tls-cert", str(workdir / "exchange.pem"),
-                "--tls-key", str(workdir / "exchange.pem"), "--signing-key", str(key_file),
-                "--admin-audience", ADMIN_URL, "--subject-issuer", cluster.url,
-                "--subject-discovery", cluster.url, "--ca-cert-file", str(cluster.ca_file),
-                "--subject-audience", AUDIENCE, "--token-review", "--cache-ttl", "0",
-                "--admin-endpoint", admin_target, "--admin-insecure",
-                "--kubeconfig", str(kube["flyte-auth-exchange"])], {})
+            # The exchange server as deploy/ configures it (TLS, TokenReview, executor
+            # identity, namespace template, the rendered policy), pointed at this machine.
+            tls_dir = workdir / "etc/flyte-auth/tls"
+            tls_dir.mkdir(parents=True)
+            exchange_pem = ca.issue_cert("127.0.0.1")
+            exchange_pem.cert_chain_pems[0].write_to_path(str(tls_dir / "tls.crt"))
+            exchange_pem.private_key_pem.write_to_path(str(tls_dir / "tls.key"))
+            exchange_config = ExchangeConfig.load(rendered_exchange_args(
+                workdir, listen=["127.0.0.1:0"], public_url=[], signing_key=[str(key_file)],
+                subject_issuer=[cluster.url],
+                subject_discovery=[cluster.url], ca_cert_file=[str(cluster.ca_file)],
+                cache_ttl=["0"], admin_endpoint=[admin_target],
+                kubeconfig=[str(kube["flyte-auth-exchange"])]), {})
+            assert exchange_config.tls_cert == tls_dir / "tls.crt"  # as rendered
+            assert exchange_config.policy is not None and exchange_config.token_review
             cert = ca.issue_cert("127.0.0.1")
             cert.private_key_and_cert_chain_pem.write_to_path(str(workdir / "injector.pem"))
             port = free_port()
