@@ -39,21 +39,46 @@ class Pair:
     ca: bytes
     cert: bytes
     key: bytes
+    #: The CA's key, kept so that renewing the serving certificate keeps the CA clients
+    #: trust (agents hold the exchange server's CA for their pod's life).
+    ca_key: bytes | None = None
 
 
 def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_pair(service: str, namespace: str, now: dt.datetime) -> Pair:
-    """A fresh CA and a serving certificate for the Service's DNS names."""
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name(f"{service}-ca"))
-          .issuer_name(_name(f"{service}-ca")).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now)
-          .not_valid_after(now + CA_LIFETIME)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+def _usable_ca(previous: Pair | None, now: dt.datetime,
+               ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
+    """The previous pair's CA, if it has its key and outlives a new serving certificate."""
+    if previous is None or previous.ca_key is None:
+        return None
+    try:
+        ca = x509.load_pem_x509_certificate(previous.ca)
+        key = serialization.load_pem_private_key(previous.ca_key, password=None)
+    except ValueError:
+        return None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or \
+            ca.not_valid_after_utc - now < LEAF_LIFETIME + RENEW_BEFORE:
+        return None
+    return ca, key
+
+
+def make_pair(service: str, namespace: str, now: dt.datetime,
+              previous: Pair | None = None) -> Pair:
+    """A serving certificate for the Service's DNS names, from the previous pair's CA when it
+    is still good for a while, else from a fresh CA."""
+    reused = _usable_ca(previous, now)
+    if reused is not None:
+        ca, ca_key = reused
+    else:
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca = (x509.CertificateBuilder().subject_name(_name(f"{service}-ca"))
+              .issuer_name(_name(f"{service}-ca")).public_key(ca_key.public_key())
+              .serial_number(x509.random_serial_number()).not_valid_before(now)
+              .not_valid_after(now + CA_LIFETIME)
+              .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+              .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
     names = [f"{service}.{namespace}.svc", f"{service}.{namespace}.svc.cluster.local"]
     leaf = (x509.CertificateBuilder().subject_name(_name(names[0])).issuer_name(ca.subject)
@@ -62,16 +87,18 @@ def make_pair(service: str, namespace: str, now: dt.datetime) -> Pair:
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
                            critical=False)
             .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
+    pem, pkcs8 = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
+    plain = serialization.NoEncryption()
     return Pair(ca.public_bytes(pem), leaf.public_bytes(pem),
-                key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
+                key.private_bytes(pem, pkcs8, plain), ca_key.private_bytes(pem, pkcs8, plain))
 
 
 def _from_secret(secret: dict[str, Any]) -> Pair | None:
     data = secret.get("data") or {}
     try:
-        return Pair(*(base64.b64decode(data[k]) for k in ("ca.crt", "tls.crt", "tls.key")))
+        ca, cert, key = (base64.b64decode(data[k]) for k in ("ca.crt", "tls.crt", "tls.key"))
+        ca_key = base64.b64decode(data["ca.key"]) if "ca.key" in data else None
+        return Pair(ca, cert, key, ca_key)
     except (KeyError, ValueError, TypeError):
         return None
 
@@ -113,7 +140,7 @@ class Bootstrap:
             raise RuntimeError(f"reading Secret {self.namespace}/{self.secret}: HTTP {status}")
         pair = _from_secret(secret) if status == 200 else None
         if not _fresh(pair, now):
-            pair = await self._write(make_pair(self.service, self.namespace, now),
+            pair = await self._write(make_pair(self.service, self.namespace, now, pair),
                                      secret if status == 200 else None)
         assert pair is not None
         if self.webhook is not None:
@@ -129,7 +156,9 @@ class Bootstrap:
                              "labels": {"app.kubernetes.io/name": self.service}},
                 "data": {"ca.crt": base64.b64encode(pair.ca).decode(),
                          "tls.crt": base64.b64encode(pair.cert).decode(),
-                         "tls.key": base64.b64encode(pair.key).decode()}}
+                         "tls.key": base64.b64encode(pair.key).decode(),
+                         **({"ca.key": base64.b64encode(pair.ca_key).decode()}
+                            if pair.ca_key else {})}}
         if existing is None:
             status, _ = await self._call("POST", f"/api/v1/namespaces/{self.namespace}/secrets",
                                          body)

@@ -211,10 +211,13 @@ async def test_self_signed_bootstrap_creates_renews_and_sets_the_ca_bundle(
                                   service="flyte-auth-injector", webhook="flyte-auth-injector",
                                   directory=tmp_path / "other")
                 assert (await other.ensure()).ca == ca
-                # 340 days on, the serving certificate is within 30 days of expiry: renewed.
+                # 340 days on, the serving certificate is within 30 days of expiry: renewed,
+                # from the same CA, so clients that hold the CA keep trusting it.
+                first = kube.secrets[("flyte-auth", "flyte-auth-injector-tls")]["data"]
                 later = dt.datetime.now(dt.UTC) + dt.timedelta(days=340)
                 renewed = await other.ensure(now=later)
-                assert renewed.ca != ca
+                assert renewed.ca == ca
+                assert renewed.cert != base64.b64decode(first["tls.crt"])
                 hook = kube.webhooks["flyte-auth-injector"]["webhooks"][0]
                 assert base64.b64decode(hook["clientConfig"]["caBundle"]) == renewed.ca
                 assert (tmp_path / "other" / "tls.crt").read_bytes() == renewed.cert
