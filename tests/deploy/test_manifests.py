@@ -572,3 +572,24 @@ def test_a_private_ca_for_flyteadmin_reaches_the_exchange_server_and_the_agents(
     for spec in (exchange, injector):
         volume = next(v for v in spec["volumes"] if v["name"] == "flyteadmin-ca")
         assert volume["secret"]["secretName"] == "flyteadmin-ca"
+
+
+@pytest.mark.parametrize(("values", "where"), [
+    ("exchange: {tolerations: {key: x}}", "/exchange/tolerations"),
+    ("injector: {affinity: [zone]}", "/injector/affinity"),
+    ("exchange: {priorityClassName: 5}", "/exchange/priorityClassName"),
+    ("injector: {podAnnotations: {a: 1}}", "/injector/podAnnotations/a"),
+    ("exchange: {podLabels: [x]}", "/exchange/podLabels"),
+    ("injector: {sidecar: {resources: [64Mi]}}", "/injector/sidecar/resources"),
+    ("injector: {allowedScopes: all}", "/injector/allowedScopes"),
+    ("metrics: {serviceMonitor: {interval: soon}}", "/metrics/serviceMonitor/interval"),
+    ("metrics: {prometheusRule: {enabled: maybe}}", "/metrics/prometheusRule/enabled"),
+    ("exchange: {plainHTTP: yes please}", "/exchange/plainHTTP"),
+    ("flyteAdmin: {caSecret: [a]}", "/flyteAdmin/caSecret"),
+    ("fullnameOverride: Not_A_Name", "/fullnameOverride"),
+    ("flyteAdmin: {audiences: []}", "/flyteAdmin/audiences"),
+    ("guard: {flyteCreators: []}", "/guard/flyteCreators"),
+], ids=lambda v: v if v.startswith("/") else None)
+def test_each_value_has_a_schema_error_naming_it(tmp_path: Path, values: str,
+                                                 where: str) -> None:
+    assert where in helm_refusal(tmp_path, values + "\n")
