@@ -28,6 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from kubernetes_asyncio import client
 
+from flyte_auth_agent.errors import ConfigError
+from flyte_auth_agent.reload import ServingTLS
+
 log = structlog.get_logger("flyte_auth")
 CA_LIFETIME = dt.timedelta(days=3650)
 LEAF_LIFETIME = dt.timedelta(days=365)
@@ -149,6 +152,16 @@ class Bootstrap:
         (self.directory / "tls.key").write_bytes(pair.key)
         (self.directory / "tls.crt").write_bytes(pair.cert)
         return pair
+
+    async def serving(self, who: str) -> ServingTLS:
+        """At start-up: ensure the pair now (a failure stops start-up with a message naming
+        the RBAC to check) and serve it from the files it was written to."""
+        try:
+            await self.ensure()
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise ConfigError([f"--tls-bootstrap: {exc}; check the {who}'s RBAC "
+                               "(self-signed overlay)"]) from None
+        return ServingTLS(self.directory / "tls.crt", self.directory / "tls.key")
 
     async def _write(self, pair: Pair, existing: dict[str, Any] | None) -> Pair:
         body: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",

@@ -38,24 +38,6 @@ def _server_tls(config: ExchangeConfig) -> ServingTLS | None:
     return ServingTLS(config.tls_cert, config.tls_key)
 
 
-async def _bootstrapped_tls(config: ExchangeConfig, kube: Kube | None,
-                            ) -> tuple[ServingTLS, Bootstrap]:
-    """--tls-bootstrap: the pair kept in a Secret (made or renewed now), served from files."""
-    if kube is None:
-        raise ConfigError(["--tls-bootstrap / FLYTE_AUTH_EXCHANGE_TLS_BOOTSTRAP: needs the "
-                           "Kubernetes API (--token-review or the executor identity)"])
-    assert config.tls_bootstrap is not None
-    bootstrap = Bootstrap(kube.api_client, namespace=config.namespace,
-                          secret=config.tls_bootstrap, service=config.service, webhook=None,
-                          directory=config.tls_dir)
-    try:
-        await bootstrap.ensure()
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise ConfigError([f"--tls-bootstrap: {exc}; check the exchange server's RBAC "
-                           "(self-signed overlay)"]) from None
-    return ServingTLS(config.tls_dir / "tls.crt", config.tls_dir / "tls.key"), bootstrap
-
-
 @dataclass
 class Files:
     """The mounted files the server loads again when they change."""
@@ -150,7 +132,11 @@ async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExcha
     try:
         kube = await Kube.connect(config.kubeconfig) if needs_kube else None
         if config.tls_bootstrap is not None:
-            serving, bootstrap = await _bootstrapped_tls(config, kube)
+            assert kube is not None  # needs_kube counts --tls-bootstrap
+            bootstrap = Bootstrap(kube.api_client, namespace=config.namespace,
+                                  secret=config.tls_bootstrap, service=config.service,
+                                  webhook=None, directory=config.tls_dir)
+            serving = await bootstrap.serving("exchange server")
             watchers.append(asyncio.create_task(renew_forever(bootstrap, serving.check)))
         admin = _admin(config, minter, ca_pem)
         keys = await _issuer_keys(config, session, client_ssl)

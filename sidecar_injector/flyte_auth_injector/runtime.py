@@ -68,12 +68,7 @@ async def _tls(config: InjectorConfig, kube_api: client.ApiClient | None,
     bootstrap = Bootstrap(kube_api, namespace=config.namespace, secret=config.tls_bootstrap,
                           service=config.service, webhook=config.webhook_name,
                           directory=config.tls_dir)
-    try:
-        await bootstrap.ensure()
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise ConfigError([f"--tls-bootstrap: {exc}; check the injector's RBAC "
-                           "(self-signed overlay)"]) from None
-    return CertReloader(config.tls_dir / "tls.crt", config.tls_dir / "tls.key"), bootstrap
+    return await bootstrap.serving("injector"), bootstrap
 
 
 def _agent_ca(api: InjectorAPI) -> FileReloader[str | None]:

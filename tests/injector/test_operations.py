@@ -227,6 +227,25 @@ async def test_self_signed_bootstrap_creates_renews_and_sets_the_ca_bundle(
         await kube.stop()
 
 
+async def test_self_signed_bootstrap_failure_is_a_clear_error_naming_what_to_check(
+        tmp_path: Path) -> None:
+    kube = StubKubeAPI()  # no MutatingWebhookConfiguration: its caBundle cannot be set
+    await kube.start()
+    config = InjectorConfig.load(["--listen", "127.0.0.1:0", "--admin-endpoint", "admin:81",
+                                  "--tls-bootstrap", "flyte-auth-injector-tls",
+                                  "--tls-dir", str(tmp_path / "tls"),
+                                  "--kubeconfig", str(kube.kubeconfig(tmp_path / "kc"))], {})
+    try:
+        with pytest.raises(ConfigError) as raised:
+            async with running_injector(config):
+                pass
+        assert str(raised.value) == (
+            "--tls-bootstrap: reading MutatingWebhookConfiguration flyte-auth-injector: "
+            "HTTP 404; check the injector's RBAC (self-signed overlay)")
+    finally:
+        await kube.stop()
+
+
 async def test_unloadable_certificate_is_a_clear_error_with_the_namespace_watch_on(
         tmp_path: Path) -> None:
     kube = StubKubeAPI()
