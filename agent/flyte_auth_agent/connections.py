@@ -144,9 +144,10 @@ class _Guarded(asyncio.Protocol):
 _EXHAUSTED = "socket.accept() out of system resource"
 
 
-def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
     """asyncio reports each failed accept() with a traceback (many per second when file
-    descriptors run out); make that one rate-limited line, leave every other report as is."""
+    descriptors run out); make that one rate-limited line, leave every other report as is.
+    Returns the call that puts the loop's previous handler back."""
     limited = RateLimitedLog()
     default = loop.get_exception_handler()
 
@@ -161,3 +162,4 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
             loop.default_exception_handler(context)
 
     loop.set_exception_handler(handler)
+    return lambda: loop.set_exception_handler(default)

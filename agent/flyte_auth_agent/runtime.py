@@ -109,7 +109,7 @@ async def running_agent(config: AgentConfig, *, clock: Clock | None = None,
     api = AgentAPI(config, source, exchanger, metrics)
     runners: list[web.AppRunner] = []
     listener: asyncio.Server | None = None
-    quiet_accept_errors(asyncio.get_running_loop())
+    restore_exception_handler = quiet_accept_errors(asyncio.get_running_loop())
     try:
         api.refresher = asyncio.create_task(source.run(), name="token-refresher")
         runner = app_runner(socket_app(api), shutdown_timeout=SHUTDOWN_GRACE,
@@ -147,5 +147,6 @@ async def running_agent(config: AgentConfig, *, clock: Clock | None = None,
         sock.close()
         with contextlib.suppress(FileNotFoundError):
             config.socket.unlink()
+        restore_exception_handler()
         log.info("agent_stopped")
 

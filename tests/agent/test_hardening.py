@@ -106,6 +106,16 @@ async def test_a_malformed_request_is_one_log_line_without_a_traceback(
     assert not [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"]
 
 
+async def test_the_loops_exception_handler_is_put_back_when_the_agent_stops(
+        sock_path: Path, token_file: Path, endpoint: TokenEndpoint) -> None:
+    loop = asyncio.get_running_loop()
+    before = loop.get_exception_handler()
+    for _ in range(2):  # a second agent in the same loop does not stack another handler
+        async with running_agent(config(sock_path, token_file, endpoint)):
+            assert loop.get_exception_handler() is not before
+        assert loop.get_exception_handler() is before
+
+
 async def test_a_fifo_as_the_token_file_does_not_block_the_agent(
         sock_path: Path, tmp_path: Path, endpoint: TokenEndpoint,
         http: aiohttp.ClientSession) -> None:
