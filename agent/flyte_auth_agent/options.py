@@ -89,8 +89,8 @@ def parse_flags(prefix: str, options: Iterable[Option], argv: list[str]) -> argp
 
 
 _TRUE = {"1", "true", "yes", "on"}
-_DIGITS = re.compile(r"[0-9]{1,18}")
 _FALSE = {"0", "false", "no", "off", ""}
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 class Settings:
