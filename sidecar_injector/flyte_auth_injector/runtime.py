@@ -18,11 +18,11 @@ from kubernetes_asyncio.config import ConfigException
 
 from flyte_auth_agent.daemon import app_runner
 from flyte_auth_agent.errors import ConfigError
-from flyte_auth_agent.reload import FileReloader
+from flyte_auth_agent.reload import FileReloader, ServingTLS
 from flyte_auth_agent.tls_bootstrap import Bootstrap, renew_forever
 from flyte_auth_injector.config import InjectorConfig, read_ca_pem
 from flyte_auth_injector.namespaces import NamespaceAnnotations
-from flyte_auth_injector.server import CertReloader, InjectorAPI, metrics_app, webhook_app
+from flyte_auth_injector.server import InjectorAPI, metrics_app, webhook_app
 
 log = structlog.get_logger("flyte_auth_injector")
 
@@ -31,7 +31,7 @@ log = structlog.get_logger("flyte_auth_injector")
 class RunningInjector:
     api: InjectorAPI
     url: str
-    certs: CertReloader | None
+    certs: ServingTLS | None
     namespaces: NamespaceAnnotations | None
     agent_ca: FileReloader[str | None] | None = None
 
@@ -56,11 +56,11 @@ async def _namespace_cache(config: InjectorConfig,
 
 
 async def _tls(config: InjectorConfig, kube_api: client.ApiClient | None,
-               ) -> tuple[CertReloader | None, Bootstrap | None]:
+               ) -> tuple[ServingTLS | None, Bootstrap | None]:
     """The serving certificate: bootstrapped into a Secret, or from files, or none."""
     if not config.tls_bootstrap:
         if config.tls_cert and config.tls_key:
-            return CertReloader(config.tls_cert, config.tls_key), None
+            return ServingTLS(config.tls_cert, config.tls_key), None
         return None, None
     if kube_api is None:
         raise ConfigError(["--tls-bootstrap / FLYTE_AUTH_INJECTOR_TLS_BOOTSTRAP: needs the "

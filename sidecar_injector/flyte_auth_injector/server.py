@@ -15,7 +15,6 @@ from prometheus_client import (
 )
 
 from flyte_auth_agent.metrics import metrics_response
-from flyte_auth_agent.reload import ServingTLS
 from flyte_auth_injector.config import InjectorConfig
 from flyte_auth_injector.review import BadReview, decide, parse, refusal
 
@@ -32,9 +31,6 @@ class Metrics:
         self.seconds = Histogram("flyte_auth_injector_review_duration_seconds",
                                  "Time to answer one review", registry=self.registry,
                                  buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1))
-
-
-CertReloader = ServingTLS  # the injector's serving certificate, reloaded on rotation
 
 
 class InjectorAPI:
