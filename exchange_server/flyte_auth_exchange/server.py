@@ -37,6 +37,11 @@ class Metrics:
                                           0.5, 1, 2.5))
 
 
+def _too_large() -> Refusal:
+    return Refusal(INVALID_REQUEST, f"the body is larger than {MAX_FORM_BYTES} bytes",
+                   status=413)
+
+
 class ExchangeAPI:
     def __init__(self, service: ExchangeService, minter: Minter, keys: IssuerKeys | None,
                  public_url: str) -> None:
@@ -81,14 +86,12 @@ class ExchangeAPI:
         if request.content_type != "application/x-www-form-urlencoded":
             raise Refusal(INVALID_REQUEST, "the body must be application/x-www-form-urlencoded "
                           "(RFC 6749 §3.2)")
-        too_large = Refusal(INVALID_REQUEST, f"the body is larger than {MAX_FORM_BYTES} bytes",
-                            status=413)
         if (request.content_length or 0) > MAX_FORM_BYTES:
-            raise too_large
+            raise _too_large()
         try:
             fields = await request.post()
         except web.HTTPRequestEntityTooLarge:
-            raise too_large from None
+            raise _too_large() from None
         except LookupError:  # charset=bogus
             raise Refusal(INVALID_REQUEST, "the body's charset is unknown; send UTF-8 "
                           "(RFC 6749 appendix B)") from None
