@@ -1,6 +1,6 @@
 """The Kubernetes API stand-in (tests/support/kube_api.py) must not drift from the real API
-server: the same TokenReview, pod, namespace, FlyteWorkflow and admission-guard cases go to
-both, and their verdicts must agree."""
+server: the same TokenReview, pod, namespace (read and watched), FlyteWorkflow and
+admission-guard cases go to both, and their verdicts must agree."""
 
 from __future__ import annotations
 
@@ -10,15 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes_asyncio.config import new_client_from_config
 
 from flyte_auth_agent.contract import GUARD_NAME, NAMESPACE_LABEL, NAMESPACE_LABEL_VALUE
 from flyte_auth_exchange.admin import ExecutionRef
 from flyte_auth_exchange.binding import Owner, check_guard, check_workflow
 from flyte_auth_exchange.errors import Refusal
 from flyte_auth_exchange.kube import Kube
+from flyte_auth_injector import consts
 from tests.e2e.cluster import ADMIN_TOKEN, KubeError, running_cluster
 from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests
 from tests.support.kube_api import StubKubeAPI
+from tests.support.watching import change_between_list_and_watch
 from tests.support.world import install_guard
 
 pytestmark = [pytest.mark.timeout(600)]
@@ -160,3 +163,32 @@ async def test_binding_reads_agree_with_the_real_api_server(tmp_path: Path) -> N
     assert real == fake
     assert real["guarded namespace"] == real["workflow"] == "ok"
     assert "does not exist" in real["workflow missing"]
+
+
+async def test_a_watch_from_a_lists_version_agrees_with_the_real_api_server(tmp_path: Path) -> None:
+    """A namespace created between the injector's list and its watch arrives on the watch,
+    from the real API server and from the stand-in alike."""
+    annotations = {consts.ANNOTATION_EXPIRATION: "600"}
+    stub = StubKubeAPI()
+    async with running_cluster(tmp_path / "cluster") as cluster:
+        real_api = await new_client_from_config(
+            config_file=str(cluster.kubeconfig(tmp_path / "admin.kubeconfig", ADMIN_TOKEN)))
+        await stub.start()
+        stub_api = await new_client_from_config(
+            config_file=str(stub.kubeconfig(tmp_path / "stub.kubeconfig")))
+
+        async def create_real() -> None:
+            await cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+                "name": "late-development", "annotations": annotations}})
+
+        async def create_stub() -> None:
+            stub.set_namespace("late-development", annotations)
+
+        try:
+            real = await change_between_list_and_watch(real_api, "late-development", create_real)
+            fake = await change_between_list_and_watch(stub_api, "late-development", create_stub)
+        finally:
+            await real_api.close()
+            await stub_api.close()
+            await stub.stop()
+    assert real == fake == ("ADDED", annotations)

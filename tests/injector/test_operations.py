@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import trustme
 import yaml
+from kubernetes_asyncio.config import new_client_from_config
 
 from flyte_auth_agent.errors import ConfigError
 from flyte_auth_injector import consts
@@ -23,6 +24,7 @@ from flyte_auth_injector.runtime import running_injector
 from tests.injector.conftest import apply, injector_config, review
 from tests.injector.pods import propeller_pod
 from tests.support.kube_api import StubKubeAPI
+from tests.support.watching import change_between_list_and_watch
 
 INJECTOR = str(Path(sys.executable).parent / "flyte-auth-injector")
 
@@ -37,6 +39,24 @@ def expiration_of(pod: dict[str, object]) -> int:
     volumes = pod["spec"]["volumes"]  # type: ignore[index]
     token = next(v for v in volumes if v["name"] == consts.TOKEN_VOLUME)
     return int(token["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"])
+
+
+async def test_a_namespace_changed_between_list_and_watch_is_not_missed(tmp_path: Path) -> None:
+    """The stand-in replays from the watch's resourceVersion, as the API server does (the
+    e2e parity suite runs the same case against the real one)."""
+    kube = StubKubeAPI()
+    await kube.start()
+    api = await new_client_from_config(config_file=str(kube.kubeconfig(tmp_path / "kc")))
+
+    async def create() -> None:
+        kube.set_namespace("late-development", {consts.ANNOTATION_EXPIRATION: "600"})
+
+    try:
+        got = await change_between_list_and_watch(api, "late-development", create)
+    finally:
+        await api.close()
+        await kube.stop()
+    assert got == ("ADDED", {consts.ANNOTATION_EXPIRATION: "600"})
 
 
 async def test_namespace_annotations_are_defaults_and_new_namespaces_are_seen_at_once(

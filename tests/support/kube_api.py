@@ -68,6 +68,9 @@ class StubKubeAPI:
     jwks_requests: int = 0
     _version: int = 1
     _watchers: list[asyncio.Queue[dict[str, Any]]] = field(default_factory=list)
+    #: Every namespace event as (resourceVersion, event): a watch from version N replays
+    #: what came after N, as the API server does, so nothing between list and watch is lost.
+    _history: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -115,8 +118,10 @@ class StubKubeAPI:
                            "labels": {"kubernetes.io/metadata.name": name, **(labels or {})},
                            "resourceVersion": str(self._version)}}
         self.namespaces[name] = ns
+        event = {"type": kind, "object": ns}
+        self._history.append((self._version, event))
         for queue in self._watchers:
-            queue.put_nowait({"type": kind, "object": ns})
+            queue.put_nowait(event)
 
     def kubeconfig(self, path: Path) -> Path:
         path.write_text(yaml.safe_dump({
@@ -188,6 +193,10 @@ class StubKubeAPI:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        since = int(request.query.get("resourceVersion") or self._version)
+        for version, event in self._history:  # no await from here to append: nothing slips
+            if version > since:
+                queue.put_nowait(event)
         self._watchers.append(queue)
         timeout = float(request.query.get("timeoutSeconds", "300"))
         try:
