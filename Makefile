@@ -2,14 +2,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# The venv is rebuilt when pyproject.toml changes.
+# The venv is rebuilt when a pyproject.toml changes.
 STAMP  := $(VENV)/.installed
-
-PACKAGES := agent/flyte_auth_agent exchange_server/flyte_auth_exchange sidecar_injector/flyte_auth_injector \
-            flytekit_plugin/flytekitplugins
+# The three distributions: the shared kit, the servers (root), the flytekit plugin.
+PYPROJECTS := common/pyproject.toml pyproject.toml flytekit_plugin/pyproject.toml
 
 .PHONY: help venv test unit lint fmt run bench bench-agent bench-exchange bench-injector \
-        bench-plugin tools manifests chart images e2e e2e-deps clean
+        bench-plugin tools kustomize-path helm-path manifests chart images e2e e2e-deps clean
 
 help:
 	@echo "make run    run the whole chain locally and print the token round trip"
@@ -20,13 +19,13 @@ help:
 	@echo "make bench  run the benchmarks (prints figures and ratios)"
 	@echo "make fmt    format and auto-fix with ruff"
 
-$(STAMP): pyproject.toml
+$(STAMP): $(PYPROJECTS)
 	@echo "make: setting up $(VENV) (first run, or pyproject.toml changed; about a minute):"
 	@echo "      the project and its dev extras: aiohttp, grpcio + flyteidl, flytekit,"
 	@echo "      kubernetes-asyncio, joserfc, structlog, pytest, ruff, mypy"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e ./common -e ./flytekit_plugin -e '.[dev]'
 	@echo "make: $(VENV) is ready"
 	touch $@
 
@@ -34,22 +33,29 @@ venv: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy $(PACKAGES) tests bench
+	$(VENV)/bin/mypy
 
-unit: $(STAMP) tools
-	KUSTOMIZE=$(KUSTOMIZE) HELM=$(HELM) $(VENV)/bin/pytest --ignore=tests/e2e $(PYTEST_ARGS)
+# No Go and no root needed: the manifest tests build kustomize and helm (with Go) on first
+# use, through the *-path targets below, and say so when Go is missing.
+unit: $(STAMP)
+	$(VENV)/bin/pytest --ignore=tests/e2e $(PYTEST_ARGS)
 
 # End to end against real peers (kube-apiserver + etcd, Keycloak, Flyte on PostgreSQL). The
 # first run on a machine builds kube-apiserver and Flyte from Go sources (about 20 minutes);
-# later runs reuse the cache.
+# later runs reuse the cache. etcd and PostgreSQL come from Debian packages: installing them
+# needs root, and is the only step that does (the suite runs them as its own processes).
+E2E_PACKAGES := $(if $(shell command -v etcd),,etcd-server) \
+                $(if $(wildcard /usr/lib/postgresql/15/bin/initdb),,postgresql)
 e2e-deps:
-	@command -v etcd >/dev/null || { apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null; }
-	@test -x /usr/lib/postgresql/15/bin/initdb || { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
-	@systemctl disable --now etcd postgresql >/dev/null 2>&1 || true
+	@test -z "$(strip $(E2E_PACKAGES))" || test "$$(id -u)" = 0 || { echo "make e2e: needs the \
+	Debian packages $(strip $(E2E_PACKAGES)); install them (apt-get install $(strip \
+	$(E2E_PACKAGES))) or run make e2e-deps as root"; exit 1; }
+	@test -z "$(strip $(E2E_PACKAGES))" || { apt-get update -qq && \
+	    apt-get install -y -qq $(E2E_PACKAGES) >/dev/null; }
 
 e2e: $(STAMP) tools e2e-deps
 	$(PY) -m tests.e2e.peers
-	KUSTOMIZE=$(KUSTOMIZE) HELM=$(HELM) $(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
 
 test: lint unit
 
@@ -58,20 +64,20 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 run: $(STAMP)
-	$(PY) -m tests.support.devstack $(if $(ONCE),--once,)
+	$(PY) -m devstack $(if $(ONCE),--once,)
 
 # The agent's benchmark runs the agent from a venv with only the `agent` extra, as its image has.
 AGENT_VENV  := .venv-agent
 AGENT_STAMP := $(AGENT_VENV)/.installed
-$(AGENT_STAMP): pyproject.toml
+$(AGENT_STAMP): $(PYPROJECTS)
 	$(PYTHON) -m venv $(AGENT_VENV)
-	$(AGENT_VENV)/bin/python -m pip install -q --disable-pip-version-check '.[agent]'
+	$(AGENT_VENV)/bin/python -m pip install -q --disable-pip-version-check ./common '.[agent]'
 	touch $@
 
 bench: bench-agent bench-exchange bench-injector bench-plugin
 
 bench-agent: $(STAMP) $(AGENT_STAMP)
-	$(AGENT_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps --force-reinstall .
+	$(AGENT_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps --force-reinstall ./common .
 	$(PY) bench/agent_socket.py --agent-python $(AGENT_VENV)/bin/python
 
 bench-exchange: $(STAMP)
@@ -105,6 +111,12 @@ $(HELM):
 	    helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 tools: $(KUSTOMIZE) $(HELM)
+
+# The tests ask for a renderer through these: built on first use, then its path printed.
+kustomize-path: $(KUSTOMIZE)
+	@echo $(KUSTOMIZE)
+helm-path: $(HELM)
+	@echo $(HELM)
 
 manifests: $(KUSTOMIZE)
 	@$(KUSTOMIZE) build deploy/kustomize/overlays/cert-manager

@@ -123,7 +123,7 @@ async def main() -> None:
     args = parser.parse_args()
     args.agent_python = os.path.abspath(args.agent_python)  # the agent runs with cwd=/
     tmp = Path(tempfile.mkdtemp(prefix="fa-bench-"))
-    stack_proc = subprocess.Popen([sys.executable, "-m", "tests.support.stack", "--dir",
+    stack_proc = subprocess.Popen([sys.executable, "-m", "devstack.stack", "--dir",
                                    str(tmp)], cwd=ROOT, stdout=subprocess.PIPE)
     assert stack_proc.stdout is not None
     stack = json.loads(stack_proc.stdout.readline())

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import free_port, ms, pin_self, pinned, wait_ready  # noqa: E402
-from tests.support.world import World  # noqa: E402 - after the path set-up
+from devstack.world import World  # noqa: E402 - after the path set-up
 
 RAW = r'''
 import json, sys, time, uuid

@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import free_port, ms, pin_self, pinned, wait_ready  # noqa: E402
-from tests.injector.conftest import review  # noqa: E402
-from tests.injector.pods import propeller_pod  # noqa: E402
+from devstack.pods import admission_review as review  # noqa: E402
+from devstack.pods import propeller_pod  # noqa: E402
 
 BARE = r'''
 import json, sys, time

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.agent_socket import BASELINE  # noqa: E402
-from flyte_auth_agent.client import AgentClient  # noqa: E402
+from flyte_auth_common.client import AgentClient  # noqa: E402
 from flytekitplugins.auth_agent import AgentAuthenticator  # noqa: E402
 
 
@@ -53,7 +53,7 @@ def wait_for(client: AgentClient, seconds: float = 15) -> None:
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="fa-pbench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLYTE_")}
-    stack = subprocess.Popen([sys.executable, "-m", "tests.support.stack", "--dir", str(tmp)],
+    stack = subprocess.Popen([sys.executable, "-m", "devstack.stack", "--dir", str(tmp)],
                              cwd=ROOT, stdout=subprocess.PIPE, env=env)
     assert stack.stdout is not None
     upstream = json.loads(stack.stdout.readline())

@@ -1,35 +1,21 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from flyte_auth_agent import contract
-from flyte_auth_agent.config import AgentConfig
-from tests.support.cluster import StubIssuer
-from tests.support.token_endpoint import TokenEndpoint
-
-H = {contract.REQUIRED_HEADER: contract.REQUIRED_HEADER_VALUE}
-
-
-def agent_config(sock: Path, token_file: Path, endpoint: TokenEndpoint, *extra: str,
-                 ) -> AgentConfig:
-    """The agent's config as a test wants it: flags only, no env leaking in."""
-    return AgentConfig.load(["--socket", str(sock), "--token-file", str(token_file),
-                             "--token-endpoint", endpoint.url, *extra], {})
+from devstack.cluster import StubIssuer
+from devstack.paths import short_temp_dir
+from devstack.token_endpoint import TokenEndpoint
 
 
 @pytest.fixture
 def short_dir() -> Iterator[Path]:
-    """A temp dir with a short path: Unix socket paths are limited to 107 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="fa-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with short_temp_dir() as path:
+        yield path
 
 
 @pytest.fixture

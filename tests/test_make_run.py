@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_make_run_once_prints_the_round_trip(short_dir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLYTE_")}
     env["PYTHONPATH"] = str(ROOT)
-    out = subprocess.run([sys.executable, "-m", "tests.support.devstack", "--once"],
+    out = subprocess.run([sys.executable, "-m", "devstack", "--once"],
                          cwd=short_dir, env=env, capture_output=True, text=True, timeout=120,
                          check=False)
     assert out.returncode == 0, out.stderr

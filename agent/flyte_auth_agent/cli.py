@@ -11,10 +11,11 @@ import json
 import os
 import sys
 
-from flyte_auth_agent import contract
-from flyte_auth_agent.client import AgentClient, AgentClientError, socket_path_from_env
-from flyte_auth_agent.config import ENV_PREFIX, OPTIONS, AgentConfig
-from flyte_auth_agent.options import add_options, parse_command_line
+from flyte_auth_agent.config import AgentConfig
+from flyte_auth_common import contract
+from flyte_auth_common.agent_options import ENV_PREFIX, OPTIONS
+from flyte_auth_common.client import AgentClient, AgentClientError, socket_path_from_env
+from flyte_auth_common.options import add_options, parse_command_line
 
 DESCRIPTION = """\
 Sidecar that gives a Flyte task a FlyteAdmin access token with no secret in the task.
@@ -55,8 +56,8 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from flyte_auth_agent import daemon  # noqa: PLC0415 - keep token/status light
     from flyte_auth_agent.runtime import running_agent  # noqa: PLC0415
+    from flyte_auth_common import daemon  # noqa: PLC0415 - keep token/status light
 
     return daemon.run("flyte-auth-agent", lambda: AgentConfig.from_args(args, os.environ),
                       running_agent)

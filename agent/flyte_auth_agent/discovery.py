@@ -18,9 +18,10 @@ from typing import Any
 
 import aiohttp
 
-from flyte_auth_agent import contract
-from flyte_auth_agent.config import AdminEndpoint
-from flyte_auth_agent.errors import DiscoveryError, redact
+from flyte_auth_agent.errors import DiscoveryError
+from flyte_auth_common import contract
+from flyte_auth_common.admin import AdminEndpoint, admin_channel
+from flyte_auth_common.jwt import redact
 
 WELL_KNOWN_PATH = "/.well-known/oauth-authorization-server"
 CLIENT_CONFIG_PATH = "/config/v1/flyte_client"
@@ -50,16 +51,6 @@ def _info(metadata: dict[str, Any], client: dict[str, Any], source: str) -> Admi
         scopes=tuple(str(s) for s in scopes) if isinstance(scopes, list | tuple) else (),
         source=source,
     )
-
-
-def admin_channel(admin: AdminEndpoint, ca_pem: bytes | None) -> Any:
-    """A grpc.aio channel to FlyteAdmin: plaintext when insecure, else TLS trusting `ca_pem`
-    (or the system roots). grpc is imported here, on first use."""
-    import grpc  # noqa: PLC0415 - heavy; only what talks to FlyteAdmin loads it
-
-    if admin.insecure:
-        return grpc.aio.insecure_channel(admin.host_port)
-    return grpc.aio.secure_channel(admin.host_port, grpc.ssl_channel_credentials(ca_pem))
 
 
 async def _via_grpc(admin: AdminEndpoint, ca_pem: bytes | None, timeout: float) -> AdminAuthInfo:

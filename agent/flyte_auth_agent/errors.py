@@ -1,46 +1,25 @@
 """Exceptions of the agent.
 
-    AgentError                    anything the agent reports instead of crashing
-    ├── ConfigError               bad or contradictory settings; one line per problem
+    AgentError                    anything the refresher reports instead of crashing
     ├── SubjectTokenError         the projected service-account token file is unusable
     ├── DiscoveryError            FlyteAdmin's auth metadata could not be read
     └── UpstreamError             the token endpoint failed or answered garbage
         └── OAuthError            ... with an RFC 6749 §5.2 error code
 
 Every message names what failed and what to do, and never carries a token: upstream
-text passes through `redact()` before it reaches a message.
+text passes through `flyte_auth_common.jwt.redact()` before it reaches a message. Bad
+settings are `flyte_auth_common.errors.ConfigError`, raised before the refresher starts.
 """
 
 from __future__ import annotations
 
-import re
-
 __all__ = [
     "AgentError",
-    "ConfigError",
     "DiscoveryError",
     "OAuthError",
     "SubjectTokenError",
     "UpstreamError",
-    "redact",
 ]
-
-# Three base64url parts starting with a JSON header ("eyJ" is base64 of '{"'): a JWT.
-_JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-_MAX_UPSTREAM_TEXT = 300
-
-
-def redact(text: str, *secrets: str) -> str:
-    """Upstream text made safe to log: JWT-shaped strings and known secrets removed, cut short."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    text = _JWT_SHAPE.sub("[redacted-jwt]", text)
-    text = " ".join(text.split())
-    if len(text) > _MAX_UPSTREAM_TEXT:
-        text = text[:_MAX_UPSTREAM_TEXT] + "..."
-    return text
-
 
 class AgentError(Exception):
     """Base of every error the agent reports. `retryable` tells the refresher what to do."""
@@ -48,17 +27,6 @@ class AgentError(Exception):
     retryable: bool = True
     #: A short stable label for metrics and status (`oauth:invalid_grant`, `unreachable`, ...).
     kind: str = "error"
-
-
-class ConfigError(AgentError):
-    """Invalid settings. `problems` holds one line per problem, each naming flag and env var."""
-
-    retryable = False
-    kind = "config"
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 class SubjectTokenError(AgentError):

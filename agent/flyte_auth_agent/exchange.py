@@ -15,19 +15,17 @@ from urllib.parse import quote
 import aiohttp
 import structlog
 
-from flyte_auth_agent import contract
-from flyte_auth_agent.config import GRANT_CLIENT_ASSERTION, AgentConfig
+from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.discovery import AdminAuthInfo, discover
-from flyte_auth_agent.errors import AgentError, DiscoveryError, UpstreamError, redact
+from flyte_auth_agent.errors import AgentError, DiscoveryError, UpstreamError
 from flyte_auth_agent.source import Clock
 from flyte_auth_agent.tokens import AccessToken, parse_token_response, read_subject_token
+from flyte_auth_common import contract
+from flyte_auth_common.agent_options import GRANT_CLIENT_ASSERTION
+from flyte_auth_common.jwt import redact
 
 log = structlog.get_logger("flyte_auth_agent")
 
-GRANT_TYPE_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-GRANT_TYPE_CLIENT_CREDENTIALS = "client_credentials"
-ASSERTION_TYPE_JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 _MAX_BODY = 256 * 1024
 
 
@@ -47,16 +45,16 @@ class Request:
 def build_form(req: Request, subject_token: str) -> dict[str, str]:
     if req.grant == GRANT_CLIENT_ASSERTION:
         form = {
-            "grant_type": GRANT_TYPE_CLIENT_CREDENTIALS,
-            "client_assertion_type": ASSERTION_TYPE_JWT_BEARER,
+            "grant_type": contract.GRANT_TYPE_CLIENT_CREDENTIALS,
+            "client_assertion_type": contract.CLIENT_ASSERTION_TYPE_JWT_BEARER,
             "client_assertion": subject_token,
         }
     else:
         form = {
-            "grant_type": GRANT_TYPE_TOKEN_EXCHANGE,
+            "grant_type": contract.GRANT_TYPE_TOKEN_EXCHANGE,
             "subject_token": subject_token,
             "subject_token_type": req.subject_token_type,
-            "requested_token_type": ACCESS_TOKEN_TYPE,
+            "requested_token_type": contract.TOKEN_TYPE_ACCESS_TOKEN,
         }
     optional = {"audience": req.audience, "scope": req.scope, "resource": req.resource}
     if req.public_client or req.grant == GRANT_CLIENT_ASSERTION:

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
 
 from flyte_auth_agent.tokens import AccessToken
-
-
-def metrics_response(registry: CollectorRegistry) -> web.Response:
-    """The registry in Prometheus' text format, for every component's /metrics."""
-    return web.Response(body=generate_latest(registry),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 class AgentMetrics:

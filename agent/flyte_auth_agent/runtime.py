@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import ssl
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,12 +17,14 @@ from aiohttp import web
 
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.connections import ConnectionGuard, Limits, quiet_accept_errors
-from flyte_auth_agent.daemon import app_runner
-from flyte_auth_agent.errors import ConfigError
 from flyte_auth_agent.exchange import Exchanger
 from flyte_auth_agent.metrics import AgentMetrics
 from flyte_auth_agent.server import AgentAPI, display_url, health_app, socket_app
 from flyte_auth_agent.source import Clock, SystemClock, TokenSource
+from flyte_auth_common.admin import tls_material
+from flyte_auth_common.agent_options import agent_env, agent_setting
+from flyte_auth_common.daemon import app_runner
+from flyte_auth_common.errors import ConfigError
 
 log = structlog.get_logger("flyte_auth_agent")
 
@@ -39,7 +40,7 @@ def bind_unix_socket(path: Path, mode: int) -> socket.socket:
     """A listening-ready socket at `path`; a stale socket file is replaced, anything else
     at that path (a file, a directory, a live agent) is an error that says so."""
     if len(os.fsencode(path)) > _MAX_UNIX_PATH:
-        raise ConfigError([f"--socket / FLYTE_AUTH_AGENT_SOCKET: {path} is longer than the "
+        raise ConfigError([f"{agent_setting('socket')}: {path} is longer than the "
                            f"{_MAX_UNIX_PATH} bytes a Unix socket path may have"])
     try:
         st = path.lstat()
@@ -47,7 +48,7 @@ def bind_unix_socket(path: Path, mode: int) -> socket.socket:
         pass
     else:
         if not stat.S_ISSOCK(st.st_mode):
-            raise ConfigError([f"--socket / FLYTE_AUTH_AGENT_SOCKET: {path} exists and is not "
+            raise ConfigError([f"{agent_setting('socket')}: {path} exists and is not "
                                "a socket; remove it or choose another path"])
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -55,7 +56,7 @@ def bind_unix_socket(path: Path, mode: int) -> socket.socket:
         except OSError:
             path.unlink()  # stale: left by an agent that did not shut down cleanly
         else:
-            raise ConfigError([f"--socket / FLYTE_AUTH_AGENT_SOCKET: another process is "
+            raise ConfigError([f"{agent_setting('socket')}: another process is "
                                f"already serving on {path}"])
         finally:
             probe.close()
@@ -64,24 +65,6 @@ def bind_unix_socket(path: Path, mode: int) -> socket.socket:
     sock.bind(str(path))
     os.chmod(path, mode)
     return sock
-
-
-def tls_material(ca_file: Path | None, setting: str, ca_pem: str | None = None,
-                 ) -> tuple[ssl.SSLContext | bool, bytes | None]:
-    """The TLS context for HTTP upstreams (the system store plus `ca_file` and `ca_pem`) and
-    the PEM for gRPC. `setting` names the flag and env var in the error."""
-    if ca_file is None and not ca_pem:
-        return True, None
-    try:
-        pem = (ca_file.read_bytes() if ca_file is not None else b"") + \
-            (ca_pem or "").encode("ascii")
-        ctx = ssl.create_default_context()
-        ctx.load_verify_locations(cadata=pem.decode("ascii"))
-    except (OSError, ValueError, ssl.SSLError) as exc:
-        where = ca_file if ca_file is not None else "the PEM text"
-        raise ConfigError([f"{setting}: cannot load {where} as a PEM bundle "
-                           f"({type(exc).__name__})"]) from None
-    return ctx, pem
 
 
 @dataclass
@@ -99,8 +82,8 @@ async def running_agent(config: AgentConfig, *, clock: Clock | None = None,
     stop the refresher and remove the socket."""
     clock = clock or SystemClock()
     ssl_ctx, ca_pem = tls_material(
-        config.ca_cert_file, "--ca-cert-file / FLYTE_AUTH_AGENT_CA_CERT_FILE (or "
-        "FLYTE_AUTH_AGENT_CA_CERT_PEM)", config.ca_cert_pem)
+        config.ca_cert_file, f"{agent_setting('ca_cert_file')} (or {agent_env('ca_cert_pem')})",
+        config.ca_cert_pem)
     sock = bind_unix_socket(config.socket, config.socket_mode)
     metrics = AgentMetrics()
     session = aiohttp.ClientSession()
@@ -111,7 +94,7 @@ async def running_agent(config: AgentConfig, *, clock: Clock | None = None,
     listener: asyncio.Server | None = None
     restore_exception_handler = quiet_accept_errors(asyncio.get_running_loop())
     try:
-        api.refresher = asyncio.create_task(source.run(), name="token-refresher")
+        source.start()
         runner = app_runner(socket_app(api), shutdown_timeout=SHUTDOWN_GRACE,
                             keepalive_timeout=config.idle_timeout)
         runners.append(runner)
@@ -139,10 +122,7 @@ async def running_agent(config: AgentConfig, *, clock: Clock | None = None,
             listener.close()  # stop accepting; the runner below closes what is open
         for r in runners:
             await r.cleanup()  # stops listening first, then waits for in-flight requests
-        if api.refresher is not None:
-            api.refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await api.refresher
+        await source.stop()
         await session.close()
         sock.close()
         with contextlib.suppress(FileNotFoundError):

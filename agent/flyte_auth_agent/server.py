@@ -1,9 +1,8 @@
-"""The socket API (the fixed contract: flyte_auth_agent.contract and the README): thin handlers
+"""The socket API (the fixed contract: flyte_auth_common.contract and the README): thin handlers
 over a TokenSource."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import weakref
@@ -13,13 +12,14 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from flyte_auth_agent import contract
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.exchange import Exchanger
-from flyte_auth_agent.metrics import AgentMetrics, metrics_response
+from flyte_auth_agent.metrics import AgentMetrics
 from flyte_auth_agent.peercred import UNKNOWN, Peer, peer_of
 from flyte_auth_agent.source import TokenSource
 from flyte_auth_agent.tokens import AccessToken, rfc3339
+from flyte_auth_common import contract
+from flyte_auth_common.metrics import metrics_response
 
 log = structlog.get_logger("flyte_auth_agent")
 JSON = "application/json"
@@ -67,7 +67,6 @@ class AgentAPI:
         self.source = source
         self.exchanger = exchanger
         self.metrics = metrics
-        self.refresher: asyncio.Task[None] | None = None
         self._counters: dict[tuple[str, int], Any] = {}
         self._connections: weakref.WeakKeyDictionary[Any, _Connection] = (
             weakref.WeakKeyDictionary())
@@ -180,7 +179,7 @@ class AgentAPI:
         return _json(body)
 
     async def healthz(self, _: web.Request) -> web.Response:
-        if self.refresher is not None and self.refresher.done():
+        if not self.source.alive:
             return web.Response(status=500, text="token refresher stopped\n")
         return web.Response(text="ok\n")
 

@@ -8,6 +8,7 @@ unless no valid token exists yet, and then only for a bounded time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -80,6 +81,7 @@ class TokenSource:
         self.next_attempt_at: float | None = None
         self.consecutive_failures = 0
         self.attempts = 0
+        self._refresher: asyncio.Task[None] | None = None
 
     # --- readers -----------------------------------------------------------------------------
 
@@ -142,6 +144,21 @@ class TokenSource:
         }
 
     # --- the refresher -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the refresher as a task of the current loop, until stop()."""
+        self._refresher = asyncio.create_task(self.run(), name="token-refresher")
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+
+    @property
+    def alive(self) -> bool:
+        """The refresher is running (False before start() and once it ended)."""
+        return self._refresher is not None and not self._refresher.done()
 
     async def run(self) -> None:
         """Exchange, then sleep until the next refresh or retry; forever (cancel to stop)."""

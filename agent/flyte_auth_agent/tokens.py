@@ -5,9 +5,6 @@ No I/O beyond reading the token file; no clock but the `now` passed in.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import json
 import math
 import os
@@ -17,7 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flyte_auth_agent.errors import OAuthError, SubjectTokenError, UpstreamError, redact
+from flyte_auth_agent.errors import OAuthError, SubjectTokenError, UpstreamError
+from flyte_auth_common.jwt import fingerprint, jwt_claims, redact
 
 #: Lifetime assumed when the endpoint gives neither `expires_in` nor a JWT `exp`.
 DEFAULT_LIFETIME = 300.0
@@ -28,26 +26,8 @@ MAX_LIFETIME = 86400.0
 MAX_SUBJECT_TOKEN_BYTES = 64 * 1024
 
 
-def fingerprint(token: str) -> str:
-    """A short, stable, non-reversible name for a token, fit for logs and status."""
-    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:16]
-
-
 def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(int(ts), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def jwt_claims(token: str) -> dict[str, Any] | None:
-    """The unverified claims of a JWT, or None if `token` is not shaped like one."""
-    parts = token.split(".")
-    if len(parts) != 3 or not all(parts[:2]):
-        return None
-    try:
-        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
-        claims = json.loads(payload)
-    except (binascii.Error, ValueError, RecursionError):  # RecursionError: deeply nested JSON
-        return None
-    return claims if isinstance(claims, dict) else None
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,8 @@ from flyteidl.admin import execution_pb2
 from flyteidl.core import identifier_pb2
 from flyteidl.service import admin_pb2_grpc
 
-from flyte_auth_agent import contract
-from flyte_auth_agent.config import AdminEndpoint
-from flyte_auth_agent.discovery import admin_channel
+from flyte_auth_common import contract
+from flyte_auth_common.admin import AdminEndpoint, admin_channel
 from flyte_auth_exchange.errors import INVALID_GRANT, TEMPORARILY_UNAVAILABLE, Refusal
 
 #: `sub` of the tokens this server mints for its own FlyteAdmin calls.

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flyte_auth_agent.contract import (
+from flyte_auth_common.contract import (
     FLYTEWORKFLOW_GROUP,
     GUARDED_LABELS,
     LABEL_DOMAIN,

@@ -6,8 +6,8 @@ import argparse
 import os
 import sys
 
-from flyte_auth_agent import daemon
-from flyte_auth_agent.options import add_options, parse_command_line
+from flyte_auth_common import daemon
+from flyte_auth_common.options import add_options, parse_command_line
 from flyte_auth_exchange.config import ENV_PREFIX, OPTIONS, ExchangeConfig
 
 DESCRIPTION = """\

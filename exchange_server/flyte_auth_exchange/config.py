@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
-from flyte_auth_agent.config import AdminEndpoint, parse_admin_endpoint
-from flyte_auth_agent.contract import DEFAULT_NAMESPACE_TEMPLATE, GUARD_NAME
-from flyte_auth_agent.options import (
+from flyte_auth_common.admin import AdminEndpoint, parse_admin_endpoint
+from flyte_auth_common.contract import DEFAULT_NAMESPACE_TEMPLATE, GUARD_NAME
+from flyte_auth_common.options import (
     Option,
     Settings,
-    or_default,
+    option_names,
     parse_flags,
     to_host_port,
     to_http_url,
@@ -94,6 +94,9 @@ OPTIONS = (
     Option("--log-format", "log line format", "json", choices=("json", "console")),
 )
 
+#: How messages name an option: setting("listen") == "--listen / ...LISTEN".
+setting = option_names(ENV_PREFIX, OPTIONS)
+
 
 @dataclass(frozen=True)
 class ExchangeConfig:
@@ -129,7 +132,7 @@ class ExchangeConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> ExchangeConfig:
         s = Settings(ENV_PREFIX, OPTIONS, args, environ)
-        listen = s.get("listen", to_host_port) or ("0.0.0.0", 8443)  # noqa: S104 - a server
+        listen = s.value("listen", to_host_port)
         tls_cert, tls_key = s.get("tls_cert", to_path), s.get("tls_key", to_path)
         if (tls_cert is None) != (tls_key is None):
             s.problem("tls_cert" if tls_cert is None else "tls_key",
@@ -171,26 +174,26 @@ class ExchangeConfig:
                       "endpoint, to look up who launched each execution")
         config = cls(
             listen=listen, tls_cert=tls_cert, tls_key=tls_key, tls_bootstrap=tls_bootstrap,
-            tls_dir=s.get("tls_dir", to_path) or Path("/var/run/flyte-auth-exchange"),
-            service=s.text("service") or "flyte-auth-exchange",
-            namespace=s.text("namespace") or "flyte-auth",
+            tls_dir=s.value("tls_dir", to_path),
+            service=s.value("service", str),
+            namespace=s.value("namespace", str),
             public_url=_strip_slash(s.get("public_url", to_http_url)),
             signing_key=signing_key or Path(),
             key_id=s.text("key_id"),
             admin_audiences=audiences,
-            token_lifetime=s.get("token_lifetime", to_positive_float) or 3600.0,
+            token_lifetime=s.value("token_lifetime", to_positive_float),
             subject_issuer=issuer or "",
-            subject_audience=s.text("subject_audience") or "flyte-auth",
+            subject_audience=s.value("subject_audience", str),
             subject_jwks=jwks, subject_discovery=discovery, token_review=token_review,
             identity=identity,
-            namespace_template=s.text("namespace_template") or DEFAULT_NAMESPACE_TEMPLATE,
-            guard=s.text("guard") or GUARD_NAME, admin=admin,
+            namespace_template=s.value("namespace_template", str),
+            guard=s.value("guard", str), admin=admin,
             ca_cert_file=s.get("ca_cert_file", to_path),
             policy=s.get("policy", to_path), kubeconfig=s.get("kubeconfig", to_path),
-            cache_ttl=or_default(s.get("cache_ttl", to_non_negative_float), 5.0),
-            clock_skew=or_default(s.get("clock_skew", to_non_negative_float), 60.0),
-            log_level=s.text("log_level") or "info",
-            log_format=s.text("log_format") or "json",
+            cache_ttl=s.value("cache_ttl", to_non_negative_float),
+            clock_skew=s.value("clock_skew", to_non_negative_float),
+            log_level=s.value("log_level", str),
+            log_format=s.value("log_format", str),
         )
         s.raise_problems()
         return config

@@ -14,12 +14,13 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.config import ConfigException
 
-from flyte_auth_agent.contract import (
+from flyte_auth_common.contract import (
     FLYTEWORKFLOW_GROUP,
     FLYTEWORKFLOW_PLURAL,
     FLYTEWORKFLOW_VERSION,
 )
-from flyte_auth_agent.errors import ConfigError
+from flyte_auth_common.errors import ConfigError
+from flyte_auth_exchange.config import setting
 from flyte_auth_exchange.errors import TEMPORARILY_UNAVAILABLE, Refusal
 
 # TokenReview `status.user.extra` keys the API server sets for pod-bound tokens.
@@ -56,8 +57,7 @@ class Kube:
         except (ConfigException, OSError, ValueError) as exc:
             where = f"--kubeconfig {kubeconfig}" if kubeconfig else "in-cluster config"
             raise ConfigError([f"{where}: cannot configure the Kubernetes client ({exc}); set "
-                               "--kubeconfig / FLYTE_AUTH_EXCHANGE_KUBECONFIG outside a "
-                               "cluster"]) from None
+                               f"{setting('kubeconfig')} outside a cluster"]) from None
         return cls(api)
 
     @property

@@ -19,7 +19,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 from joserfc.jws import JWSRegistry
 
-from flyte_auth_agent.errors import ConfigError
+from flyte_auth_common.errors import ConfigError
 
 # FlyteAdmin's header parameter `key_id` is not a registered JWS header: allow it.
 _REGISTRY = JWSRegistry(strict_check_header=False)

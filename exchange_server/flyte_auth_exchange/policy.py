@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from flyte_auth_agent.errors import ConfigError
+from flyte_auth_common.errors import ConfigError
 from flyte_auth_exchange.config import IDENTITY_SERVICE_ACCOUNT, Identity
 
 REFUSE = "refuse"

@@ -14,13 +14,13 @@ import structlog
 from aiohttp import web
 from joserfc.jwk import RSAKey
 
-from flyte_auth_agent.daemon import app_runner
-from flyte_auth_agent.errors import ConfigError
-from flyte_auth_agent.reload import FileReloader, ServingTLS
-from flyte_auth_agent.runtime import tls_material
-from flyte_auth_agent.tls_bootstrap import Bootstrap, renew_forever
+from flyte_auth_common.admin import tls_material
+from flyte_auth_common.daemon import app_runner
+from flyte_auth_common.errors import ConfigError
+from flyte_auth_common.reload import FileReloader, ServingTLS
+from flyte_auth_common.tls_bootstrap import Bootstrap, renew_forever
 from flyte_auth_exchange.admin import SELF_SUBJECT, Admin, SelfToken
-from flyte_auth_exchange.config import ExchangeConfig
+from flyte_auth_exchange.config import ExchangeConfig, setting
 from flyte_auth_exchange.kube import Kube
 from flyte_auth_exchange.mint import Minter
 from flyte_auth_exchange.policy import Policy
@@ -61,9 +61,8 @@ def _policy_loader(config: ExchangeConfig, kube_connected: list[bool]) -> Callab
         policy = Policy.load(config.policy, config.identity) if config.policy \
             else Policy.default(config.identity)
         if policy.uses_executor and config.admin is None:
-            raise ConfigError(["--admin-endpoint / FLYTE_AUTH_EXCHANGE_ADMIN_ENDPOINT: "
-                               "required: the policy uses the executor identity, which "
-                               "FlyteAdmin supplies"])
+            raise ConfigError([f"{setting('admin_endpoint')}: required: the policy uses "
+                               "the executor identity, which FlyteAdmin supplies"])
         if policy.uses_executor and kube_connected and not kube_connected[0]:
             raise ConfigError([f"--policy {config.policy}: the executor identity needs the "
                                "Kubernetes API, which this server started without; restart it"])
@@ -111,7 +110,7 @@ async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExcha
                                 _policy_loader(config, kube_connected))
     policy = policy_files.value
     client_ssl, ca_pem = tls_material(config.ca_cert_file,
-                                      "--ca-cert-file / FLYTE_AUTH_EXCHANGE_CA_CERT_FILE")
+                                      setting("ca_cert_file"))
     serving = _server_tls(config)
     key_file = FileReloader("signing key", [config.signing_key],
                             lambda: Minter.load_key(config.signing_key))

@@ -13,10 +13,11 @@ from prometheus_client import (
     Histogram,
 )
 
-from flyte_auth_agent.metrics import metrics_response
+from flyte_auth_common import contract
+from flyte_auth_common.metrics import metrics_response
 from flyte_auth_exchange.errors import INVALID_REQUEST, SERVER_ERROR, Refusal
 from flyte_auth_exchange.mint import Minter
-from flyte_auth_exchange.service import GRANT_TOKEN_EXCHANGE, ExchangeService, Form
+from flyte_auth_exchange.service import ExchangeService, Form
 from flyte_auth_exchange.subject import IssuerKeys
 
 log = structlog.get_logger("flyte_auth_exchange")
@@ -110,7 +111,7 @@ class ExchangeAPI:
             "issuer": self.public_url,
             "token_endpoint": self.public_url + TOKEN_PATH,
             "jwks_uri": self.public_url + "/jwks",
-            "grant_types_supported": [GRANT_TOKEN_EXCHANGE],
+            "grant_types_supported": [contract.GRANT_TYPE_TOKEN_EXCHANGE],
             "token_endpoint_auth_methods_supported": ["none"],
             "response_types_supported": [],
             "scopes_supported": ["all"],

@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flyte_auth_agent.contract import LABEL_EXECUTION_IDENTITY
-from flyte_auth_agent.errors import redact
-from flyte_auth_agent.tokens import jwt_claims
+from flyte_auth_common import contract
+from flyte_auth_common.contract import LABEL_EXECUTION_IDENTITY
+from flyte_auth_common.jwt import jwt_claims, redact
 from flyte_auth_exchange.admin import Admin, ExecutionRef
 from flyte_auth_exchange.binding import (
     CHECK_IDENTITY_LABEL,
@@ -48,12 +48,8 @@ from flyte_auth_exchange.mint import Minter
 from flyte_auth_exchange.policy import REFUSE, Policy, Rule
 from flyte_auth_exchange.subject import IssuerKeys, Subject, check_claims, subject_from_claims
 
-GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
-TYPE_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
-TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
-SUBJECT_TOKEN_TYPES = (TYPE_JWT, TYPE_ID_TOKEN)
-REQUESTED_TOKEN_TYPES = (TYPE_ACCESS_TOKEN, TYPE_JWT)
+SUBJECT_TOKEN_TYPES = (contract.TOKEN_TYPE_JWT, contract.TOKEN_TYPE_ID_TOKEN)
+REQUESTED_TOKEN_TYPES = (contract.TOKEN_TYPE_ACCESS_TOKEN, contract.TOKEN_TYPE_JWT)
 FINISHED_PHASES = ("Succeeded", "Failed")
 
 _NOT_DNS1123 = re.compile(r"[^-a-z0-9]+")
@@ -132,7 +128,7 @@ class ExchangeService:
                                    lifetime=lifetime, now=self._clock(),
                                    extra={"act": {"sub": subject.username}, **extra})
         audit["jti"] = minted.jti
-        return {"access_token": minted.token, "issued_token_type": TYPE_ACCESS_TOKEN,
+        return {"access_token": minted.token, "issued_token_type": contract.TOKEN_TYPE_ACCESS_TOKEN,
                 "token_type": "Bearer", "expires_in": minted.expires_in,
                 "scope": " ".join(scopes)}
 
@@ -141,10 +137,10 @@ class ExchangeService:
     @staticmethod
     def _check_grant(form: Form) -> str:
         grant = form.one("grant_type")
-        if grant != GRANT_TOKEN_EXCHANGE:
+        if grant != contract.GRANT_TYPE_TOKEN_EXCHANGE:
             shown = redact(grant or "")[:80]
             raise Refusal(UNSUPPORTED_GRANT_TYPE, f"grant_type {shown!r} is not supported; use "
-                          f"{GRANT_TOKEN_EXCHANGE} (RFC 8693)")
+                          f"{contract.GRANT_TYPE_TOKEN_EXCHANGE} (RFC 8693)")
         token, token_type = form.one("subject_token"), form.one("subject_token_type")
         if not token:
             raise Refusal(INVALID_REQUEST, "subject_token is missing")

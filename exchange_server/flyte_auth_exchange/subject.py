@@ -20,8 +20,8 @@ from joserfc import jwt
 from joserfc.errors import BadSignatureError, InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 
-from flyte_auth_agent.errors import ConfigError, redact
-from flyte_auth_agent.tokens import jwt_claims
+from flyte_auth_common.errors import ConfigError
+from flyte_auth_common.jwt import jwt_claims, redact
 from flyte_auth_exchange.errors import INVALID_GRANT, TEMPORARILY_UNAVAILABLE, Refusal
 
 log = structlog.get_logger("flyte_auth_exchange")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from flyte_auth_agent import daemon
-from flyte_auth_agent.options import add_options, parse_command_line
+from flyte_auth_common import daemon
+from flyte_auth_common.options import add_options, parse_command_line
 from flyte_auth_injector.config import ENV_PREFIX, OPTIONS, InjectorConfig
 from flyte_auth_injector.webhook_config import webhook_configuration
 

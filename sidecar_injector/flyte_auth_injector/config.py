@@ -26,11 +26,12 @@ from typing import Any, Final
 
 import yaml
 
-from flyte_auth_agent.config import GRANT_CLIENT_ASSERTION, GRANT_TOKEN_EXCHANGE
-from flyte_auth_agent.errors import ConfigError
-from flyte_auth_agent.options import (
+from flyte_auth_common.agent_options import GRANT_CLIENT_ASSERTION, GRANT_TOKEN_EXCHANGE
+from flyte_auth_common.errors import ConfigError
+from flyte_auth_common.options import (
     Option,
     Settings,
+    option_names,
     parse_flags,
     to_bool,
     to_host_port,
@@ -91,6 +92,9 @@ OPTIONS = (
            choices=("debug", "info", "warning", "error")),
     Option("--log-format", "log line format", "json", choices=("json", "console")),
 )
+
+#: How messages name an option: setting("listen") == "--listen / ...LISTEN".
+setting = option_names(ENV_PREFIX, OPTIONS)
 _FILE_ONLY = {"scopes", "allowed_audiences", "allowed_scopes", "max_expiration", "probe_port",
               "resources", "security_context"}
 
@@ -152,7 +156,7 @@ class InjectorConfig:
         unknown = sorted(set(doc) - _FILE_ONLY - {o.dest for o in OPTIONS})
         if unknown:
             s.problem("config", f"unknown setting(s) {', '.join(unknown)} in {path}")
-        expiration = s.get("token_expiration", _expiration) or consts.DEFAULT_EXPIRATION
+        expiration = s.value("token_expiration", _expiration)
         tls_cert, tls_key = s.get("tls_cert", to_path), s.get("tls_key", to_path)
         if (tls_cert is None) != (tls_key is None):
             s.problem("tls_cert" if tls_cert is None else "tls_key",
@@ -160,7 +164,7 @@ class InjectorConfig:
         tls_bootstrap = s.text("tls_bootstrap")
         if tls_bootstrap and tls_cert is not None:
             s.problem("tls_bootstrap", "give --tls-bootstrap or --tls-cert/--tls-key, not both")
-        audience = s.text("token_audience") or consts.DEFAULT_AUDIENCE
+        audience = s.value("token_audience", str)
         scopes = " ".join(str(doc.get("scopes", "all")).split())
         tokens = TokenSettings(
             audience=audience, expiration=expiration, scopes=scopes,
@@ -169,15 +173,15 @@ class InjectorConfig:
             max_expiration=_int(doc, "max_expiration", consts.MAX_EXPIRATION, s),
         )
         sidecar = Sidecar(
-            image=s.text("agent_image") or consts.DEFAULT_AGENT_IMAGE,
-            image_pull_policy=s.get("agent_image_pull_policy", str) or "IfNotPresent",
+            image=s.value("agent_image", str),
+            image_pull_policy=s.value("agent_image_pull_policy", str),
             ca_pem=None,
             admin_endpoint=s.text("admin_endpoint"),
             admin_insecure=s.flag("admin_insecure"),
             token_endpoint=s.get("token_endpoint", to_http_url),
             authorization_metadata_key=s.text("authorization_metadata_key")
             or "flyte-authorization",
-            grant=s.text("grant") or GRANT_TOKEN_EXCHANGE,
+            grant=s.value("grant", str),
             probe_port=_int(doc, "probe_port", consts.DEFAULT_PROBE_PORT, s),
             resources=_mapping(doc, "resources", consts.DEFAULT_RESOURCES, s),
             security_context=_mapping(doc, "security_context", consts.DEFAULT_SECURITY_CONTEXT,
@@ -192,16 +196,16 @@ class InjectorConfig:
             s.problem("admin_endpoint", "set FlyteAdmin's endpoint (or at least "
                       "--token-endpoint): the agent needs one to get tokens")
         config = cls(
-            listen=s.get("listen", to_host_port) or ("0.0.0.0", 8443),  # noqa: S104 - a server
+            listen=s.value("listen", to_host_port),
             tls_cert=tls_cert, tls_key=tls_key, tls_bootstrap=tls_bootstrap,
-            tls_dir=s.get("tls_dir", to_path) or Path("/var/run/flyte-auth-injector"),
-            service=s.text("service") or "flyte-auth-injector",
-            webhook_name=s.text("webhook_name") or "flyte-auth-injector",
+            tls_dir=s.value("tls_dir", to_path),
+            service=s.value("service", str),
+            webhook_name=s.value("webhook_name", str),
             metrics_addr=s.get("metrics_addr", to_host_port),
-            namespace=s.text("namespace") or "flyte-auth",
+            namespace=s.value("namespace", str),
             kubeconfig=s.get("kubeconfig", to_path),
             sidecar=sidecar, tokens=tokens, agent_ca_files=ca_files,
-            log_level=s.text("log_level") or "info", log_format=s.text("log_format") or "json",
+            log_level=s.value("log_level", str), log_format=s.value("log_format", str),
         )
         s.raise_problems()
         return config

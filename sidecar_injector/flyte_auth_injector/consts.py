@@ -1,13 +1,14 @@
 """Every label, annotation, name and default the injector uses, each in one place.
 
-Env names and socket paths come from the wire contract (flyte_auth_agent.contract).
+Env names, labels and socket paths come from the wire contract (flyte_auth_common.contract)
+and the agent's option table (flyte_auth_common.agent_options).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from flyte_auth_agent.contract import LABEL_EXECUTION_ID
+from flyte_auth_common.contract import LABEL_EXECUTION_ID
 
 # --- Selection ---------------------------------------------------------------------------
 
@@ -37,9 +38,6 @@ ANNOTATION_INIT_CONTAINERS: Final = PREFIX + "inject-init-containers"
 SIDECAR_NAME: Final = "flyte-auth-agent"
 TOKEN_VOLUME: Final = "flyte-auth-token"
 SOCKET_VOLUME: Final = "flyte-auth-socket"
-TOKEN_DIR: Final = "/var/run/secrets/flyte-auth"
-TOKEN_FILE_NAME: Final = "token"
-SOCKET_DIR: Final = "/var/run/flyte-auth"
 #: The projected token is mounted only into the sidecar, so every user in it may read it
 #: (pain: token unreadable for non-root users).
 TOKEN_FILE_MODE: Final = 0o444

@@ -15,8 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flyte_auth_agent import contract
-from flyte_auth_agent.options import whole_number_in
+from flyte_auth_common import contract
+from flyte_auth_common.agent_options import agent_env
+from flyte_auth_common.options import whole_number_in
 from flyte_auth_injector import consts
 from flyte_auth_injector.config import Sidecar, TokenSettings
 
@@ -187,7 +188,7 @@ def token_volume(name: str, settings: PodSettings) -> Json:
         "sources": [{"serviceAccountToken": {
             "audience": settings.audience,
             "expirationSeconds": settings.expiration,
-            "path": consts.TOKEN_FILE_NAME}}]}}
+            "path": contract.TOKEN_FILE_NAME}}]}}
 
 
 def socket_volume(name: str) -> Json:
@@ -201,27 +202,25 @@ def _label_env(env: str, label: str) -> Json:
 
 def sidecar_container(name: str, sidecar: Sidecar, settings: PodSettings, token_vol: str,
                       socket_vol: str) -> Json:
-    env: list[Json] = [
-        {"name": "FLYTE_AUTH_AGENT_SOCKET", "value": contract.DEFAULT_SOCKET_PATH},
-        {"name": "FLYTE_AUTH_AGENT_TOKEN_FILE",
-         "value": f"{consts.TOKEN_DIR}/{consts.TOKEN_FILE_NAME}"},
-        {"name": "FLYTE_AUTH_AGENT_HEALTH_ADDR", "value": f"0.0.0.0:{sidecar.probe_port}"},
-        {"name": "FLYTE_AUTH_AGENT_GRANT", "value": sidecar.grant},
-        {"name": "FLYTE_AUTH_AGENT_SCOPE", "value": settings.scopes},
+    agent_settings: list[tuple[str, str]] = [
+        ("socket", contract.DEFAULT_SOCKET_PATH),
+        ("token_file", contract.DEFAULT_TOKEN_FILE),
+        ("health_addr", f"0.0.0.0:{sidecar.probe_port}"),
+        ("grant", sidecar.grant),
+        ("scope", settings.scopes),
     ]
     if sidecar.token_endpoint:
-        env.append({"name": "FLYTE_AUTH_AGENT_TOKEN_ENDPOINT", "value": sidecar.token_endpoint})
-        env.append({"name": "FLYTE_AUTH_AGENT_AUTHORIZATION_METADATA_KEY",
-                    "value": sidecar.authorization_metadata_key})
+        agent_settings += [("token_endpoint", sidecar.token_endpoint),
+                      ("authorization_metadata_key", sidecar.authorization_metadata_key)]
     if sidecar.ca_pem:
-        env.append({"name": "FLYTE_AUTH_AGENT_CA_CERT_PEM", "value": sidecar.ca_pem})
+        agent_settings.append(("ca_cert_pem", sidecar.ca_pem))
     if sidecar.admin_endpoint:
-        env.append({"name": "FLYTE_AUTH_AGENT_ADMIN_ENDPOINT", "value": sidecar.admin_endpoint})
-        env.append({"name": "FLYTE_AUTH_AGENT_ADMIN_INSECURE",
-                    "value": str(sidecar.admin_insecure).lower()})
-    env += [_label_env(contract.ENV_EXECUTION_ID, "execution-id"),
-            _label_env(contract.ENV_EXECUTION_PROJECT, "project"),
-            _label_env(contract.ENV_EXECUTION_DOMAIN, "domain")]
+        agent_settings += [("admin_endpoint", sidecar.admin_endpoint),
+                      ("admin_insecure", str(sidecar.admin_insecure).lower())]
+    env: list[Json] = [{"name": agent_env(dest), "value": value} for dest, value in agent_settings]
+    env += [_label_env(contract.ENV_EXECUTION_ID, contract.LABEL_EXECUTION_ID),
+            _label_env(contract.ENV_EXECUTION_PROJECT, contract.LABEL_PROJECT),
+            _label_env(contract.ENV_EXECUTION_DOMAIN, contract.LABEL_DOMAIN)]
     return {
         "name": name,
         "image": sidecar.image,
@@ -230,8 +229,8 @@ def sidecar_container(name: str, sidecar: Sidecar, settings: PodSettings, token_
         "restartPolicy": "Always",  # a native sidecar: ends with the task, starts before it
         "env": env,
         "volumeMounts": [
-            {"name": token_vol, "mountPath": consts.TOKEN_DIR, "readOnly": True},
-            {"name": socket_vol, "mountPath": consts.SOCKET_DIR},
+            {"name": token_vol, "mountPath": contract.TOKEN_DIR, "readOnly": True},
+            {"name": socket_vol, "mountPath": contract.SOCKET_DIR},
         ],
         # The task's containers start only once the agent holds a token.
         "startupProbe": {"httpGet": {"path": contract.PATH_READYZ, "port": sidecar.probe_port},
@@ -252,11 +251,11 @@ def _mount_socket(mounts: list[Json], socket_vol: str) -> str:
         if isinstance(m, dict) and m.get("name") == socket_vol and m.get("mountPath"):
             return str(m["mountPath"])
     used = {m.get("mountPath") for m in mounts if isinstance(m, dict)}
-    path = consts.SOCKET_DIR
+    path = contract.SOCKET_DIR
     n = 0
     while path in used:
         n += 1
-        path = f"{consts.SOCKET_DIR}-{n}"
+        path = f"{contract.SOCKET_DIR}-{n}"
     mounts.append({"name": socket_vol, "mountPath": path, "readOnly": True})
     return path
 
@@ -266,7 +265,7 @@ def wire_container(container: Json, socket_vol: str, sidecar: Sidecar) -> None:
     path = _mount_socket(_own_list(container, "volumeMounts"), socket_vol)
     env = _own_list(container, "env")
     present = {e.get("name") for e in env if isinstance(e, dict)}
-    wanted = [(contract.SOCKET_ENV, f"{path}/agent.sock"),
+    wanted = [(contract.SOCKET_ENV, f"{path}/{contract.SOCKET_NAME}"),
               (contract.ENV_AUTH_MODE, contract.PLUGIN_AUTH_MODE)]
     if sidecar.admin_endpoint:
         wanted += [(contract.ENV_PLATFORM_URL, sidecar.admin_endpoint),

@@ -16,11 +16,11 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.config import ConfigException
 
-from flyte_auth_agent.daemon import app_runner
-from flyte_auth_agent.errors import ConfigError
-from flyte_auth_agent.reload import FileReloader, ServingTLS
-from flyte_auth_agent.tls_bootstrap import Bootstrap, renew_forever
-from flyte_auth_injector.config import InjectorConfig, read_ca_pem
+from flyte_auth_common.daemon import app_runner
+from flyte_auth_common.errors import ConfigError
+from flyte_auth_common.reload import FileReloader, ServingTLS
+from flyte_auth_common.tls_bootstrap import Bootstrap, renew_forever
+from flyte_auth_injector.config import InjectorConfig, read_ca_pem, setting
 from flyte_auth_injector.namespaces import NamespaceAnnotations
 from flyte_auth_injector.server import InjectorAPI, metrics_app, webhook_app
 
@@ -50,7 +50,7 @@ async def _namespace_cache(config: InjectorConfig,
                         why="no --kubeconfig and not in a cluster: namespace defaults unread")
             return None, None
     except (ConfigException, OSError, ValueError) as exc:
-        raise ConfigError([f"--kubeconfig / FLYTE_AUTH_INJECTOR_KUBECONFIG: cannot configure "
+        raise ConfigError([f"{setting('kubeconfig')}: cannot configure "
                            f"the Kubernetes client ({exc})"]) from None
     return NamespaceAnnotations(api), api
 
@@ -63,8 +63,8 @@ async def _tls(config: InjectorConfig, kube_api: client.ApiClient | None,
             return ServingTLS(config.tls_cert, config.tls_key), None
         return None, None
     if kube_api is None:
-        raise ConfigError(["--tls-bootstrap / FLYTE_AUTH_INJECTOR_TLS_BOOTSTRAP: needs the "
-                           "Kubernetes API: run in a cluster or set --kubeconfig"])
+        raise ConfigError([f"{setting('tls_bootstrap')}: needs the Kubernetes API: run in a "
+                           "cluster or set --kubeconfig"])
     bootstrap = Bootstrap(kube_api, namespace=config.namespace, secret=config.tls_bootstrap,
                           service=config.service, webhook=config.webhook_name,
                           directory=config.tls_dir)

@@ -14,7 +14,7 @@ from prometheus_client import (
     Histogram,
 )
 
-from flyte_auth_agent.metrics import metrics_response
+from flyte_auth_common.metrics import metrics_response
 from flyte_auth_injector.config import InjectorConfig
 from flyte_auth_injector.review import BadReview, decide, parse, refusal
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from flyte_auth_agent import contract
+from flyte_auth_common import contract
 from flyte_auth_injector import consts
 
 FailurePolicy = Literal["Fail", "Ignore"]

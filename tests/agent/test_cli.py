@@ -14,8 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import H
-from tests.support.token_endpoint import TokenEndpoint
+from devstack.token_endpoint import TokenEndpoint
+from tests.helpers import H
 
 AGENT = str(Path(sys.executable).parent / "flyte-auth-agent")
 

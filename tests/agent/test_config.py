@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from flyte_auth_agent.config import AgentConfig, parse_admin_endpoint
-from flyte_auth_agent.errors import ConfigError
+from flyte_auth_agent.config import AgentConfig
+from flyte_auth_common.admin import parse_admin_endpoint
+from flyte_auth_common.errors import ConfigError
 
 BASE = ["--token-endpoint", "https://idp.example/oauth2/token"]
 

@@ -12,12 +12,12 @@ import aiohttp
 import pytest
 import trustme
 
+from devstack.admin_metadata import AuthMetadata, start_metadata_server
+from devstack.cluster import StubIssuer
+from devstack.token_endpoint import TokenEndpoint
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.runtime import running_agent
-from tests.conftest import H
-from tests.support.admin_metadata import AuthMetadata, start_metadata_server
-from tests.support.cluster import StubIssuer
-from tests.support.token_endpoint import TokenEndpoint
+from tests.helpers import H
 
 
 @pytest.fixture
@@ -166,7 +166,7 @@ def test_grpc_is_not_imported_without_discovery(tmp_path: Path) -> None:
 def test_the_contract_and_client_import_only_the_standard_library() -> None:
     code = (
         "import sys\n"
-        "import flyte_auth_agent.contract, flyte_auth_agent.client, flyte_auth_agent.cli\n"
+        "import flyte_auth_common.contract, flyte_auth_common.client, flyte_auth_agent.cli\n"
         "heavy = ('aiohttp', 'grpc', 'flyteidl', 'structlog', 'prometheus_client', 'authlib')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )

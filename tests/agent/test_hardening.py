@@ -19,13 +19,13 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from flyte_auth_agent.client import AgentClient, AgentUnreachableError
+from devstack.clock import FakeClock
+from devstack.token_endpoint import TokenEndpoint
 from flyte_auth_agent.runtime import running_agent
 from flyte_auth_agent.tokens import MAX_LIFETIME
-from tests.conftest import H
-from tests.conftest import agent_config as config
-from tests.support.clock import FakeClock
-from tests.support.token_endpoint import TokenEndpoint
+from flyte_auth_common.client import AgentClient, AgentUnreachableError
+from tests.helpers import H
+from tests.helpers import agent_config as config
 
 
 @pytest.mark.parametrize("expires_in", [1e12, float("nan")], ids=["1e12", "nan"])
@@ -41,7 +41,7 @@ async def test_an_absurd_expires_in_never_stops_the_refresher(
         status = await http.get("/v1/status", headers=H)
         health = await http.get("/healthz")
         await clock.run_next()  # the refresher is alive and tries again
-        assert agent.api.refresher is not None and not agent.api.refresher.done()
+        assert agent.source.alive
     assert (status.status, health.status) == (200, 200)
     assert endpoint.count == 2
     if math.isfinite(expires_in):  # 1e12: accepted, held for at most a day
@@ -65,7 +65,7 @@ async def test_the_refresher_survives_an_unexpected_error(
         agent.source._observer.exchanged = broken  # type: ignore[union-attr,method-assign]
         with capture_logs() as logs:
             await clock.run_next()
-        assert agent.api.refresher is not None and not agent.api.refresher.done()
+        assert agent.source.alive
         assert (await http.get("/healthz")).status == 200
         assert (await http.get("/v1/token", headers=H)).status == 200
     assert [e["error_type"] for e in logs if e["event"] == "token_refresher_error"] == [
@@ -185,7 +185,7 @@ def test_a_busy_agent_makes_the_client_wait_not_fail(
         backing_off.set()
         real_sleep(seconds)
 
-    monkeypatch.setattr("flyte_auth_agent.client.time.sleep", sleep)
+    monkeypatch.setattr("flyte_auth_common.client.time.sleep", sleep)
     result: list[Any] = []
     caller = threading.Thread(target=lambda: result.append(
         AgentClient(str(short_dir / "busy.sock"), timeout=30).token()))

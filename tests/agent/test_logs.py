@@ -3,18 +3,21 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 from collections.abc import Iterator
 
 import pytest
 import structlog
 
-from flyte_auth_agent import logs
+from flyte_auth_common import logs
 
 
 @pytest.fixture(autouse=True)
 def _restore_structlog() -> Iterator[None]:
+    handlers = logging.getLogger().handlers[:]
     yield
     structlog.reset_defaults()
+    logging.getLogger().handlers[:] = handlers
 
 
 class CountingStream(io.StringIO):
@@ -66,3 +69,22 @@ def test_tracebacks_carry_no_local_variables() -> None:
     text = out.getvalue()
     assert "ValueError: bad input" in text
     assert secret not in text
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_stdlib_records_use_the_same_renderer(fmt: str) -> None:
+    """aiohttp and asyncio log through stdlib logging: a quote in the message must not break
+    the JSON line, and --log-format console applies to them too."""
+    out = io.StringIO()
+    logs.configure("info", fmt, stream=out)
+    logging.getLogger("aiohttp.server").warning('bad "request" from %s', "peer")
+    line = out.getvalue().strip()
+    if fmt == "json":
+        doc = json.loads(line)
+        assert doc["event"] == 'bad "request" from peer'
+        assert doc["level"] == "warning"
+        assert doc["logger"] == "aiohttp.server"
+        assert doc["timestamp"].endswith("Z")
+    else:
+        assert not line.startswith("{")
+        assert 'bad "request" from peer' in line

@@ -9,13 +9,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from devstack.clock import FakeClock
+from devstack.cluster import StubIssuer
+from devstack.token_endpoint import TokenEndpoint
 from flyte_auth_agent.runtime import running_agent
 from flyte_auth_agent.source import MIN_REMAINING
-from tests.conftest import H
-from tests.conftest import agent_config as config
-from tests.support.clock import FakeClock
-from tests.support.cluster import StubIssuer
-from tests.support.token_endpoint import TokenEndpoint
+from tests.helpers import H
+from tests.helpers import agent_config as config
 
 
 async def fingerprint(http: aiohttp.ClientSession) -> tuple[int, str | None]:

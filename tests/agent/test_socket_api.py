@@ -15,15 +15,15 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from flyte_auth_agent.client import AgentClient, AgentUnreachableError
+from devstack.clock import FakeClock
+from devstack.cluster import StubIssuer
+from devstack.token_endpoint import JWT_BEARER, TOKEN_EXCHANGE, TokenEndpoint
 from flyte_auth_agent.config import AgentConfig
-from flyte_auth_agent.errors import ConfigError
 from flyte_auth_agent.runtime import bind_unix_socket, running_agent
-from tests.conftest import H
-from tests.conftest import agent_config as config
-from tests.support.clock import FakeClock
-from tests.support.cluster import StubIssuer
-from tests.support.token_endpoint import JWT_BEARER, TOKEN_EXCHANGE, TokenEndpoint
+from flyte_auth_common.client import AgentClient, AgentUnreachableError
+from flyte_auth_common.errors import ConfigError
+from tests.helpers import H
+from tests.helpers import agent_config as config
 
 
 async def test_token_exchange_round_trip(sock_path: Path, token_file: Path,

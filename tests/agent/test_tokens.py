@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack.cluster import StubIssuer
 from flyte_auth_agent.errors import OAuthError, SubjectTokenError, UpstreamError
 from flyte_auth_agent.tokens import (
     DEFAULT_LIFETIME,
@@ -16,7 +17,6 @@ from flyte_auth_agent.tokens import (
     read_subject_token,
     rfc3339,
 )
-from tests.support.cluster import StubIssuer
 
 NOW = 1_800_000_000.0
 SUBJECT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW0ifQ.c2lnbmF0dXJl"

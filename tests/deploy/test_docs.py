@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from flyte_auth_agent import contract
+from flyte_auth_common import contract
 from tests.deploy.test_manifests import by_key, kustomize
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,25 +17,18 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from flyte_auth_agent import contract
-from flyte_auth_agent.options import add_options
+from flyte_auth_common import contract
+from flyte_auth_common.options import add_options
 from flyte_auth_exchange import config as exchange_config
 from flyte_auth_exchange.policy import Policy
 from flyte_auth_injector import config as injector_config
+from tests.renderers import renderer
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOLS = Path.home() / ".cache/flyte-auth-agent/tools"
 K8S_VERSIONS = ("1.30", "1.37")
 #: cert-manager's and the Prometheus Operator's, not in the Kubernetes schema
 CRD_KINDS = {"Issuer", "Certificate", "ServiceMonitor", "PodMonitor", "PrometheusRule"}
 Obj = dict[str, Any]
-
-
-def tool(name: str, version: str) -> str:
-    path = os.environ.get(name.upper()) or str(TOOLS / f"{name}-{version}" / name)
-    if not Path(path).exists():
-        pytest.fail(f"{name} is not built: run `make tools` (it builds it from the Go proxy)")
-    return path
 
 
 def run(*argv: str) -> str:
@@ -45,14 +37,14 @@ def run(*argv: str) -> str:
 
 @cache
 def kustomize(overlay: str) -> tuple[Obj, ...]:
-    out = run(tool("kustomize", "v5.7.1"), "build", f"deploy/kustomize/overlays/{overlay}")
+    out = run(renderer("kustomize"), "build", f"deploy/kustomize/overlays/{overlay}")
     return tuple(d for d in yaml.safe_load_all(out) if d)
 
 
 @cache
 def helm(*sets: str) -> tuple[Obj, ...]:
     args = [a for s in sets for a in ("--set", s)]
-    out = run(tool("helm", "v3.19.0"), "template", "flyte-auth", "deploy/helm/flyte-auth",
+    out = run(renderer("helm"), "template", "flyte-auth", "deploy/helm/flyte-auth",
               "--namespace", "flyte-auth", "--kube-version", "1.30.0", *args)
     return tuple(d for d in yaml.safe_load_all(out) if d)
 
@@ -62,7 +54,7 @@ def helm_refusal(tmp_path: Path, values: str = "", *sets: str) -> str:
     values_file = tmp_path / "values.yaml"
     values_file.write_text(values or "{}\n")
     args = [a for s in sets for a in ("--set", s)]
-    out = subprocess.run([tool("helm", "v3.19.0"), "template", "x", "deploy/helm/flyte-auth",
+    out = subprocess.run([renderer("helm"), "template", "x", "deploy/helm/flyte-auth",
                           "--kube-version", "1.30.0", "-f", str(values_file), *args],
                          capture_output=True, text=True, cwd=ROOT, check=False)
     assert out.returncode != 0, out.stdout[:300]
@@ -451,7 +443,7 @@ def test_every_object_carries_the_standard_labels() -> None:
 
 
 def test_another_release_name_renames_every_object_and_every_reference() -> None:
-    out = run(tool("helm", "v3.19.0"), "template", "prod", "deploy/helm/flyte-auth",
+    out = run(renderer("helm"), "template", "prod", "deploy/helm/flyte-auth",
               "--namespace", "flyte", "--kube-version", "1.30.0")
     objs = by_key(tuple(d for d in yaml.safe_load_all(out) if d))
     names = {name for _, name in objs}
@@ -510,7 +502,7 @@ def test_notes_tell_the_operator_how_to_enable_a_namespace_and_check(tmp_path: P
     (chart / "templates/notes.yaml").write_text(
         'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n'
         'data: {notes: {{ tpl (.Files.Get "notes.txt") . | quote }}}\n')
-    out = run(tool("helm", "v3.19.0"), "template", "prod", str(chart), "--namespace",
+    out = run(renderer("helm"), "template", "prod", str(chart), "--namespace",
               "flyte", "--kube-version", "1.30.0", "--show-only", "templates/notes.yaml")
     notes = yaml.safe_load(out)["data"]["notes"]
     assert "kubectl label namespace flytesnacks-development flyte-auth.flyte.org/inject=enabled" \

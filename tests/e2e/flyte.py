@@ -35,9 +35,9 @@ import yaml
 from aiohttp import web
 from flyteidl.service import auth_pb2, auth_pb2_grpc
 
+from devstack.world import write_signing_key
 from tests.e2e import peers
 from tests.e2e.cluster import free_port
-from tests.support.world import write_signing_key
 
 #: flytepropeller's client secret at FlyteAdmin's own authorization server (a static client
 #: registered below with the secret's bcrypt hash, base64-encoded as FlyteAdmin reads it).

@@ -3,12 +3,13 @@ flytepropeller's FlyteWorkflow CRD."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.renderers import renderer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,10 +26,8 @@ FLYTEWORKFLOW_CRD: dict[str, Any] = {
 
 
 def rendered() -> str:
-    kustomize = os.environ.get("KUSTOMIZE") or str(
-        Path.home() / ".cache/flyte-auth-agent/tools/kustomize-v5.7.1/kustomize")
-    return subprocess.run([kustomize, "build", "deploy/kustomize/overlays/cert-manager"],
-                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    argv = [renderer("kustomize"), "build", "deploy/kustomize/overlays/cert-manager"]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True).stdout
 
 
 def rendered_exchange_args(workdir: Path, **machine: list[str]) -> list[str]:

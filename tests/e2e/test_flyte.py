@@ -35,9 +35,12 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 from joserfc.jws import JWSRegistry
 
-from flyte_auth_agent.config import AdminEndpoint, AgentConfig
+from devstack.admin_metadata import AuthMetadata
+from devstack.flyteadmin import FlyteAdmin, start_flyteadmin
+from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.discovery import _via_grpc, _via_http
 from flyte_auth_agent.runtime import running_agent
+from flyte_auth_common.admin import AdminEndpoint
 from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.mint import Minter
 from flyte_auth_exchange.runtime import running_exchange
@@ -47,8 +50,6 @@ from flyte_auth_injector.webhook_config import webhook_configuration
 from tests.e2e.cluster import ADMIN_TOKEN, Cluster, free_port, running_cluster
 from tests.e2e.flyte import Flyte, running_flyte
 from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests, sidecar_env
-from tests.support.admin_metadata import AuthMetadata
-from tests.support.flyteadmin import FlyteAdmin, start_flyteadmin
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
 PROJECT, DOMAIN = "flytesnacks", "development"

@@ -20,10 +20,10 @@ import pytest
 
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.runtime import running_agent
-from flyte_auth_agent.tokens import jwt_claims
-from tests.conftest import H
+from flyte_auth_common.jwt import jwt_claims
 from tests.e2e import peers
 from tests.e2e.cluster import Cluster, free_port, running_cluster
+from tests.helpers import H
 
 pytestmark = [pytest.mark.timeout(600)]
 ADMIN_USER, ADMIN_PASSWORD = "admin", "e2e-admin-password"

@@ -24,6 +24,9 @@ import pytest_asyncio
 import trustme
 from flyteidl.service import identity_pb2, identity_pb2_grpc
 
+from devstack.admin_metadata import AuthMetadata
+from devstack.flyteadmin import FlyteAdmin, start_flyteadmin
+from devstack.world import ADMIN_URL, EXECUTOR, write_signing_key
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.runtime import running_agent
 from flyte_auth_exchange.config import ExchangeConfig
@@ -31,7 +34,6 @@ from flyte_auth_exchange.runtime import running_exchange
 from flyte_auth_injector.config import InjectorConfig
 from flyte_auth_injector.runtime import running_injector
 from flyte_auth_injector.webhook_config import webhook_configuration
-from tests.conftest import H
 from tests.e2e.cluster import Cluster, KubeError, free_port, running_cluster
 from tests.e2e.manifests import (
     FLYTEWORKFLOW_CRD,
@@ -39,9 +41,7 @@ from tests.e2e.manifests import (
     rendered_manifests,
     sidecar_env,
 )
-from tests.support.admin_metadata import AuthMetadata
-from tests.support.flyteadmin import FlyteAdmin, start_flyteadmin
-from tests.support.world import ADMIN_URL, EXECUTOR, write_signing_key
+from tests.helpers import H
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parents[2]

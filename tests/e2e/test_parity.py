@@ -1,4 +1,4 @@
-"""The Kubernetes API stand-in (tests/support/kube_api.py) must not drift from the real API
+"""The Kubernetes API stand-in (devstack/kube_api.py) must not drift from the real API
 server: the same TokenReview, pod, namespace (read and watched), FlyteWorkflow and
 admission-guard cases go to both, and their verdicts must agree."""
 
@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from kubernetes_asyncio.config import new_client_from_config
 
-from flyte_auth_agent.contract import GUARD_NAME, NAMESPACE_LABEL, NAMESPACE_LABEL_VALUE
+from devstack.kube_api import StubKubeAPI
+from devstack.world import install_guard
+from flyte_auth_common.contract import GUARD_NAME, NAMESPACE_LABEL, NAMESPACE_LABEL_VALUE
 from flyte_auth_exchange.admin import ExecutionRef
 from flyte_auth_exchange.binding import Owner, check_guard, check_workflow
 from flyte_auth_exchange.errors import Refusal
@@ -20,9 +22,7 @@ from flyte_auth_exchange.kube import Kube
 from flyte_auth_injector import consts
 from tests.e2e.cluster import ADMIN_TOKEN, KubeError, running_cluster
 from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests
-from tests.support.kube_api import StubKubeAPI
 from tests.support.watching import change_between_list_and_watch
-from tests.support.world import install_guard
 
 pytestmark = [pytest.mark.timeout(600)]
 NS = "parity-development"

@@ -1,18 +1,16 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from devstack.world import World
 from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.runtime import RunningExchange, running_exchange
-from tests.support.world import World
-
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+from tests.exchange.helpers import StartExchange
 
 
 @pytest.fixture
@@ -22,7 +20,6 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     await w.stop()
 
 
-StartExchange = Callable[..., AbstractAsyncContextManager[RunningExchange]]
 
 
 @pytest.fixture
@@ -39,15 +36,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-Post = Callable[..., Awaitable[tuple[int, dict[str, object]]]]
 
 
-def form(subject_token: str, **extra: str) -> dict[str, str]:
-    return {"grant_type": TOKEN_EXCHANGE, "subject_token": subject_token,
-            "subject_token_type": JWT_TYPE, **extra}
 
 
-async def post(http: aiohttp.ClientSession, url: str, data: object) -> tuple[int,
-                                                                              dict[str, object]]:
-    async with http.post(url + "/oauth2/token", data=data) as resp:
-        return resp.status, await resp.json()

@@ -20,12 +20,12 @@ from joserfc.jwk import KeySet
 from joserfc.jws import JWSRegistry
 from structlog.testing import capture_logs
 
-from flyte_auth_agent.contract import GUARD_NAME
-from flyte_auth_agent.tokens import jwt_claims
+from devstack.cluster import StubIssuer
+from devstack.world import ADMIN_URL, EXECUTOR, NAMESPACE, World, owner_reference
+from flyte_auth_common.contract import GUARD_NAME
+from flyte_auth_common.jwt import jwt_claims
 from flyte_auth_exchange.mint import Minter
-from tests.exchange.conftest import StartExchange, form, post
-from tests.support.cluster import StubIssuer
-from tests.support.world import ADMIN_URL, EXECUTOR, NAMESPACE, World, owner_reference
+from tests.exchange.helpers import StartExchange, form, post
 
 
 def header(token: str) -> dict[str, Any]:

@@ -13,10 +13,10 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
+from devstack.cluster import StubIssuer
+from devstack.world import World
 from flyte_auth_exchange.server import MAX_FORM_BYTES
-from tests.exchange.conftest import StartExchange, form, post
-from tests.support.cluster import StubIssuer
-from tests.support.world import World
+from tests.exchange.helpers import StartExchange, form, post
 
 
 def b64(raw: bytes) -> str:

@@ -9,10 +9,10 @@ from pathlib import Path
 import aiohttp
 from structlog.testing import capture_logs
 
+from devstack.world import World, write_signing_key
 from flyte_auth_exchange.mint import Minter
-from tests.exchange.conftest import StartExchange, form, post
+from tests.exchange.helpers import StartExchange, form, post
 from tests.exchange.test_exchange import user_info_code
-from tests.support.world import World, write_signing_key
 
 
 async def test_a_changed_policy_applies_without_a_restart_and_a_broken_one_is_ignored(

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from flyte_auth_agent.errors import ConfigError
+from devstack.flyteadmin import public_url_for
+from flyte_auth_common.errors import ConfigError
 from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.memo import Memo
 from flyte_auth_exchange.policy import Policy
 from flyte_auth_exchange.service import sanitize_label_value
-from tests.support.flyteadmin import public_url_for
 
 EXCHANGE = str(Path(sys.executable).parent / "flyte-auth-exchange")
 

@@ -1,40 +1,17 @@
 from __future__ import annotations
 
-import base64
 import json
 import ssl
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import jsonpatch
 import pytest
 import trustme
 
-from flyte_auth_injector.config import InjectorConfig
 from flyte_auth_injector.runtime import RunningInjector, running_injector
-
-ADMIN = "flyteadmin.flyte.svc.cluster.local:81"
-
-
-def review(pod: dict[str, Any], namespace: str = "flytesnacks-development",
-           operation: str = "CREATE") -> dict[str, Any]:
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {"uid": str(uuid.uuid4()), "operation": operation,
-                        "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                        "resource": {"group": "", "version": "v1", "resource": "pods"},
-                        "namespace": namespace, "object": pod}}
-
-
-def apply(pod: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
-    response = answer["response"]
-    if "patch" not in response:
-        return pod
-    assert response["patchType"] == "JSONPatch"
-    patch = json.loads(base64.b64decode(response["patch"]))
-    return jsonpatch.apply_patch(pod, patch)  # type: ignore[no-any-return]
+from tests.injector.helpers import Call, injector_config
 
 
 @pytest.fixture(scope="session")
@@ -51,11 +28,6 @@ def tls_files(ca: trustme.CA, tmp_path: Path) -> tuple[Path, Path]:
     return cert_file, key_file
 
 
-def injector_config(tls_files: tuple[Path, Path], *extra: str) -> InjectorConfig:
-    return InjectorConfig.load(["--listen", "127.0.0.1:0", "--tls-cert", str(tls_files[0]),
-                                "--tls-key", str(tls_files[1]), "--admin-endpoint", ADMIN,
-                                "--admin-insecure", "--agent-image", "flyte-auth-agent:test",
-                                *extra], {})
 
 
 @pytest.fixture
@@ -72,7 +44,6 @@ async def client(ca: trustme.CA) -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-Call = Callable[[dict[str, Any] | bytes], Awaitable[tuple[int, dict[str, Any]]]]
 
 
 @pytest.fixture

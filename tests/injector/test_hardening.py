@@ -11,10 +11,11 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
+from devstack.pods import admission_review as review
+from devstack.pods import bare_pod
 from flyte_auth_injector import consts
 from flyte_auth_injector.runtime import RunningInjector
-from tests.injector.conftest import Call, apply, review
-from tests.injector.pods import bare_pod
+from tests.injector.helpers import Call, apply
 
 
 @pytest.mark.parametrize("value", ["9" * 5000, "²", "\uff11\uff12\uff10\uff10", "-600", "6e3", ""],
@@ -79,7 +80,7 @@ async def test_the_agent_is_given_the_ca_files_and_a_rotated_one_reaches_new_pod
     import trustme  # noqa: PLC0415
 
     from flyte_auth_injector.runtime import running_injector  # noqa: PLC0415
-    from tests.injector.conftest import injector_config  # noqa: PLC0415
+    from tests.injector.helpers import injector_config  # noqa: PLC0415
 
     ca_file = tmp_path / "exchange-ca.crt"
     first, second = trustme.CA(), trustme.CA()
@@ -108,8 +109,8 @@ async def test_the_agent_is_given_the_ca_files_and_a_rotated_one_reaches_new_pod
 
 def test_an_agent_ca_file_that_is_not_a_certificate_is_a_config_error(
         tls_files: tuple[Path, Path], tmp_path: Path) -> None:
-    from flyte_auth_agent.errors import ConfigError  # noqa: PLC0415
-    from tests.injector.conftest import injector_config  # noqa: PLC0415
+    from flyte_auth_common.errors import ConfigError  # noqa: PLC0415
+    from tests.injector.helpers import injector_config  # noqa: PLC0415
 
     bad = tmp_path / "ca.crt"
     bad.write_text("not a certificate")

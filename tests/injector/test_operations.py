@@ -17,13 +17,14 @@ import trustme
 import yaml
 from kubernetes_asyncio.config import new_client_from_config
 
-from flyte_auth_agent.errors import ConfigError
+from devstack.kube_api import StubKubeAPI
+from devstack.pods import admission_review as review
+from devstack.pods import propeller_pod
+from flyte_auth_common.errors import ConfigError
 from flyte_auth_injector import consts
 from flyte_auth_injector.config import InjectorConfig
 from flyte_auth_injector.runtime import running_injector
-from tests.injector.conftest import apply, injector_config, review
-from tests.injector.pods import propeller_pod
-from tests.support.kube_api import StubKubeAPI
+from tests.injector.helpers import apply, injector_config
 from tests.support.watching import change_between_list_and_watch
 
 INJECTOR = str(Path(sys.executable).parent / "flyte-auth-injector")
@@ -200,7 +201,7 @@ async def test_self_signed_bootstrap_creates_renews_and_sets_the_ca_bundle(
     import base64  # noqa: PLC0415
     import datetime as dt  # noqa: PLC0415
 
-    from flyte_auth_agent.tls_bootstrap import Bootstrap  # noqa: PLC0415
+    from flyte_auth_common.tls_bootstrap import Bootstrap  # noqa: PLC0415
     from flyte_auth_injector.webhook_config import webhook_configuration  # noqa: PLC0415
 
     kube = StubKubeAPI()

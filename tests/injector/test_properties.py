@@ -14,11 +14,12 @@ import jsonpatch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devstack.pods import admission_review as review
 from flyte_auth_injector import consts
 from flyte_auth_injector.config import InjectorConfig
 from flyte_auth_injector.patch import diff
 from flyte_auth_injector.review import BadReview, decide, parse
-from tests.injector.conftest import ADMIN, review
+from tests.injector.helpers import ADMIN
 
 CONFIG = InjectorConfig.load(["--admin-endpoint", ADMIN], {})
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 100_000), st.text(max_size=12))

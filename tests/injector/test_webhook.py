@@ -13,9 +13,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from devstack.pods import admission_review as review
+from devstack.pods import bare_pod, busy_pod, propeller_pod, variant
 from flyte_auth_injector import consts
-from tests.injector.conftest import Call, apply, review
-from tests.injector.pods import bare_pod, busy_pod, propeller_pod, variant
+from tests.injector.helpers import Call, apply
 
 GOLDEN = Path(__file__).parent / "golden"
 #: Oldest and newest Kubernetes releases we support (native sidecars need >= 1.29).
@@ -60,7 +61,7 @@ def several_pod() -> Json:
 
 
 def contract_socket() -> str:
-    from flyte_auth_agent.contract import SOCKET_ENV  # noqa: PLC0415
+    from flyte_auth_common.contract import SOCKET_ENV  # noqa: PLC0415
     return SOCKET_ENV
 
 

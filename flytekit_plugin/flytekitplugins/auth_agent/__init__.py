@@ -1,4 +1,6 @@
 """flyte-auth for flytekit: tasks call FlyteAdmin with the pod agent's token, no secrets.
+It owns the flytekit side only and imports flytekit and flyte_auth_common's stdlib-only
+client and contract, nothing of the servers.
 
 `FLYTE_CREDENTIALS_AUTH_MODE=flyte-auth-agent` (set by the injector) selects
 `AgentAuthenticator` through flytekit's `flytekit.auth` entry points (flytekit >= 1.16.24).

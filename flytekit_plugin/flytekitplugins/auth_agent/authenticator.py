@@ -21,13 +21,13 @@ from flytekit.clients.auth.authenticator import Authenticator
 from flytekit.clients.auth.exceptions import AuthenticationError
 from flytekit.clients.auth.keyring import Credentials
 
-from flyte_auth_agent import contract
-from flyte_auth_agent.client import (
+from flyte_auth_common import contract
+from flyte_auth_common.client import (
     AgentClient,
     AgentClientError,
     AgentRefusedError,
 )
-from flyte_auth_agent.tokens import fingerprint
+from flyte_auth_common.jwt import fingerprint
 
 log = logging.getLogger("flytekitplugins.auth_agent")
 #: Never send a token with less than this many seconds left.

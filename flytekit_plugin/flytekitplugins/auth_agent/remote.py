@@ -9,8 +9,8 @@ from typing import Any
 from flytekit.configuration import Config, PlatformConfig
 from flytekit.remote import FlyteRemote
 
-from flyte_auth_agent import contract
-from flyte_auth_agent.client import AgentClient, AgentClientError
+from flyte_auth_common import contract
+from flyte_auth_common.client import AgentClient, AgentClientError
 from flytekitplugins.auth_agent.authenticator import AgentAuthError, explain
 
 

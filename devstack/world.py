@@ -12,16 +12,16 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from flyte_auth_agent.contract import NAMESPACE_LABEL, NAMESPACE_LABEL_VALUE
-from tests.support.admin_metadata import AuthMetadata
-from tests.support.flyteadmin import FlyteAdmin, start_flyteadmin
-from tests.support.kube_api import StubKubeAPI
+from devstack.admin_metadata import AuthMetadata
+from devstack.flyteadmin import FlyteAdmin, start_flyteadmin
+from devstack.kube_api import StubKubeAPI
+from flyte_auth_common.contract import NAMESPACE_LABEL, NAMESPACE_LABEL_VALUE
 
 ADMIN_URL = "http://flyteadmin.flyte.svc.cluster.local:80"
 NAMESPACE = "flytesnacks-development"
 EXECUTOR = "alice@example.com"
 #: The guard objects exactly as deploy/ ships them.
-GUARD_MANIFEST = Path(__file__).resolve().parents[2] / "deploy/kustomize/guard/guard.yaml"
+GUARD_MANIFEST = Path(__file__).resolve().parents[1] / "deploy/kustomize/guard/guard.yaml"
 PLURALS = {"ValidatingAdmissionPolicy": "validatingadmissionpolicies",
            "ValidatingAdmissionPolicyBinding": "validatingadmissionpolicybindings"}
 

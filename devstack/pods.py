@@ -1,8 +1,10 @@
-"""Input pods for the injector tests, as their creators write them."""
+"""Pods as their creators write them (flytepropeller, a user), and the AdmissionReview the
+API server wraps them in: the injector's input in tests, the benchmark and `make run`."""
 
 from __future__ import annotations
 
 import copy
+import uuid
 from typing import Any
 
 Json = dict[str, Any]
@@ -87,3 +89,13 @@ def busy_pod() -> Json:
         "volumeMounts": [{"name": "data", "mountPath": "/data"}],
     }
     return pod
+
+
+def admission_review(pod: Json, namespace: str = "flytesnacks-development",
+                     operation: str = "CREATE") -> Json:
+    """The AdmissionReview the API server sends the injector for `pod`."""
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": str(uuid.uuid4()), "operation": operation,
+                        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                        "resource": {"group": "", "version": "v1", "resource": "pods"},
+                        "namespace": namespace, "object": pod}}

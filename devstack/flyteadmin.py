@@ -39,7 +39,7 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 
-from tests.support.admin_metadata import AuthMetadata, add_metadata_service
+from devstack.admin_metadata import AuthMetadata, add_metadata_service
 
 HEADER = "flyte-authorization"
 

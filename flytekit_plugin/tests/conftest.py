@@ -4,59 +4,42 @@ calling FlyteAdmin over gRPC from worker threads."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from devstack.clock import FakeClock
+from devstack.paths import short_temp_dir
+from devstack.world import World
 from flyte_auth_agent.config import AgentConfig
-from flyte_auth_agent.runtime import RunningAgent, running_agent
+from flyte_auth_agent.runtime import running_agent
+from flyte_auth_common import contract
 from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.runtime import running_exchange
-from tests.support.clock import FakeClock
-from tests.support.world import World
-
-EXECUTION = ("flytesnacks", "development", "f3a1b2c4d5e6")
+from plugin_helpers import Chain
 
 
-@dataclass
-class Chain:
-    world: World
-    agent: RunningAgent
-    sock: Path
-    clock: FakeClock
-
-    def token_requests(self) -> int:
-        """How many times the socket was asked for a token (from the agent's metrics)."""
-        text = self.agent.api.metrics.registry.get_sample_value(
-            "flyte_auth_agent_requests_total", {"path": "/v1/token", "code": "200"})
-        return int(text or 0)
-
-    def env(self, **extra: str) -> dict[str, str]:
-        """What the injector puts in a task container."""
-        return {"FLYTE_PLATFORM_URL": self.world.admin_target, "FLYTE_PLATFORM_INSECURE": "true",
-                "FLYTE_CREDENTIALS_AUTH_MODE": "flyte-auth-agent",
-                "FLYTE_AUTH_AGENT_SOCKET": str(self.sock),
-                "FLYTE_INTERNAL_EXECUTION_PROJECT": EXECUTION[0],
-                "FLYTE_INTERNAL_EXECUTION_DOMAIN": EXECUTION[1],
-                "FLYTE_INTERNAL_EXECUTION_ID": EXECUTION[2], **extra}
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    with short_temp_dir() as path:
+        yield path
 
 
 @pytest.fixture
 async def chain(tmp_path: Path, short_dir: Path, monkeypatch: pytest.MonkeyPatch,
                 ) -> AsyncIterator[Chain]:
+    """The agent and the exchange server, running against devstack's world, and this
+    process's env set as the injector sets a task container's."""
     for key in [k for k in os.environ if k.startswith("FLYTE_")]:
         monkeypatch.delenv(key)
     world = await World(tmp_path / "world").start()
     pod = world.task_pod()
     token_file = tmp_path / "sa-token"
     token_file.write_text(world.kube.token_for(pod))
-    sock = short_dir / "agent.sock"
+    sock = short_dir / contract.SOCKET_NAME
     clock = FakeClock(time.time())
     try:
         async with running_exchange(ExchangeConfig.load(world.exchange_args(), {})) as ex:
@@ -76,6 +59,3 @@ async def chain(tmp_path: Path, short_dir: Path, monkeypatch: pytest.MonkeyPatch
         await world.stop()
 
 
-async def in_thread(fn: Any, *args: Any) -> Any:
-    """flytekit is synchronous: run it off the event loop the servers live on."""
-    return await asyncio.to_thread(fn, *args)

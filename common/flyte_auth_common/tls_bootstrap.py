@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from kubernetes_asyncio import client
 
-from flyte_auth_agent.errors import ConfigError
-from flyte_auth_agent.reload import ServingTLS
+from flyte_auth_common.errors import ConfigError
+from flyte_auth_common.reload import ServingTLS
 
 log = structlog.get_logger("flyte_auth")
 CA_LIFETIME = dt.timedelta(days=3650)

@@ -20,16 +20,16 @@ from flytekit.configuration.plugin import get_plugin
 from flytekit.models.core.identifier import WorkflowExecutionIdentifier
 from flytekit.remote import FlyteRemote
 
-from flyte_auth_agent.client import AgentClient
+from devstack.clock import FakeClock
+from devstack.world import EXECUTOR
+from flyte_auth_common.client import AgentClient
 from flytekitplugins.auth_agent import (
     AgentAuthenticator,
     AgentAuthError,
     default_remote,
     whoami,
 )
-from tests.plugin.conftest import EXECUTION, Chain, in_thread
-from tests.support.clock import FakeClock
-from tests.support.world import EXECUTOR
+from plugin_helpers import EXECUTION, Chain, in_thread
 
 EXECUTION_ID = WorkflowExecutionIdentifier(*EXECUTION)
 
@@ -218,7 +218,7 @@ def test_the_plugin_imports_only_stdlib_and_flytekit() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     added = set(json.loads(out.stdout.splitlines()[-1]))
-    assert added <= {"flyte_auth_agent", "flytekitplugins"}
+    assert added <= {"flyte_auth_common", "flytekitplugins"}
 
 
 def test_the_readme_eager_example_is_valid_flytekit(tmp_path: Path,

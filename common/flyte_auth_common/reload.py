@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from flyte_auth_agent.errors import ConfigError
+from flyte_auth_common.errors import ConfigError
 
 T = TypeVar("T")
 log = structlog.get_logger("flyte_auth")

@@ -89,6 +89,15 @@ def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = No
         logger_factory=lambda *_: writer,
         cache_logger_on_first_use=True,
     )
-    # aiohttp and asyncio log through stdlib logging: keep their warnings, in one line each.
-    logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), stream=sys.stderr,
-                        format='{"level":"%(levelname)s","logger":"%(name)s","event":"%(message)s"}')
+    # aiohttp and asyncio log through stdlib logging: keep their warnings, rendered by the
+    # same renderer (JSON or console) with the same fields, one line each.
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
+                           _Timestamp()],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, renderer])
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(_LEVELS[level], logging.WARNING))

@@ -29,11 +29,12 @@ from aiohttp import web
 from joserfc import jwk, jwt
 from joserfc.errors import JoseError
 
-from tests.support.cluster import StubIssuer
+from devstack.cluster import StubIssuer
+from flyte_auth_common import contract
 
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
-JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+TOKEN_EXCHANGE = contract.GRANT_TYPE_TOKEN_EXCHANGE
+JWT_TYPE = contract.TOKEN_TYPE_JWT
+JWT_BEARER = contract.CLIENT_ASSERTION_TYPE_JWT_BEARER
 
 Responder = Callable[[web.Request], web.StreamResponse]
 
@@ -177,5 +178,5 @@ class TokenEndpoint:
             self.key,
         )
         return {"access_token": token, "issued_token_type":
-                "urn:ietf:params:oauth:token-type:access_token", "token_type": "Bearer",
+                contract.TOKEN_TYPE_ACCESS_TOKEN, "token_type": "Bearer",
                 "expires_in": self.lifetime, "scope": scope}

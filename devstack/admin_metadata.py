@@ -14,6 +14,8 @@ from typing import Any
 import grpc
 from flyteidl.service import auth_pb2, auth_pb2_grpc
 
+from flyte_auth_common import contract
+
 
 @dataclass
 class AuthMetadata(auth_pb2_grpc.AuthMetadataServiceServicer):  # type: ignore[misc]
@@ -27,7 +29,7 @@ class AuthMetadata(auth_pb2_grpc.AuthMetadataServiceServicer):  # type: ignore[m
         self.calls += 1
         return auth_pb2.OAuth2MetadataResponse(
             issuer="http://flyteadmin.flyte:80", token_endpoint=self.token_endpoint,
-            grant_types_supported=["urn:ietf:params:oauth:grant-type:token-exchange"])
+            grant_types_supported=[contract.GRANT_TYPE_TOKEN_EXCHANGE])
 
     async def GetPublicClientConfig(self, request: Any, context: Any) -> Any:
         self.calls += 1

@@ -3,7 +3,7 @@ projected token file (and rotates it like the kubelet, at 80 % of its life) and 
 endpoint trades it. Used by the benchmark and `make run`; see cluster.py and
 token_endpoint.py for the behaviour each stand-in follows.
 
-    python -m tests.support.stack --dir DIR   prints one JSON line {"token_endpoint", "token_file"}
+    python -m devstack.stack --dir DIR   prints one JSON line {"token_endpoint", "token_file"}
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from flyte_auth_agent.daemon import until_signalled
-from tests.support.cluster import StubIssuer, write_token_file
-from tests.support.token_endpoint import TokenEndpoint
+from devstack.cluster import StubIssuer, write_token_file
+from devstack.token_endpoint import TokenEndpoint
+from flyte_auth_common.daemon import until_signalled
 
 SA_TOKEN_LIFETIME = 3600
 

@@ -40,7 +40,7 @@ from aiohttp import web
 from joserfc import jwt
 from joserfc.errors import JoseError
 
-from tests.support.cluster import StubIssuer
+from devstack.cluster import StubIssuer
 
 
 def status(code: int, reason: str, message: str) -> web.Response:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, cast
 
-from flyte_auth_agent import contract
+from flyte_auth_common import contract
 
 __all__ = [
     "AgentClient",

@@ -28,13 +28,13 @@ from typing import Any
 import grpc
 from flyteidl.service import identity_pb2, identity_pb2_grpc
 
-from flyte_auth_agent import contract
-from flyte_auth_agent.client import AgentClient, AgentClientError
-from flyte_auth_agent.daemon import until_signalled
-from flyte_auth_agent.tokens import fingerprint, jwt_claims
-from tests.support.cluster import write_token_file
-from tests.support.stack import SA_TOKEN_LIFETIME, rotate
-from tests.support.world import EXECUTOR, World
+from devstack.cluster import write_token_file
+from devstack.stack import SA_TOKEN_LIFETIME, rotate
+from devstack.world import EXECUTOR, World
+from flyte_auth_common import contract
+from flyte_auth_common.client import AgentClient, AgentClientError
+from flyte_auth_common.daemon import until_signalled
+from flyte_auth_common.jwt import fingerprint, jwt_claims
 
 RUN = Path("run")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # no C-core chatter when servers stop

@@ -14,8 +14,8 @@ from typing import Any, Protocol, TypeVar
 import structlog
 from aiohttp import web
 
-from flyte_auth_agent.errors import ConfigError
-from flyte_auth_agent.logs import configure
+from flyte_auth_common.errors import ConfigError
+from flyte_auth_common.logs import configure
 
 log = structlog.get_logger("flyte_auth")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from flyte_auth_agent.errors import ConfigError
+from flyte_auth_common.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -41,6 +41,16 @@ class Option:
 
     def env(self, prefix: str) -> str:
         return prefix + self.dest.upper()
+
+    def name(self, prefix: str) -> str:
+        """How messages name it: "--token-file / FLYTE_AUTH_AGENT_TOKEN_FILE"."""
+        return f"{self.flag} / {self.env(prefix)}"
+
+
+def option_names(prefix: str, options: Iterable[Option]) -> Callable[[str], str]:
+    """A component's `setting(dest)`: how a message names its option `dest`."""
+    table = {opt.dest: opt for opt in options}
+    return lambda dest: table[dest].name(prefix)
 
 
 def add_options(parser: argparse.ArgumentParser, prefix: str, options: Iterable[Option]) -> None:
@@ -116,8 +126,7 @@ class Settings:
         return self._options[dest]
 
     def name(self, dest: str) -> str:
-        opt = self._opt(dest)
-        return f"{opt.flag} / {opt.env(self._prefix)}"
+        return self._opt(dest).name(self._prefix)
 
     def given(self, dest: str) -> bool:
         """True when the user set it (flag or env), not just the default."""
@@ -154,6 +163,18 @@ class Settings:
         except ValueError as exc:
             self.problem(dest, str(exc))
             return None
+
+    def value(self, dest: str, convert: Callable[[str], T]) -> T:
+        """An option with a default in its table: the converted value. A bad value is a
+        problem (raised by raise_problems) and meanwhile the default stands in, so a default
+        is written once, in the table."""
+        got = self.get(dest, convert)
+        if got is not None:
+            return got
+        default = self._opt(dest).default
+        if default is None:
+            raise TypeError(f"option {self._opt(dest).flag} has no default in its table")
+        return convert(default)
 
     def values(self, dest: str) -> tuple[str, ...]:
         """A repeatable option's values: each flag, or the env var split on commas."""
@@ -221,11 +242,6 @@ def to_non_negative_float(value: str) -> float:
     if not number >= 0:
         raise ValueError(f"{value!r} must be 0 or more")
     return number
-
-
-def or_default(value: T | None, default: T) -> T:
-    """A converted setting, or `default` where it is unset or was reported as a problem."""
-    return default if value is None else value
 
 
 def to_file_mode(value: str) -> int:

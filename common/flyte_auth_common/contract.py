@@ -1,8 +1,8 @@
 """The wire contract: every fact other parts of the system rely on, in one place.
 
-The agent serves it, the socket client and the flytekit plugin consume it, and the
-sidecar injector writes the env names into pods. This module imports only the
-standard library, so a task image can use it without aiohttp, grpc or authlib.
+The agent serves it, the socket client and the flytekit plugin consume it, the sidecar
+injector writes it into pods, and the exchange server checks Flyte's labels through it.
+It imports only the standard library, so a task image can use it without aiohttp or grpc.
 """
 
 from __future__ import annotations
@@ -11,12 +11,19 @@ from typing import Final, Literal, TypedDict
 
 # --- The socket --------------------------------------------------------------------------
 
+#: The directory (a shared emptyDir in a pod) and the name of the agent's socket.
+SOCKET_DIR: Final = "/var/run/flyte-auth"
+SOCKET_NAME: Final = "agent.sock"
 #: Where the agent listens, unless $FLYTE_AUTH_AGENT_SOCKET says otherwise.
-DEFAULT_SOCKET_PATH: Final = "/var/run/flyte-auth/agent.sock"
+DEFAULT_SOCKET_PATH: Final = f"{SOCKET_DIR}/{SOCKET_NAME}"
+#: The agent's env vars all start so (flyte_auth_common.agent_options has the table).
+AGENT_ENV_PREFIX: Final = "FLYTE_AUTH_AGENT_"
 #: Env var naming the socket, read by the agent, its CLI client and the plugin.
-SOCKET_ENV: Final = "FLYTE_AUTH_AGENT_SOCKET"
+SOCKET_ENV: Final = AGENT_ENV_PREFIX + "SOCKET"
 #: Where the projected service-account token is mounted (the kubelet rotates it).
-DEFAULT_TOKEN_FILE: Final = "/var/run/secrets/flyte-auth/token"
+TOKEN_DIR: Final = "/var/run/secrets/flyte-auth"
+TOKEN_FILE_NAME: Final = "token"
+DEFAULT_TOKEN_FILE: Final = f"{TOKEN_DIR}/{TOKEN_FILE_NAME}"
 
 #: Every /v1/* request must carry this header with this value (like GCE's Metadata-Flavor).
 REQUIRED_HEADER: Final = "X-Flyte-Auth-Agent"
@@ -70,6 +77,15 @@ NAMESPACE_LABEL_VALUE: Final = "enabled"
 #: The ValidatingAdmissionPolicy (and its binding) that lets only Flyte's identities write
 #: the guarded labels and FlyteWorkflow owner references in injected namespaces.
 GUARD_NAME: Final = "flyte-auth-execution-labels"
+
+# --- OAuth 2.0 names: RFC 8693 (token exchange), RFC 7523 (JWT client assertion) -------
+
+GRANT_TYPE_TOKEN_EXCHANGE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
+GRANT_TYPE_CLIENT_CREDENTIALS: Final = "client_credentials"
+CLIENT_ASSERTION_TYPE_JWT_BEARER: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+TOKEN_TYPE_JWT: Final = "urn:ietf:params:oauth:token-type:jwt"
+TOKEN_TYPE_ID_TOKEN: Final = "urn:ietf:params:oauth:token-type:id_token"
+TOKEN_TYPE_ACCESS_TOKEN: Final = "urn:ietf:params:oauth:token-type:access_token"
 
 # --- JSON shapes ---------------------------------------------------------------------------
 

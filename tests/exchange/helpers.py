@@ -1,0 +1,24 @@
+"""Helpers the tests import (conftest.py keeps fixtures only)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+
+import aiohttp
+
+from flyte_auth_common import contract
+from flyte_auth_exchange.runtime import RunningExchange
+
+StartExchange = Callable[..., AbstractAsyncContextManager[RunningExchange]]
+
+Post = Callable[..., Awaitable[tuple[int, dict[str, object]]]]
+
+def form(subject_token: str, **extra: str) -> dict[str, str]:
+    return {"grant_type": contract.GRANT_TYPE_TOKEN_EXCHANGE, "subject_token": subject_token,
+            "subject_token_type": contract.TOKEN_TYPE_JWT, **extra}
+
+async def post(http: aiohttp.ClientSession, url: str, data: object) -> tuple[int,
+                                                                              dict[str, object]]:
+    async with http.post(url + "/oauth2/token", data=data) as resp:
+        return resp.status, await resp.json()
