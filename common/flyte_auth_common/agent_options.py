@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Final, Literal
 
 from flyte_auth_common import contract
-from flyte_auth_common.options import Option, option_names
+from flyte_auth_common.options import LOG_OPTIONS, Option, option_names
 
 ENV_PREFIX: Final = contract.AGENT_ENV_PREFIX
 #: The two ways the agent trades the service-account token (its --grant choices).
@@ -61,9 +61,7 @@ OPTIONS = (
            metavar="SECONDS"),
     Option("--exchange-timeout", "seconds one call to the token endpoint or FlyteAdmin may take",
            "10", metavar="SECONDS"),
-    Option("--log-level", "minimum log level", "info",
-           choices=("debug", "info", "warning", "error")),
-    Option("--log-format", "log line format", "json", choices=("json", "console")),
+    *LOG_OPTIONS,
 )
 
 _BY_DEST: Final = {opt.dest: opt for opt in OPTIONS}

@@ -53,6 +53,14 @@ def option_names(prefix: str, options: Iterable[Option]) -> Callable[[str], str]
     return lambda dest: table[dest].name(prefix)
 
 
+#: Every server's last two options.
+LOG_OPTIONS = (
+    Option("--log-level", "minimum log level", "info",
+           choices=("debug", "info", "warning", "error")),
+    Option("--log-format", "log line format", "json", choices=("json", "console")),
+)
+
+
 def add_options(parser: argparse.ArgumentParser, prefix: str, options: Iterable[Option]) -> None:
     """Add each option as a flag whose help names its env var, choices and default."""
     for opt in options:
@@ -175,6 +183,18 @@ class Settings:
         if default is None:
             raise TypeError(f"option {self._opt(dest).flag} has no default in its table")
         return convert(default)
+
+    def serving_tls(self) -> tuple[Path | None, Path | None, str | None]:
+        """A server's --tls-cert, --tls-key and --tls-bootstrap: a pair of files, or a
+        Secret to bootstrap into, or neither."""
+        cert, key = self.get("tls_cert", to_path), self.get("tls_key", to_path)
+        if (cert is None) != (key is None):
+            self.problem("tls_cert" if cert is None else "tls_key",
+                         "--tls-cert and --tls-key go together: give both or neither")
+        bootstrap = self.text("tls_bootstrap")
+        if bootstrap and cert is not None:
+            self.problem("tls_bootstrap", "give --tls-bootstrap or --tls-cert/--tls-key, not both")
+        return cert, key, bootstrap
 
     def values(self, dest: str) -> tuple[str, ...]:
         """A repeatable option's values: each flag, or the env var split on commas."""

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from flyte_auth_common.admin import AdminEndpoint, parse_admin_endpoint
 from flyte_auth_common.contract import DEFAULT_NAMESPACE_TEMPLATE, GUARD_NAME
 from flyte_auth_common.options import (
+    LOG_OPTIONS,
     Option,
     Settings,
     option_names,
@@ -89,9 +90,7 @@ OPTIONS = (
            metavar="SECONDS"),
     Option("--clock-skew", "seconds of clock skew tolerated on exp/nbf/iat", "60",
            metavar="SECONDS"),
-    Option("--log-level", "minimum log level", "info",
-           choices=("debug", "info", "warning", "error")),
-    Option("--log-format", "log line format", "json", choices=("json", "console")),
+    *LOG_OPTIONS,
 )
 
 #: How messages name an option: setting("listen") == "--listen / ...LISTEN".
@@ -133,13 +132,7 @@ class ExchangeConfig:
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> ExchangeConfig:
         s = Settings(ENV_PREFIX, OPTIONS, args, environ)
         listen = s.value("listen", to_host_port)
-        tls_cert, tls_key = s.get("tls_cert", to_path), s.get("tls_key", to_path)
-        if (tls_cert is None) != (tls_key is None):
-            s.problem("tls_cert" if tls_cert is None else "tls_key",
-                      "--tls-cert and --tls-key go together: give both or neither")
-        tls_bootstrap = s.text("tls_bootstrap")
-        if tls_bootstrap and tls_cert is not None:
-            s.problem("tls_bootstrap", "give --tls-bootstrap or --tls-cert/--tls-key, not both")
+        tls_cert, tls_key, tls_bootstrap = s.serving_tls()
         signing_key = s.get("signing_key", to_path)
         if signing_key is None:
             s.problem("signing_key", "required: the PEM of the RSA key that signs tokens "

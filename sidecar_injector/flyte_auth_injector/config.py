@@ -29,6 +29,7 @@ import yaml
 from flyte_auth_common.agent_options import GRANT_CLIENT_ASSERTION, GRANT_TOKEN_EXCHANGE
 from flyte_auth_common.errors import ConfigError
 from flyte_auth_common.options import (
+    LOG_OPTIONS,
     Option,
     Settings,
     option_names,
@@ -88,9 +89,7 @@ OPTIONS = (
     Option("--namespace", "the injector's own namespace, never injected", "flyte-auth"),
     Option("--kubeconfig", "kubeconfig for reading namespace annotations (default: in-cluster "
            "config when in a cluster, else namespace annotations are not read)", metavar="FILE"),
-    Option("--log-level", "minimum log level", "info",
-           choices=("debug", "info", "warning", "error")),
-    Option("--log-format", "log line format", "json", choices=("json", "console")),
+    *LOG_OPTIONS,
 )
 
 #: How messages name an option: setting("listen") == "--listen / ...LISTEN".
@@ -157,13 +156,7 @@ class InjectorConfig:
         if unknown:
             s.problem("config", f"unknown setting(s) {', '.join(unknown)} in {path}")
         expiration = s.value("token_expiration", _expiration)
-        tls_cert, tls_key = s.get("tls_cert", to_path), s.get("tls_key", to_path)
-        if (tls_cert is None) != (tls_key is None):
-            s.problem("tls_cert" if tls_cert is None else "tls_key",
-                      "--tls-cert and --tls-key go together: give both or neither")
-        tls_bootstrap = s.text("tls_bootstrap")
-        if tls_bootstrap and tls_cert is not None:
-            s.problem("tls_bootstrap", "give --tls-bootstrap or --tls-cert/--tls-key, not both")
+        tls_cert, tls_key, tls_bootstrap = s.serving_tls()
         audience = s.value("token_audience", str)
         scopes = " ".join(str(doc.get("scopes", "all")).split())
         tokens = TokenSettings(
