@@ -20,7 +20,7 @@ help:
 	@echo "make fmt    format and auto-fix with ruff"
 
 $(STAMP): $(PYPROJECTS)
-	@echo "make: setting up $(VENV) (first run, or pyproject.toml changed; about a minute):"
+	@echo "make: setting up $(VENV) (first run, or a pyproject.toml changed; about a minute):"
 	@echo "      the project and its dev extras: aiohttp, grpcio + flyteidl, flytekit,"
 	@echo "      kubernetes-asyncio, joserfc, structlog, pytest, ruff, mypy"
 	$(PYTHON) -m venv $(VENV)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flyte_auth_agent import config as agent
+from flyte_auth_common import agent_options as agent
 from flyte_auth_exchange import config as exchange
 from flyte_auth_injector import config as injector
 

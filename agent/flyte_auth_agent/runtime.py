@@ -22,7 +22,7 @@ from flyte_auth_agent.metrics import AgentMetrics
 from flyte_auth_agent.server import AgentAPI, display_url, health_app, socket_app
 from flyte_auth_agent.source import Clock, SystemClock, TokenSource
 from flyte_auth_common.admin import tls_material
-from flyte_auth_common.agent_options import agent_env, agent_setting
+from flyte_auth_common.agent_options import AGENT_ENV, agent_setting
 from flyte_auth_common.daemon import app_runner
 from flyte_auth_common.errors import ConfigError
 
@@ -82,7 +82,7 @@ async def running_agent(config: AgentConfig, *, clock: Clock | None = None,
     stop the refresher and remove the socket."""
     clock = clock or SystemClock()
     ssl_ctx, ca_pem = tls_material(
-        config.ca_cert_file, f"{agent_setting('ca_cert_file')} (or {agent_env('ca_cert_pem')})",
+        config.ca_cert_file, f"{agent_setting('ca_cert_file')} (or {AGENT_ENV['ca_cert_pem']})",
         config.ca_cert_pem)
     sock = bind_unix_socket(config.socket, config.socket_mode)
     metrics = AgentMetrics()

@@ -64,12 +64,9 @@ OPTIONS = (
     *LOG_OPTIONS,
 )
 
-_BY_DEST: Final = {opt.dest: opt for opt in OPTIONS}
-
-
-def agent_env(dest: str) -> str:
-    """The env var that sets the agent's option `dest` (e.g. "token_file")."""
-    return _BY_DEST[dest].env(ENV_PREFIX)
+#: The env var that sets each option, by dest: AGENT_ENV["token_file"] is
+#: "FLYTE_AUTH_AGENT_TOKEN_FILE". Computed once: the injector reads it for every pod.
+AGENT_ENV: Final = {opt.dest: opt.env(ENV_PREFIX) for opt in OPTIONS}
 
 
 #: How messages name an option: agent_setting("socket") == "--socket / FLYTE_AUTH_AGENT_SOCKET".

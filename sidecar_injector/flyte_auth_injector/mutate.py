@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flyte_auth_common import contract
-from flyte_auth_common.agent_options import agent_env
+from flyte_auth_common.agent_options import AGENT_ENV
 from flyte_auth_common.options import whole_number_in
 from flyte_auth_injector import consts
 from flyte_auth_injector.config import Sidecar, TokenSettings
@@ -217,7 +217,7 @@ def sidecar_container(name: str, sidecar: Sidecar, settings: PodSettings, token_
     if sidecar.admin_endpoint:
         agent_settings += [("admin_endpoint", sidecar.admin_endpoint),
                       ("admin_insecure", str(sidecar.admin_insecure).lower())]
-    env: list[Json] = [{"name": agent_env(dest), "value": value} for dest, value in agent_settings]
+    env: list[Json] = [{"name": AGENT_ENV[dest], "value": value} for dest, value in agent_settings]
     env += [_label_env(contract.ENV_EXECUTION_ID, contract.LABEL_EXECUTION_ID),
             _label_env(contract.ENV_EXECUTION_PROJECT, contract.LABEL_PROJECT),
             _label_env(contract.ENV_EXECUTION_DOMAIN, contract.LABEL_DOMAIN)]

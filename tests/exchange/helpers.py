@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 import aiohttp
@@ -12,7 +12,6 @@ from flyte_auth_exchange.runtime import RunningExchange
 
 StartExchange = Callable[..., AbstractAsyncContextManager[RunningExchange]]
 
-Post = Callable[..., Awaitable[tuple[int, dict[str, object]]]]
 
 def form(subject_token: str, **extra: str) -> dict[str, str]:
     return {"grant_type": contract.GRANT_TYPE_TOKEN_EXCHANGE, "subject_token": subject_token,
