@@ -24,7 +24,7 @@ from devstack.token_endpoint import TokenEndpoint
 from flyte_auth_agent.runtime import running_agent
 from flyte_auth_agent.tokens import MAX_LIFETIME
 from flyte_auth_common.client import AgentClient, AgentUnreachableError
-from tests.helpers import H
+from tests.helpers import H, outlive_the_token_endpoint_down
 from tests.helpers import agent_config as config
 
 
@@ -80,11 +80,7 @@ async def test_once_expired_and_failing_a_request_is_answered_at_once(
     clock = FakeClock(time.time())
     cfg = config(sock_path, token_file, endpoint, "--wait-timeout", "600")
     async with running_agent(cfg, clock=clock) as agent:
-        await clock.next_sleep()
-        tok = agent.source.token()
-        assert tok is not None
-        await endpoint.stop()
-        await clock.run_until(tok.expires_at)
+        await outlive_the_token_endpoint_down(agent, clock, endpoint)
         async with asyncio.timeout(60):  # a bound for a broken build, not a wait
             resp = await http.get("/v1/token", headers=H)
     assert resp.status == 503

@@ -14,7 +14,7 @@ from devstack.cluster import StubIssuer
 from devstack.token_endpoint import TokenEndpoint
 from flyte_auth_agent.runtime import running_agent
 from flyte_auth_agent.source import MIN_REMAINING
-from tests.helpers import H
+from tests.helpers import H, outlive_the_token_endpoint_down
 from tests.helpers import agent_config as config
 
 
@@ -104,11 +104,7 @@ async def test_upstream_down_past_expiry_gives_503_then_recovers(
     endpoint.now = clock.now  # its tokens' exp follow the same clock
     cfg = config(sock_path, token_file, endpoint, "--wait-timeout", "0.2")
     async with running_agent(cfg, clock=clock) as agent:
-        await clock.next_sleep()
-        tok = agent.source.token()
-        assert tok is not None
-        await endpoint.stop()
-        await clock.run_until(tok.expires_at)
+        await outlive_the_token_endpoint_down(agent, clock, endpoint)
         resp = await http.get("/v1/token", headers=H)
         assert resp.status == 503
         body = await resp.json()

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.e2e import peers
 
 ADMIN_TOKEN = "e2e-admin-token"
+RBAC_GROUP = "rbac.authorization.k8s.io"
 
 
 def free_port() -> int:
@@ -101,13 +102,20 @@ class Cluster:
             connector=aiohttp.TCPConnector(ssl=self.ssl_context()))
         await self._wait_ready()
         # Clusters that federate their tokens publish discovery to everyone.
+        await self.bind_role("e2e-public-issuer-discovery",
+                             "system:service-account-issuer-discovery",
+                             {"apiGroup": RBAC_GROUP, "kind": "Group",
+                              "name": "system:unauthenticated"})
+
+    async def bind_role(self, name: str, cluster_role: str, subject: dict[str, str],
+                        namespace: str | None = None) -> None:
+        """Grant `cluster_role` to `subject`: cluster-wide, or in `namespace` only."""
+        meta = {"name": name, **({"namespace": namespace} if namespace else {})}
         await self.apply({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": "e2e-public-issuer-discovery"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                        "name": "system:service-account-issuer-discovery"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
-                          "name": "system:unauthenticated"}]})
+            "apiVersion": f"{RBAC_GROUP}/v1",
+            "kind": "RoleBinding" if namespace else "ClusterRoleBinding", "metadata": meta,
+            "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": cluster_role},
+            "subjects": [subject]})
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("wb")

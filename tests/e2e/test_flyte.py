@@ -88,13 +88,9 @@ async def grant_propeller(cluster: Cluster) -> None:
     on pods and FlyteWorkflows (cluster-admin here; the guard checks who, not how much)."""
     await cluster.apply({"apiVersion": "v1", "kind": "ServiceAccount",
                          "metadata": {"name": "flytepropeller", "namespace": "flyte"}})
-    await cluster.apply({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "e2e-flytepropeller"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": "cluster-admin"},
-        "subjects": [{"kind": "ServiceAccount", "name": "flytepropeller",
-                      "namespace": "flyte"}]})
+    await cluster.bind_role("e2e-flytepropeller", "cluster-admin",
+                            {"kind": "ServiceAccount", "name": "flytepropeller",
+                             "namespace": "flyte"})
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

@@ -34,7 +34,7 @@ from flyte_auth_exchange.runtime import running_exchange
 from flyte_auth_injector.config import InjectorConfig
 from flyte_auth_injector.runtime import running_injector
 from flyte_auth_injector.webhook_config import webhook_configuration
-from tests.e2e.cluster import Cluster, KubeError, free_port, running_cluster
+from tests.e2e.cluster import RBAC_GROUP, Cluster, KubeError, free_port, running_cluster
 from tests.e2e.manifests import (
     FLYTEWORKFLOW_CRD,
     rendered_exchange_args,
@@ -109,21 +109,12 @@ EXECUTION_LABEL = "execution-id"
 
 async def grant_pod_rights(cluster: Cluster) -> None:
     """flytepropeller may manage pods everywhere; mallory, a project user, in LABELED."""
-    rbac = "rbac.authorization.k8s.io/v1"
-    await cluster.apply({"apiVersion": rbac, "kind": "ClusterRole",
+    await cluster.apply({"apiVersion": f"{RBAC_GROUP}/v1", "kind": "ClusterRole",
                          "metadata": {"name": "e2e-pods"}, "rules": POD_RIGHTS})
-    await cluster.apply({
-        "apiVersion": rbac, "kind": "ClusterRoleBinding", "metadata": {"name": "e2e-propeller"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": "e2e-pods"},
-        "subjects": [{"kind": "ServiceAccount", "name": "flytepropeller", "namespace": "flyte"}]})
-    await cluster.apply({
-        "apiVersion": rbac, "kind": "RoleBinding",
-        "metadata": {"name": "e2e-mallory", "namespace": LABELED},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": "e2e-pods"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
-                      "name": MALLORY}]})
+    await cluster.bind_role("e2e-propeller", "e2e-pods", {
+        "kind": "ServiceAccount", "name": "flytepropeller", "namespace": "flyte"})
+    await cluster.bind_role("e2e-mallory", "e2e-pods", {
+        "apiGroup": RBAC_GROUP, "kind": "User", "name": MALLORY}, namespace=LABELED)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
