@@ -1,9 +1,10 @@
-"""HTTP: thin handlers over ExchangeService. One audit line per decision, never a token."""
+"""HTTP: thin handlers over ExchangeService. One audit line per decision, never a token; its
+fields (who asked, about which pod and execution, for whom) are the request's structlog
+contextvars, which the service binds as it learns them."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -12,12 +13,14 @@ from prometheus_client import (
     Counter,
     Histogram,
 )
+from structlog.contextvars import bind_contextvars
 
 from flyte_auth_common import contract
 from flyte_auth_common.metrics import metrics_response
+from flyte_auth_exchange.decision import Form
 from flyte_auth_exchange.errors import INVALID_REQUEST, SERVER_ERROR, Refusal
 from flyte_auth_exchange.mint import Minter
-from flyte_auth_exchange.service import ExchangeService, Form
+from flyte_auth_exchange.service import ExchangeService
 from flyte_auth_exchange.subject import IssuerKeys
 
 log = structlog.get_logger("flyte_auth_exchange")
@@ -56,29 +59,30 @@ class ExchangeAPI:
         """The one place every outcome becomes an answer and an audit line: a grant, a
         Refusal, or (a bug, never a caller's input) anything else as `server_error`."""
         started = time.perf_counter()
-        audit: dict[str, Any] = {"peer": request.remote}
+        # aiohttp runs each request in a task of its own, with a copy of the connection's
+        # (empty) context: what this request binds stays with it.
+        bind_contextvars(peer=request.remote)
         try:
             form = await self._form(request)
-            body = await self.service.exchange(form, audit)
+            body = await self.service.exchange(form)
         except Refusal as refusal:
-            return self._refused(refusal, audit)
+            return self._refused(refusal)
         except Exception as exc:
-            log.error("exchange_failed", error_type=type(exc).__name__, **audit)
+            log.error("exchange_failed", error_type=type(exc).__name__)
             return self._refused(Refusal(SERVER_ERROR, "the exchange server failed while "
-                                         "deciding; its log has the error (exchange_failed)"),
-                                 audit)
+                                         "deciding; its log has the error (exchange_failed)"))
         finally:
             self.metrics.seconds.observe(time.perf_counter() - started)
         self.metrics.decisions.labels("granted", "").inc()
-        log.info("exchange_decision", outcome="granted", reason="", **audit)
+        log.info("exchange_decision", outcome="granted", reason="")
         return web.json_response(body, headers=_NO_STORE)
 
-    def _refused(self, refusal: Refusal, audit: dict[str, Any]) -> web.Response:
+    def _refused(self, refusal: Refusal) -> web.Response:
         self.metrics.decisions.labels("refused", refusal.code).inc()
         if refusal.check is not None:
-            audit["check"] = refusal.check
+            bind_contextvars(check=refusal.check)
         log.info("exchange_decision", outcome="refused", error=refusal.code,
-                 reason=refusal.description, **audit)
+                 reason=refusal.description)
         return web.json_response({"error": refusal.code, "error_description": refusal.description},
                                  status=refusal.status, headers=_NO_STORE)
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 
 import aiohttp
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
+from structlog.typing import EventDict
 
 from flyte_auth_common import contract
 from flyte_auth_exchange.runtime import RunningExchange
@@ -21,3 +24,9 @@ async def post(http: aiohttp.ClientSession, url: str, data: object) -> tuple[int
                                                                               dict[str, object]]:
     async with http.post(url + "/oauth2/token", data=data) as resp:
         return resp.status, await resp.json()
+
+
+def logged() -> AbstractContextManager[list[EventDict]]:
+    """The exchange server's log events, with the request context its handler and service bind
+    (structlog contextvars) merged in, as the configured logger writes them."""
+    return capture_logs(processors=[merge_contextvars])

@@ -18,14 +18,13 @@ from flyteidl.service import identity_pb2, identity_pb2_grpc
 from joserfc import jwt
 from joserfc.jwk import KeySet
 from joserfc.jws import JWSRegistry
-from structlog.testing import capture_logs
 
 from devstack.cluster import StubIssuer
 from devstack.world import ADMIN_URL, EXECUTOR, NAMESPACE, World, owner_reference
 from flyte_auth_common.contract import GUARD_NAME
 from flyte_auth_common.jwt import jwt_claims
 from flyte_auth_exchange.mint import Minter
-from tests.exchange.helpers import StartExchange, form, post
+from tests.exchange.helpers import StartExchange, form, logged, post
 
 
 def header(token: str) -> dict[str, Any]:
@@ -279,7 +278,7 @@ async def test_refusals_name_the_failed_check(world: World, exchange: StartExcha
     data = make(world)
     presented = data["subject_token"] if isinstance(data, dict) and "subject_token" in data \
         else None
-    with capture_logs() as logs:
+    with logged() as logs:
         async with exchange("--policy", str(policy)) as ex:
             status, body = await post(http, ex.url, data)
     assert (status, body["error"]) == (400, code), body

@@ -11,12 +11,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from structlog.testing import capture_logs
 
 from devstack.cluster import StubIssuer
 from devstack.world import World
 from flyte_auth_exchange.server import MAX_FORM_BYTES
-from tests.exchange.helpers import StartExchange, form, post
+from tests.exchange.helpers import StartExchange, form, logged, post
 
 
 def b64(raw: bytes) -> str:
@@ -42,7 +41,7 @@ async def test_deeply_nested_json_in_the_subject_token(
         world: World, exchange: StartExchange, http: aiohttp.ClientSession, subject: str,
         review: bool) -> None:
     flags = ("--token-review",) if review else ()
-    with capture_logs() as logs:
+    with logged() as logs:
         async with exchange(*flags) as ex:
             status, body = await post(http, ex.url, form(subject))
     assert (status, body["error"]) == (400, "invalid_grant"), body
@@ -63,7 +62,7 @@ BODIES: list[Any] = [
 async def test_malformed_bodies(world: World, exchange: StartExchange,
                                 http: aiohttp.ClientSession, content_type: str, data: bytes,
                                 status: int, text: str) -> None:
-    with capture_logs() as logs:
+    with logged() as logs:
         async with exchange() as ex, http.post(ex.url + "/oauth2/token", data=data,
                              headers={"Content-Type": content_type}) as resp:
             got, body = resp.status, await resp.json()
@@ -94,7 +93,7 @@ async def test_an_unexpected_error_is_one_server_error_without_the_token(
     async def broken(*_: Any) -> dict[str, Any]:
         raise RuntimeError(f"bug while handling {subject}")
 
-    with capture_logs() as logs:
+    with logged() as logs:
         async with exchange() as ex:
             ex.api.service.exchange = broken  # type: ignore[method-assign,assignment]
             status, body = await post(http, ex.url, form(subject))
@@ -129,3 +128,19 @@ async def test_a_forged_kid_never_makes_a_valid_exchange_wait_for_a_slow_jwks(
 
 
 Make = Callable[[World], str]
+
+
+async def test_one_requests_audit_context_never_reaches_the_next(
+        world: World, exchange: StartExchange, http: aiohttp.ClientSession) -> None:
+    """A grant, then a refusal on the same keep-alive connection: the refusal's audit line
+    names only what that request got to, not the pod and principal of the one before."""
+    subject = world.kube.token_for(world.task_pod())
+    with logged() as logs:
+        async with exchange() as ex:
+            granted, _ = await post(http, ex.url, form(subject))
+            refused, body = await post(http, ex.url, {**form(subject), "grant_type": "password"})
+    assert (granted, refused, body["error"]) == (200, 400, "unsupported_grant_type")
+    first, second = decisions(logs)
+    assert first["principal"] == "alice@example.com" and first["pod"]
+    assert {"principal", "pod", "namespace", "rule", "jti"} & set(second) == set()
+    assert second["peer"] == "127.0.0.1"

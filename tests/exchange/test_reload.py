@@ -7,11 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
-from structlog.testing import capture_logs
 
 from devstack.world import World, write_signing_key
 from flyte_auth_exchange.mint import Minter
-from tests.exchange.helpers import StartExchange, form, post
+from tests.exchange.helpers import StartExchange, form, logged, post
 from tests.exchange.test_exchange import user_info_code
 
 
@@ -21,7 +20,7 @@ async def test_a_changed_policy_applies_without_a_restart_and_a_broken_one_is_ig
     policy = tmp_path / "policy.yaml"
     policy.write_text("rules:\n  - name: open\n")
     subject = world.kube.token_for(world.task_pod())
-    with capture_logs() as logs:
+    with logged() as logs:
         async with exchange("--policy", str(policy)) as ex:
             assert (await post(http, ex.url, form(subject)))[0] == 200
             policy.write_text("rules:\n  - name: closed\n    allow: false\n")
