@@ -8,6 +8,7 @@ with the client config whose `authorization_metadata_key` clients must send toke
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,9 +25,13 @@ class AuthMetadata(auth_pb2_grpc.AuthMetadataServiceServicer):  # type: ignore[m
     audience: str = "http://flyteadmin.flyte:80"
     scopes: list[str] = field(default_factory=lambda: ["all"])
     calls: int = 0
+    #: When set, GetOAuth2Metadata waits for it: a FlyteAdmin that has not answered yet.
+    gate: asyncio.Event | None = None
 
     async def GetOAuth2Metadata(self, request: Any, context: Any) -> Any:
         self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
         return auth_pb2.OAuth2MetadataResponse(
             issuer="http://flyteadmin.flyte:80", token_endpoint=self.token_endpoint,
             grant_types_supported=[contract.GRANT_TYPE_TOKEN_EXCHANGE])

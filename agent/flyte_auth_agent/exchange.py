@@ -80,8 +80,40 @@ def read_client_secret(path: Path) -> str:
     return secret
 
 
+@dataclass(frozen=True)
+class Upstream:
+    """Where and how the agent exchanges: its config merged with what FlyteAdmin advertises.
+    Fixed once known; the token source holds it, the handlers read it."""
+
+    token_endpoint: str
+    authorization_metadata_key: str
+    request: Request
+    discovered_from: str | None  # "grpc" or "http"; None when the config alone decided
+
+
+def merge_upstream(c: AgentConfig, info: AdminAuthInfo | None) -> Upstream:
+    """The config wins; FlyteAdmin's metadata (`info`) fills what it leaves unset."""
+    endpoint = c.token_endpoint or (info.token_endpoint if info else None)
+    if endpoint is None:
+        raise DiscoveryError("FlyteAdmin's OAuth2 metadata names no token_endpoint; "
+                             "set --token-endpoint")
+    scope = c.scope or (" ".join(info.scopes) if info and info.scopes else None)
+    request = Request(
+        grant=c.grant,
+        subject_token_type=c.subject_token_type,
+        audience=c.audience or (info.audience if info else None),
+        scope=scope,
+        resource=c.resource,
+        client_id=c.client_id,
+        public_client=c.client_id is not None and c.client_secret_file is None,
+    )
+    key = (c.authorization_metadata_key or (info.authorization_metadata_key if info else None)
+           or contract.DEFAULT_AUTHORIZATION_METADATA_KEY)
+    return Upstream(endpoint, key, request, info.source if info else None)
+
+
 class Exchanger:
-    """Performs exchanges for a TokenSource; discovers FlyteAdmin's metadata once, lazily."""
+    """The I/O of a TokenSource: asks FlyteAdmin where to exchange, and exchanges."""
 
     def __init__(
         self,
@@ -100,64 +132,37 @@ class Exchanger:
         #: missing token file say, sends none).
         self.token_endpoint_calls = 0
         self._ca_pem = ca_pem
-        self.admin_info: AdminAuthInfo | None = None
-        # Nothing to ask FlyteAdmin when the endpoint and the header key are both given: an
-        # agent configured that way never loads grpc (12.6 MiB less in every task pod).
-        self._discovered = config.admin is None or (
-            config.token_endpoint is not None and config.authorization_metadata_key is not None)
 
-    @property
-    def token_endpoint(self) -> str | None:
-        info = self.admin_info
-        return self._config.token_endpoint or (info.token_endpoint if info else None)
+    def configured_upstream(self) -> Upstream | None:
+        """The upstream when the config alone decides it: no FlyteAdmin to ask, or the token
+        endpoint and the header key both given (such an agent never loads grpc: 12.6 MiB
+        less in every task pod). None when FlyteAdmin must be asked first."""
+        c = self._config
+        if c.admin is None or (c.token_endpoint is not None
+                               and c.authorization_metadata_key is not None):
+            return merge_upstream(c, None)
+        return None
 
-    @property
-    def authorization_metadata_key(self) -> str:
-        info = self.admin_info
-        return (self._config.authorization_metadata_key
-                or (info.authorization_metadata_key if info else None)
-                or contract.DEFAULT_AUTHORIZATION_METADATA_KEY)
-
-    async def _discover(self) -> None:
-        """Ask FlyteAdmin once. Without an explicit endpoint a failure is an error (retried);
-        with one, discovery only supplies defaults, so a failure is logged and skipped."""
+    async def resolve(self) -> Upstream:
+        """Ask FlyteAdmin. Without an explicit endpoint a failure is an error (retried); with
+        one, discovery only supplies defaults, so a failure is logged and the config decides."""
         admin = self._config.admin
-        if self._discovered or admin is None:
-            return
+        assert admin is not None  # configured_upstream() covers an agent without one
         try:
-            self.admin_info = await discover(admin, session=self._session, ssl_ctx=self._ssl,
-                                             ca_pem=self._ca_pem,
-                                             timeout=self._config.exchange_timeout)
+            info = await discover(admin, session=self._session, ssl_ctx=self._ssl,
+                                  ca_pem=self._ca_pem, timeout=self._config.exchange_timeout)
         except DiscoveryError as exc:
             if self._config.token_endpoint is None:
                 raise
             log.warning("discovery_skipped", error=str(exc))
-        else:
-            info = self.admin_info
-            log.info("discovered", source=info.source, token_endpoint=info.token_endpoint,
-                     authorization_metadata_key=info.authorization_metadata_key,
-                     audience=info.audience, scopes=list(info.scopes))
-        self._discovered = True
+            return merge_upstream(self._config, None)
+        log.info("discovered", source=info.source, token_endpoint=info.token_endpoint,
+                 authorization_metadata_key=info.authorization_metadata_key,
+                 audience=info.audience, scopes=list(info.scopes))
+        return merge_upstream(self._config, info)
 
-    def request(self) -> Request:
-        c, info = self._config, self.admin_info
-        scope = c.scope or (" ".join(info.scopes) if info and info.scopes else None)
-        return Request(
-            grant=c.grant,
-            subject_token_type=c.subject_token_type,
-            audience=c.audience or (info.audience if info else None),
-            scope=scope,
-            resource=c.resource,
-            client_id=c.client_id,
-            public_client=c.client_id is not None and c.client_secret_file is None,
-        )
-
-    async def fetch(self) -> AccessToken:
-        await self._discover()
-        endpoint = self.token_endpoint
-        if endpoint is None:
-            raise DiscoveryError("FlyteAdmin's OAuth2 metadata names no token_endpoint; "
-                                 "set --token-endpoint")
+    async def fetch(self, upstream: Upstream) -> AccessToken:
+        endpoint = upstream.token_endpoint
         subject = read_subject_token(self._config.token_file)
         headers = {"Accept": "application/json"}
         secrets = [subject]
@@ -165,7 +170,7 @@ class Exchanger:
             secret = read_client_secret(self._config.client_secret_file)
             secrets.append(secret)
             headers["Authorization"] = basic_auth(self._config.client_id, secret)
-        form = build_form(self.request(), subject)
+        form = build_form(upstream.request, subject)
         timeout = aiohttp.ClientTimeout(total=self._config.exchange_timeout)
         self.token_endpoint_calls += 1  # a request leaves for the token endpoint
         try:

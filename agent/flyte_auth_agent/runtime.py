@@ -17,7 +17,7 @@ from aiohttp import web
 
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.connections import ConnectionGuard, Limits, quiet_accept_errors
-from flyte_auth_agent.exchange import Exchanger
+from flyte_auth_agent.exchange import Exchanger, Upstream
 from flyte_auth_agent.metrics import AgentMetrics
 from flyte_auth_agent.server import AgentAPI, display_url, health_app, socket_app
 from flyte_auth_agent.source import Clock, SystemClock, TokenSource
@@ -71,7 +71,7 @@ def bind_unix_socket(path: Path, mode: int) -> socket.socket:
 class RunningAgent:
     config: AgentConfig
     api: AgentAPI
-    source: TokenSource
+    source: TokenSource[Upstream]
     exchanger: Exchanger
 
 
@@ -88,7 +88,8 @@ async def running_agent(config: AgentConfig, *, clock: Clock | None = None,
     metrics = AgentMetrics()
     session = aiohttp.ClientSession()
     exchanger = Exchanger(config, session, clock, ssl_ctx=ssl_ctx, ca_pem=ca_pem)
-    source = TokenSource(exchanger.fetch, clock=clock, observer=metrics)
+    source = TokenSource(exchanger.fetch, exchanger.resolve,
+                         upstream=exchanger.configured_upstream(), clock=clock, observer=metrics)
     api = AgentAPI(config, source, exchanger, metrics)
     runners: list[web.AppRunner] = []
     listener: asyncio.Server | None = None

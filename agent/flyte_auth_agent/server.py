@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from flyte_auth_agent.config import AgentConfig
-from flyte_auth_agent.exchange import Exchanger
+from flyte_auth_agent.exchange import Exchanger, Upstream
 from flyte_auth_agent.metrics import AgentMetrics
 from flyte_auth_agent.peercred import UNKNOWN, Peer, peer_of
 from flyte_auth_agent.source import TokenSource
@@ -61,7 +61,7 @@ class _Connection:
 class AgentAPI:
     """Handlers. Each reads the source's snapshot; only the refresher talks upstream."""
 
-    def __init__(self, config: AgentConfig, source: TokenSource, exchanger: Exchanger,
+    def __init__(self, config: AgentConfig, source: TokenSource[Upstream], exchanger: Exchanger,
                  metrics: AgentMetrics) -> None:
         self.config = config
         self.source = source
@@ -99,6 +99,14 @@ class AgentAPI:
                                 f"requests to /v1/* must carry the header "
                                 f"'{contract.REQUIRED_HEADER}: {contract.REQUIRED_HEADER_VALUE}'")
         return conn, None
+
+    async def _upstream(self) -> Upstream | None:
+        """Where tokens come from; before FlyteAdmin has been asked, wait for it as a token
+        request waits for the first token (unless that attempt already failed)."""
+        source = self.source
+        if source.upstream is None and not source.failing():
+            await source.wait_upstream(self.config.wait_timeout)
+        return source.upstream
 
     def _unavailable(self) -> web.Response:
         err = self.source.last_error
@@ -146,15 +154,19 @@ class AgentAPI:
 
     async def config_(self, request: web.Request) -> web.Response:
         _, refusal = self._guard(request)
+        upstream = None if refusal is not None else await self._upstream()
+        if refusal is None and upstream is None:
+            refusal = self._unavailable()
         self._count(contract.PATH_CONFIG, refusal.status if refusal else 200)
         if refusal is not None:
             return refusal
+        assert upstream is not None
         c = self.config
         body: contract.ConfigBody = {
             "endpoint": c.admin.host_port if c.admin else None,
             "insecure": c.admin.insecure if c.admin else False,
             "ca_cert_file_path": str(c.ca_cert_file) if c.ca_cert_file else None,
-            "authorization_metadata_key": self.exchanger.authorization_metadata_key,
+            "authorization_metadata_key": upstream.authorization_metadata_key,
             "project": c.execution.project,
             "domain": c.execution.domain,
             "execution_id": c.execution.execution_id,
@@ -166,14 +178,15 @@ class AgentAPI:
         self._count(contract.PATH_STATUS, refusal.status if refusal else 200)
         if refusal is not None:
             return refusal
-        info = self.exchanger.admin_info
+        upstream = self.source.upstream
         body = self.source.status()
         body["token_endpoint_calls"] = self.exchanger.token_endpoint_calls
         body["upstream"] = {
-            "token_endpoint": display_url(self.exchanger.token_endpoint),
+            "token_endpoint": display_url(upstream.token_endpoint if upstream
+                                          else self.config.token_endpoint),
             "grant": self.config.grant,
             "admin_endpoint": self.config.admin.host_port if self.config.admin else None,
-            "discovered_from": info.source if info else None,
+            "discovered_from": upstream.discovered_from if upstream else None,
         }
         body["now"] = rfc3339(time.time())
         return _json(body)

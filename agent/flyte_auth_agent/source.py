@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
@@ -57,11 +57,19 @@ class Observer(Protocol):
     def exchanged(self, outcome: str, seconds: float, token: AccessToken | None) -> None: ...
 
 
-class TokenSource:
+U = TypeVar("U")
+
+
+class TokenSource(Generic[U]):
+    """Keeps a token fresh from an upstream `U`: `resolve()` finds the upstream once (the first
+    attempt, unless it is given), then `fetch(upstream)` exchanges on every attempt."""
+
     def __init__(
         self,
-        fetch: Callable[[], Awaitable[AccessToken]],
+        fetch: Callable[[U], Awaitable[AccessToken]],
+        resolve: Callable[[], Awaitable[U]],
         *,
+        upstream: U | None = None,
         clock: Clock | None = None,
         policy: RefreshPolicy | None = None,
         backoff: Backoff | None = None,
@@ -69,6 +77,12 @@ class TokenSource:
         observer: Observer | None = None,
     ) -> None:
         self._fetch = fetch
+        self._resolve = resolve
+        #: Where tokens come from: an immutable snapshot, None until first resolved.
+        self.upstream = upstream
+        self._resolved = asyncio.Event()
+        if upstream is not None:
+            self._resolved.set()
         self.clock: Clock = clock or SystemClock()
         self._policy = policy or RefreshPolicy()
         self._backoff = backoff or Backoff(rand=rand)
@@ -101,6 +115,13 @@ class TokenSource:
         except TimeoutError:
             return None
         return tok
+
+    async def wait_upstream(self, timeout: float) -> U | None:
+        """The upstream, waiting up to `timeout` seconds for the first attempt to resolve it."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._resolved.wait()
+        return self.upstream
 
     def failing(self) -> bool:
         """No valid token, and the last exchange failed (the first one, or a refresh after
@@ -179,7 +200,10 @@ class TokenSource:
         t0 = time.perf_counter()
         self.attempts += 1
         try:
-            tok = await self._fetch()
+            if self.upstream is None:
+                self.upstream = await self._resolve()
+                self._resolved.set()
+            tok = await self._fetch(self.upstream)
         except AgentError as exc:
             return self._failed(exc, started, time.perf_counter() - t0)
         except Exception as exc:  # a bug must not stop the refresher; its text may hold data

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import ssl
 import subprocess
 import sys
@@ -44,6 +46,33 @@ async def tls_endpoint(issuer: StubIssuer, ca: trustme.CA) -> AsyncIterator[Toke
 
 def agent(sock: Path, token_file: Path, *extra: str) -> AgentConfig:
     return AgentConfig.load(["--socket", str(sock), "--token-file", str(token_file), *extra], {})
+
+
+async def test_config_waits_for_discovery_instead_of_guessing_the_header_key(
+        sock_path: Path, token_file: Path, endpoint: TokenEndpoint,
+        http: aiohttp.ClientSession) -> None:
+    """Before FlyteAdmin has said which header it reads tokens from, /v1/config must not
+    answer the default: a client would send its token under the wrong key."""
+    gate = asyncio.Event()
+    servicer = AuthMetadata(token_endpoint=endpoint.url, authorization_metadata_key="x-flyte-auth",
+                            gate=gate)
+    server, target = await start_metadata_server(servicer)
+    try:
+        cfg = agent(sock_path, token_file, "--admin-endpoint", target, "--admin-insecure",
+                    "--wait-timeout", "0.5")
+        async with running_agent(cfg):
+            held = await http.get("/v1/config", headers=H)  # FlyteAdmin holds discovery
+            held_body = await held.json()
+            gate.set()
+            assert (await http.get("/v1/token", headers=H)).status == 200
+            conf = await (await http.get("/v1/config", headers=H)).json()
+    finally:
+        gate.set()
+        await server.stop(None)
+    assert held.status == 503
+    assert held_body["error"] == "token_unavailable"
+    assert "flyte-authorization" not in json.dumps(held_body)
+    assert conf["authorization_metadata_key"] == "x-flyte-auth"
 
 
 async def test_grpc_discovery_supplies_endpoint_header_key_audience_and_scopes(
