@@ -14,13 +14,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {
-    "flyte_auth_common": ROOT / "common/flyte_auth_common",
-    "flyte_auth_agent": ROOT / "agent/flyte_auth_agent",
-    "flyte_auth_exchange": ROOT / "exchange_server/flyte_auth_exchange",
-    "flyte_auth_injector": ROOT / "sidecar_injector/flyte_auth_injector",
-    "flytekitplugins": ROOT / "flytekit_plugin/flytekitplugins",
-}
+PYPROJECTS = ("common/pyproject.toml", "pyproject.toml", "flytekit_plugin/pyproject.toml")
+
+
+def _packages() -> dict[str, Path]:
+    """Every package the three distributions ship, by import name (from their pyprojects)."""
+    found: dict[str, Path] = {}
+    for pyproject in PYPROJECTS:
+        doc = tomllib.loads((ROOT / pyproject).read_text())
+        for package in doc["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]:
+            path = (ROOT / pyproject).parent / package
+            found[path.name] = path
+    return found
+
+
+PACKAGES = _packages()
 #: What a task image may load: the contract, the socket client and their helpers.
 STDLIB_ONLY = ("contract", "client", "jwt", "errors", "options", "agent_options")
 
@@ -152,3 +160,11 @@ def test_one_version_source() -> None:
         text = (ROOT / path).read_text()
         assert 'dynamic = ["version"]' in text and "\nversion =" not in text, path
         assert "flyte_auth_common/__init__.py" in text, path
+
+
+def test_every_shipped_package_is_type_checked() -> None:
+    """`make lint` runs mypy on its `files`: each package a distribution ships is among them."""
+    mypy = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    checked = {ROOT / f for f in mypy["files"]}
+    assert {p for p in PACKAGES.values() if p not in checked} == set()
+    assert {str(p.parent.relative_to(ROOT)) for p in PACKAGES.values()} <= set(mypy["mypy_path"])
