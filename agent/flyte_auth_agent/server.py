@@ -222,21 +222,19 @@ async def _answer_every_error(request: web.Request, handler: Any) -> web.StreamR
     return response
 
 
-def socket_app(api: AgentAPI) -> web.Application:
-    app = web.Application(middlewares=[_answer_every_error])
-    app.router.add_get(contract.PATH_TOKEN, api.token)
-    app.router.add_get(contract.PATH_CONFIG, api.config_)
-    app.router.add_get(contract.PATH_STATUS, api.status)
-    app.router.add_get(contract.PATH_HEALTHZ, api.healthz)
-    app.router.add_get(contract.PATH_READYZ, api.readyz)
-    app.router.add_get(contract.PATH_METRICS, api.metrics_)
-    return app
-
-
 def health_app(api: AgentAPI) -> web.Application:
     """For kubelet probes and Prometheus over TCP: never any /v1/* route."""
     app = web.Application(middlewares=[_answer_every_error])
     app.router.add_get(contract.PATH_HEALTHZ, api.healthz)
     app.router.add_get(contract.PATH_READYZ, api.readyz)
     app.router.add_get(contract.PATH_METRICS, api.metrics_)
+    return app
+
+
+def socket_app(api: AgentAPI) -> web.Application:
+    """The health routes, and the /v1/* API that only the socket serves."""
+    app = health_app(api)
+    app.router.add_get(contract.PATH_TOKEN, api.token)
+    app.router.add_get(contract.PATH_CONFIG, api.config_)
+    app.router.add_get(contract.PATH_STATUS, api.status)
     return app

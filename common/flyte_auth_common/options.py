@@ -61,6 +61,44 @@ LOG_OPTIONS = (
 )
 
 
+@dataclass(frozen=True)
+class Serving:
+    """Where a server listens and which certificate it serves (serving_options())."""
+
+    listen: tuple[str, int]
+    tls_cert: Path | None
+    tls_key: Path | None
+    tls_bootstrap: str | None  # the Secret a self-signed pair is kept in
+    tls_dir: Path  # where a bootstrapped pair is written to be served
+    service: str  # the Service: the bootstrapped certificate's DNS names
+
+    @property
+    def https(self) -> bool:
+        return self.tls_bootstrap is not None or self.tls_cert is not None
+
+
+def serving_options(name: str, *, serves: str, bootstrap_also: str) -> tuple[Option, ...]:
+    """A server's address and serving-certificate options (Settings.serving_tls reads them):
+    `name` is its Service and names its --tls-dir; `serves` what --listen serves;
+    `bootstrap_also` what --tls-bootstrap does besides serving HTTPS."""
+    return (
+        Option("--listen", f"address {serves} is served on", "0.0.0.0:8443",
+               metavar="HOST:PORT"),
+        Option("--tls-cert", "TLS certificate chain (PEM); with --tls-key, serve HTTPS; "
+               "reloaded when the file changes", metavar="FILE"),
+        Option("--tls-key", "TLS private key (PEM), reloaded when the file changes",
+               metavar="FILE"),
+        Option("--tls-bootstrap", "no cert-manager: keep a self-signed CA and serving "
+               "certificate in this Secret (created, renewed 30 days before expiry), serve "
+               f"HTTPS with it and {bootstrap_also}; instead of --tls-cert/--tls-key",
+               metavar="SECRET"),
+        Option("--tls-dir", "where --tls-bootstrap writes the pair it serves (a writable "
+               "emptyDir)", f"/var/run/{name}", metavar="DIR"),
+        Option("--service", "this server's Service (DNS names of the bootstrapped "
+               "certificate)", name, metavar="NAME"),
+    )
+
+
 def add_options(parser: argparse.ArgumentParser, prefix: str, options: Iterable[Option]) -> None:
     """Add each option as a flag whose help names its env var, choices and default."""
     for opt in options:
@@ -184,9 +222,9 @@ class Settings:
             raise TypeError(f"option {self._opt(dest).flag} has no default in its table")
         return convert(default)
 
-    def serving_tls(self) -> tuple[Path | None, Path | None, str | None]:
-        """A server's --tls-cert, --tls-key and --tls-bootstrap: a pair of files, or a
-        Secret to bootstrap into, or neither."""
+    def serving(self) -> Serving:
+        """A server's serving_options(): its address and its certificate, a pair of files,
+        or a Secret to bootstrap into, or neither."""
         cert, key = self.get("tls_cert", to_path), self.get("tls_key", to_path)
         if (cert is None) != (key is None):
             self.problem("tls_cert" if cert is None else "tls_key",
@@ -194,7 +232,8 @@ class Settings:
         bootstrap = self.text("tls_bootstrap")
         if bootstrap and cert is not None:
             self.problem("tls_bootstrap", "give --tls-bootstrap or --tls-cert/--tls-key, not both")
-        return cert, key, bootstrap
+        return Serving(self.value("listen", to_host_port), cert, key, bootstrap,
+                       self.value("tls_dir", to_path), self.value("service", str))
 
     def values(self, dest: str) -> tuple[str, ...]:
         """A repeatable option's values: each flag, or the env var split on commas."""

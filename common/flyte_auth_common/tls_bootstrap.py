@@ -29,6 +29,7 @@ from cryptography.x509.oid import NameOID
 from kubernetes_asyncio import client
 
 from flyte_auth_common.errors import ConfigError
+from flyte_auth_common.options import Serving
 from flyte_auth_common.reload import ServingTLS
 
 log = structlog.get_logger("flyte_auth")
@@ -221,3 +222,21 @@ async def renew_forever(bootstrap: Bootstrap, reload: Callable[[], object],
             reload()
         except (OSError, RuntimeError, ValueError) as exc:
             log.warning("tls_renewal_failed", error=str(exc), retry_in=every)
+
+
+async def serving_certificate(serving: Serving, api: client.ApiClient | None, *,
+                              namespace: str, webhook: str | None, who: str, named: str,
+                              ) -> tuple[ServingTLS | None, Bootstrap | None]:
+    """A server's certificate at start-up: bootstrapped into its Secret (`api` must reach the
+    Kubernetes API), or read from its files, or none (plain HTTP). `who` names the server and
+    `named` its --tls-bootstrap option in errors."""
+    if serving.tls_bootstrap is None:
+        if serving.tls_cert is not None and serving.tls_key is not None:
+            return ServingTLS(serving.tls_cert, serving.tls_key), None
+        return None, None
+    if api is None:
+        raise ConfigError([f"{named}: needs the Kubernetes API: run in a cluster or set "
+                           "--kubeconfig"])
+    bootstrap = Bootstrap(api, namespace=namespace, secret=serving.tls_bootstrap,
+                          service=serving.service, webhook=webhook, directory=serving.tls_dir)
+    return await bootstrap.serving(who), bootstrap

@@ -15,10 +15,11 @@ from flyte_auth_common.contract import DEFAULT_NAMESPACE_TEMPLATE, GUARD_NAME
 from flyte_auth_common.options import (
     LOG_OPTIONS,
     Option,
+    Serving,
     Settings,
     option_names,
     parse_flags,
-    to_host_port,
+    serving_options,
     to_http_url,
     to_non_negative_float,
     to_path,
@@ -31,17 +32,8 @@ IDENTITY_SERVICE_ACCOUNT: Final = "service-account"
 Identity = Literal["executor", "service-account"]
 
 OPTIONS = (
-    Option("--listen", "address to serve on", "0.0.0.0:8443", metavar="HOST:PORT"),
-    Option("--tls-cert", "TLS certificate chain (PEM); with --tls-key, serve HTTPS",
-           metavar="FILE"),
-    Option("--tls-key", "TLS private key (PEM)", metavar="FILE"),
-    Option("--tls-bootstrap", "no cert-manager: keep a self-signed CA and serving certificate "
-           "in this Secret (created, renewed 30 days before expiry) and serve HTTPS with it; "
-           "its ca.crt is what agents trust", metavar="SECRET"),
-    Option("--tls-dir", "where --tls-bootstrap writes the pair it serves (writable)",
-           "/var/run/flyte-auth-exchange", metavar="DIR"),
-    Option("--service", "this server's Service (DNS names of the bootstrapped certificate)",
-           "flyte-auth-exchange", metavar="NAME"),
+    *serving_options("flyte-auth-exchange", serves="the token endpoint",
+                     bootstrap_also="keep the ca.crt agents trust there"),
     Option("--namespace", "this server's namespace (the Secret's and the Service's)",
            "flyte-auth", metavar="NAME"),
     Option("--public-url", "URL clients reach this server at (issuer and token_endpoint in "
@@ -99,12 +91,7 @@ setting = option_names(ENV_PREFIX, OPTIONS)
 
 @dataclass(frozen=True)
 class ExchangeConfig:
-    listen: tuple[str, int]
-    tls_cert: Path | None
-    tls_key: Path | None
-    tls_bootstrap: str | None
-    tls_dir: Path
-    service: str
+    serving: Serving
     namespace: str
     public_url: str | None  # None: the URL of the bound listener
     signing_key: Path
@@ -131,8 +118,7 @@ class ExchangeConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> ExchangeConfig:
         s = Settings(ENV_PREFIX, OPTIONS, args, environ)
-        listen = s.value("listen", to_host_port)
-        tls_cert, tls_key, tls_bootstrap = s.serving_tls()
+        serving = s.serving()
         signing_key = s.get("signing_key", to_path)
         if signing_key is None:
             s.problem("signing_key", "required: the PEM of the RSA key that signs tokens "
@@ -166,9 +152,7 @@ class ExchangeConfig:
             s.problem("admin_endpoint", "required with --identity executor: FlyteAdmin's gRPC "
                       "endpoint, to look up who launched each execution")
         config = cls(
-            listen=listen, tls_cert=tls_cert, tls_key=tls_key, tls_bootstrap=tls_bootstrap,
-            tls_dir=s.value("tls_dir", to_path),
-            service=s.value("service", str),
+            serving=serving,
             namespace=s.value("namespace", str),
             public_url=_strip_slash(s.get("public_url", to_http_url)),
             signing_key=signing_key or Path(),

@@ -18,7 +18,7 @@ from flyte_auth_common.admin import tls_material
 from flyte_auth_common.daemon import app_runner
 from flyte_auth_common.errors import ConfigError
 from flyte_auth_common.reload import FileReloader, ServingTLS
-from flyte_auth_common.tls_bootstrap import Bootstrap, renew_forever
+from flyte_auth_common.tls_bootstrap import renew_forever, serving_certificate
 from flyte_auth_exchange.admin import SELF_SUBJECT, Admin, SelfToken
 from flyte_auth_exchange.config import ExchangeConfig, setting
 from flyte_auth_exchange.kube import Kube
@@ -30,12 +30,6 @@ from flyte_auth_exchange.subject import IssuerKeys
 
 log = structlog.get_logger("flyte_auth_exchange")
 SELF_TOKEN_LIFETIME = 600
-
-
-def _server_tls(config: ExchangeConfig) -> ServingTLS | None:
-    if config.tls_cert is None or config.tls_key is None:
-        return None
-    return ServingTLS(config.tls_cert, config.tls_key)
 
 
 @dataclass
@@ -111,17 +105,15 @@ async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExcha
     policy = policy_files.value
     client_ssl, ca_pem = tls_material(config.ca_cert_file,
                                       setting("ca_cert_file"))
-    serving = _server_tls(config)
     key_file = FileReloader("signing key", [config.signing_key],
                             lambda: Minter.load_key(config.signing_key))
-    host, port = config.listen
+    host, port = config.serving.listen
     sock = socket.create_server((host, port))  # bound first: the URL needs the real port
-    tls = serving is not None or config.tls_bootstrap is not None
-    url = f"{'https' if tls else 'http'}://{host}:{sock.getsockname()[1]}"
+    url = f"{'https' if config.serving.https else 'http'}://{host}:{sock.getsockname()[1]}"
     public_url = config.public_url or url
     minter = Minter(key_file.value, config.key_id, public_url)
     key_file.apply = minter.set_key
-    needs_kube = config.token_review or policy.uses_executor or bool(config.tls_bootstrap)
+    needs_kube = config.token_review or policy.uses_executor or bool(config.serving.tls_bootstrap)
     kube_connected.append(needs_kube)
     session = aiohttp.ClientSession()
     kube: Kube | None = None
@@ -130,12 +122,10 @@ async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExcha
     watchers: list[asyncio.Task[None]] = []
     try:
         kube = await Kube.connect(config.kubeconfig) if needs_kube else None
-        if config.tls_bootstrap is not None:
-            assert kube is not None  # needs_kube counts --tls-bootstrap
-            bootstrap = Bootstrap(kube.api_client, namespace=config.namespace,
-                                  secret=config.tls_bootstrap, service=config.service,
-                                  webhook=None, directory=config.tls_dir)
-            serving = await bootstrap.serving("exchange server")
+        serving, bootstrap = await serving_certificate(
+            config.serving, kube.api_client if kube else None, namespace=config.namespace,
+            webhook=None, who="exchange server", named=setting("tls_bootstrap"))
+        if bootstrap is not None and serving is not None:
             watchers.append(asyncio.create_task(renew_forever(bootstrap, serving.check)))
         admin = _admin(config, minter, ca_pem)
         keys = await _issuer_keys(config, session, client_ssl)

@@ -26,14 +26,17 @@ from typing import Any, Final
 
 import yaml
 
+from flyte_auth_common import contract
 from flyte_auth_common.agent_options import GRANT_CLIENT_ASSERTION, GRANT_TOKEN_EXCHANGE
 from flyte_auth_common.errors import ConfigError
 from flyte_auth_common.options import (
     LOG_OPTIONS,
     Option,
+    Serving,
     Settings,
     option_names,
     parse_flags,
+    serving_options,
     to_bool,
     to_host_port,
     to_http_url,
@@ -45,17 +48,8 @@ from flyte_auth_injector import consts
 ENV_PREFIX: Final = "FLYTE_AUTH_INJECTOR_"
 
 OPTIONS = (
-    Option("--listen", "HTTPS address for /mutate", "0.0.0.0:8443", metavar="HOST:PORT"),
-    Option("--tls-cert", "TLS certificate chain (PEM), reloaded when the file changes",
-           metavar="FILE"),
-    Option("--tls-key", "TLS private key (PEM), reloaded when the file changes", metavar="FILE"),
-    Option("--tls-bootstrap", "no cert-manager: keep a self-signed CA and serving certificate "
-           "in this Secret (created, renewed 30 days before expiry) and set the webhook's "
-           "caBundle; instead of --tls-cert/--tls-key", metavar="SECRET"),
-    Option("--tls-dir", "where --tls-bootstrap writes the pair it serves (a writable "
-           "emptyDir)", "/var/run/flyte-auth-injector", metavar="DIR"),
-    Option("--service", "the injector's Service (DNS names of the bootstrapped certificate)",
-           "flyte-auth-injector"),
+    *serving_options("flyte-auth-injector", serves="/mutate",
+                     bootstrap_also="set the webhook's caBundle"),
     Option("--webhook-name", "the MutatingWebhookConfiguration whose caBundle "
            "--tls-bootstrap sets", "flyte-auth-injector"),
     Option("--metrics-addr", "plain HTTP address for /metrics, /healthz, /readyz (off if unset)",
@@ -76,7 +70,7 @@ OPTIONS = (
            metavar="URL"),
     Option("--authorization-metadata-key", "gRPC header FlyteAdmin reads tokens from (its "
            "grpcAuthorizationHeader); given to the agent with --token-endpoint so it needs no "
-           "discovery", "flyte-authorization", metavar="HEADER"),
+           "discovery", contract.DEFAULT_AUTHORIZATION_METADATA_KEY, metavar="HEADER"),
     Option("--token-audience", "audience of the projected service-account token",
            consts.DEFAULT_AUDIENCE),
     Option("--token-expiration", f"expirationSeconds of the projected token "
@@ -130,12 +124,7 @@ class TokenSettings:
 
 @dataclass(frozen=True)
 class InjectorConfig:
-    listen: tuple[str, int]
-    tls_cert: Path | None
-    tls_key: Path | None
-    tls_bootstrap: str | None
-    tls_dir: Path
-    service: str
+    serving: Serving
     webhook_name: str
     metrics_addr: tuple[str, int] | None
     namespace: str
@@ -156,7 +145,7 @@ class InjectorConfig:
         if unknown:
             s.problem("config", f"unknown setting(s) {', '.join(unknown)} in {path}")
         expiration = s.value("token_expiration", _expiration)
-        tls_cert, tls_key, tls_bootstrap = s.serving_tls()
+        serving = s.serving()
         audience = s.value("token_audience", str)
         scopes = " ".join(str(doc.get("scopes", "all")).split())
         tokens = TokenSettings(
@@ -172,8 +161,7 @@ class InjectorConfig:
             admin_endpoint=s.text("admin_endpoint"),
             admin_insecure=s.flag("admin_insecure"),
             token_endpoint=s.get("token_endpoint", to_http_url),
-            authorization_metadata_key=s.text("authorization_metadata_key")
-            or "flyte-authorization",
+            authorization_metadata_key=s.value("authorization_metadata_key", str),
             grant=s.value("grant", str),
             probe_port=_int(doc, "probe_port", consts.DEFAULT_PROBE_PORT, s),
             resources=_mapping(doc, "resources", consts.DEFAULT_RESOURCES, s),
@@ -189,10 +177,7 @@ class InjectorConfig:
             s.problem("admin_endpoint", "set FlyteAdmin's endpoint (or at least "
                       "--token-endpoint): the agent needs one to get tokens")
         config = cls(
-            listen=s.value("listen", to_host_port),
-            tls_cert=tls_cert, tls_key=tls_key, tls_bootstrap=tls_bootstrap,
-            tls_dir=s.value("tls_dir", to_path),
-            service=s.value("service", str),
+            serving=serving,
             webhook_name=s.value("webhook_name", str),
             metrics_addr=s.get("metrics_addr", to_host_port),
             namespace=s.value("namespace", str),

@@ -19,7 +19,7 @@ from kubernetes_asyncio.config import ConfigException
 from flyte_auth_common.daemon import app_runner
 from flyte_auth_common.errors import ConfigError
 from flyte_auth_common.reload import FileReloader, ServingTLS
-from flyte_auth_common.tls_bootstrap import Bootstrap, renew_forever
+from flyte_auth_common.tls_bootstrap import renew_forever, serving_certificate
 from flyte_auth_injector.config import InjectorConfig, read_ca_pem, setting
 from flyte_auth_injector.namespaces import NamespaceAnnotations
 from flyte_auth_injector.server import InjectorAPI, metrics_app, webhook_app
@@ -55,22 +55,6 @@ async def _namespace_cache(config: InjectorConfig,
     return NamespaceAnnotations(api), api
 
 
-async def _tls(config: InjectorConfig, kube_api: client.ApiClient | None,
-               ) -> tuple[ServingTLS | None, Bootstrap | None]:
-    """The serving certificate: bootstrapped into a Secret, or from files, or none."""
-    if not config.tls_bootstrap:
-        if config.tls_cert and config.tls_key:
-            return ServingTLS(config.tls_cert, config.tls_key), None
-        return None, None
-    if kube_api is None:
-        raise ConfigError([f"{setting('tls_bootstrap')}: needs the Kubernetes API: run in a "
-                           "cluster or set --kubeconfig"])
-    bootstrap = Bootstrap(kube_api, namespace=config.namespace, secret=config.tls_bootstrap,
-                          service=config.service, webhook=config.webhook_name,
-                          directory=config.tls_dir)
-    return await bootstrap.serving("injector"), bootstrap
-
-
 def _agent_ca(api: InjectorAPI) -> FileReloader[str | None]:
     """The CA PEMs given to agents, read again when a mounted file changes (a rotated CA)."""
     files = api.config.agent_ca_files
@@ -89,8 +73,11 @@ async def running_injector(config: InjectorConfig) -> AsyncIterator[RunningInjec
     runners: list[web.AppRunner] = []
     sock: socket.socket | None = None
     try:
-        certs, bootstrap = await _tls(config, kube_api)  # on failure `finally` closes the client
-        sock = socket.create_server(config.listen)
+        # On failure `finally` closes the client.
+        certs, bootstrap = await serving_certificate(
+            config.serving, kube_api, namespace=config.namespace, webhook=config.webhook_name,
+            who="injector", named=setting("tls_bootstrap"))
+        sock = socket.create_server(config.serving.listen)
         if namespaces is not None:
             tasks.append(asyncio.create_task(namespaces.run(), name="namespace-watch"))
         if certs is not None:
@@ -107,7 +94,7 @@ async def running_injector(config: InjectorConfig) -> AsyncIterator[RunningInjec
         runners.append(runner)
         await runner.setup()
         await web.SockSite(runner, sock, ssl_context=certs.context if certs else None).start()
-        url = f"{'https' if certs else 'http'}://{config.listen[0]}:{sock.getsockname()[1]}"
+        url = f"{'https' if certs else 'http'}://{config.serving.listen[0]}:{sock.getsockname()[1]}"
         if config.metrics_addr is not None:
             extra = app_runner(metrics_app(api))
             runners.append(extra)

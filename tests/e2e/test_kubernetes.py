@@ -162,7 +162,7 @@ async def e2e(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E2E]:
                 subject_discovery=[cluster.url], ca_cert_file=[str(cluster.ca_file)],
                 cache_ttl=["0"], admin_endpoint=[admin_target],
                 kubeconfig=[str(kube["flyte-auth-exchange"])]), {})
-            assert exchange_config.tls_cert == tls_dir / "tls.crt"  # as rendered
+            assert exchange_config.serving.tls_cert == tls_dir / "tls.crt"  # as rendered
             assert exchange_config.policy is not None and exchange_config.token_review
             cert = ca.issue_cert("127.0.0.1")
             cert.private_key_and_cert_chain_pem.write_to_path(str(workdir / "injector.pem"))
