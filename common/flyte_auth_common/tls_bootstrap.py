@@ -154,16 +154,6 @@ class Bootstrap:
         (self.directory / "tls.crt").write_bytes(pair.cert)
         return pair
 
-    async def serving(self, who: str) -> ServingTLS:
-        """At start-up: ensure the pair now (a failure stops start-up with a message naming
-        the RBAC to check) and serve it from the files it was written to."""
-        try:
-            await self.ensure()
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise ConfigError([f"--tls-bootstrap: {exc}; check the {who}'s RBAC "
-                               "(self-signed overlay)"]) from None
-        return ServingTLS(self.directory / "tls.crt", self.directory / "tls.key")
-
     async def _write(self, pair: Pair, existing: dict[str, Any] | None) -> Pair:
         body: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
                 "metadata": {"name": self.secret, "namespace": self.namespace,
@@ -239,4 +229,9 @@ async def serving_certificate(serving: Serving, api: client.ApiClient | None, *,
                            "--kubeconfig"])
     bootstrap = Bootstrap(api, namespace=namespace, secret=serving.tls_bootstrap,
                           service=serving.service, webhook=webhook, directory=serving.tls_dir)
-    return await bootstrap.serving(who), bootstrap
+    try:
+        await bootstrap.ensure()  # now: a failure stops the start-up, naming the RBAC to check
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ConfigError([f"{named}: {exc}; check the {who}'s RBAC (self-signed "
+                           "overlay)"]) from None
+    return ServingTLS(serving.tls_dir / "tls.crt", serving.tls_dir / "tls.key"), bootstrap

@@ -261,7 +261,8 @@ async def test_self_signed_bootstrap_failure_is_a_clear_error_naming_what_to_che
             async with running_injector(config):
                 pass
         assert str(raised.value) == (
-            "--tls-bootstrap: reading MutatingWebhookConfiguration flyte-auth-injector: "
+            "--tls-bootstrap / FLYTE_AUTH_INJECTOR_TLS_BOOTSTRAP: reading "
+            "MutatingWebhookConfiguration flyte-auth-injector: "
             "HTTP 404; check the injector's RBAC (self-signed overlay)")
     finally:
         await kube.stop()
