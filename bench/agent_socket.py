@@ -18,11 +18,14 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from devstack.paths import short_temp_dir  # noqa: E402 - after the path set-up
+
 REQUEST = (b"GET /v1/token HTTP/1.1\r\nHost: localhost\r\nX-Flyte-Auth-Agent: 1\r\n"
            b"Accept: application/json\r\n\r\n")
 
@@ -114,7 +117,7 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] * 1e6
 
 
-async def main() -> None:
+async def main(tmp: Path) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agent-python", default=sys.executable,
@@ -122,7 +125,6 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=4000, help="requests per level")
     args = parser.parse_args()
     args.agent_python = os.path.abspath(args.agent_python)  # the agent runs with cwd=/
-    tmp = Path(tempfile.mkdtemp(prefix="fa-bench-"))
     stack_proc = subprocess.Popen([sys.executable, "-m", "devstack.stack", "--dir",
                                    str(tmp)], cwd=ROOT, stdout=subprocess.PIPE)
     assert stack_proc.stdout is not None
@@ -179,4 +181,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with short_temp_dir() as workdir:  # removed at the end, however the run ends
+        asyncio.run(main(workdir))

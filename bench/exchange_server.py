@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import free_port, ms, pin_self, pinned, wait_ready  # noqa: E402
+from devstack.paths import short_temp_dir  # noqa: E402
 from devstack.world import World  # noqa: E402 - after the path set-up
 
 RAW = r'''
@@ -79,14 +79,13 @@ async def load(url: str, subject: str, clients: int, seconds: float,
     return latencies, len(latencies) / elapsed, failures
 
 
-async def main() -> None:
+async def main(tmp: Path) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="load duration")
     parser.add_argument("--clients", type=int, default=16)
     args = parser.parse_args()
     pin_self(0)  # stand-ins and clients on core 0, the server on core 1
-    tmp = Path(tempfile.mkdtemp(prefix="fa-xbench-"))
     world = await World(tmp).start()
     subject = world.kube.token_for(world.task_pod())
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLYTE_")}
@@ -115,4 +114,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with short_temp_dir() as workdir:  # removed at the end, however the run ends
+        asyncio.run(main(workdir))

@@ -20,7 +20,6 @@ import os
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import free_port, ms, pin_self, pinned, wait_ready  # noqa: E402
+from devstack.paths import short_temp_dir  # noqa: E402
 from devstack.pods import admission_review as review  # noqa: E402
 from devstack.pods import propeller_pod  # noqa: E402
 
@@ -81,14 +81,13 @@ async def load(url: str, body: bytes, clients: int, seconds: float, ctx: ssl.SSL
         return latencies, len(latencies) / (time.perf_counter() - t0)
 
 
-async def main() -> None:
+async def main(tmp: Path) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=4.0, help="load per measurement")
     parser.add_argument("--clients", type=int, default=50)
     args = parser.parse_args()
     pin_self(0)
-    tmp = Path(tempfile.mkdtemp(prefix="fa-ibench-"))
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
     (tmp / "tls.crt").write_bytes(b"".join(p.bytes() for p in cert.cert_chain_pems))
@@ -127,4 +126,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with short_temp_dir() as workdir:  # removed at the end, however the run ends
+        asyncio.run(main(workdir))

@@ -18,7 +18,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import timeit
 from collections.abc import Callable
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.agent_socket import BASELINE  # noqa: E402
+from devstack.paths import short_temp_dir  # noqa: E402
 from flyte_auth_common.client import AgentClient  # noqa: E402
 from flytekitplugins.auth_agent import AgentAuthenticator  # noqa: E402
 
@@ -50,8 +50,7 @@ def wait_for(client: AgentClient, seconds: float = 15) -> None:
             time.sleep(0.02)  # the agent process is starting
 
 
-def main() -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="fa-pbench-"))
+def main(tmp: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLYTE_")}
     stack = subprocess.Popen([sys.executable, "-m", "devstack.stack", "--dir", str(tmp)],
                              cwd=ROOT, stdout=subprocess.PIPE, env=env)
@@ -91,4 +90,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with short_temp_dir() as workdir:  # removed at the end, however the run ends
+        main(workdir)
