@@ -42,10 +42,12 @@ unit: $(STAMP)
 
 # End to end against real peers (kube-apiserver + etcd, Keycloak, Flyte on PostgreSQL). The
 # first run on a machine builds kube-apiserver and Flyte from Go sources (about 20 minutes);
-# later runs reuse the cache. etcd and PostgreSQL come from Debian packages: installing them
+# later runs reuse the cache. etcd, PostgreSQL, containerd and runc come from Debian packages
+# (the real node's kubelet runs pods in containerd): installing them
 # needs root, and is the only step that does (the suite runs them as its own processes).
 E2E_PACKAGES := $(if $(shell command -v etcd),,etcd-server) \
-                $(if $(wildcard /usr/lib/postgresql/15/bin/initdb),,postgresql)
+                $(if $(wildcard /usr/lib/postgresql/15/bin/initdb),,postgresql) \
+                $(if $(shell command -v containerd),,containerd) $(if $(shell command -v runc),,runc)
 e2e-deps:
 	@test -z "$(strip $(E2E_PACKAGES))" || test "$$(id -u)" = 0 || { echo "make e2e: needs the \
 	Debian packages $(strip $(E2E_PACKAGES)); install them (apt-get install $(strip \

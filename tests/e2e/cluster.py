@@ -50,6 +50,8 @@ class Cluster:
     url: str = ""
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     session: aiohttp.ClientSession | None = None
+    #: More static-token users (tokens.csv lines), e.g. a node's kubelet and scheduler.
+    users: tuple[str, ...] = ()
 
     @property
     def ca_file(self) -> Path:
@@ -78,9 +80,15 @@ class Cluster:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
         cert = self.ca.issue_cert("127.0.0.1", "localhost")
         cert.private_key_and_cert_chain_pem.write_to_path(str(self.workdir / "apiserver.pem"))
+        # How the API server proves itself to kubelets (logs, exec): a client certificate
+        # from the cluster CA, which a node's kubelet trusts (tests/e2e/node.py).
+        client = self.ca.issue_cert("kube-apiserver-kubelet-client",  # a SAN: Go requires one
+                                    common_name="kube-apiserver-kubelet-client")
+        client.private_key_and_cert_chain_pem.write_to_path(
+            str(self.workdir / "kubelet-client.pem"))
         self.ca.cert_pem.write_to_path(str(self.ca_file))
-        (self.workdir / "tokens.csv").write_text(f"{ADMIN_TOKEN},e2e-admin,e2e-admin,"
-                                                 f"system:masters\n")
+        (self.workdir / "tokens.csv").write_text("\n".join(
+            (f"{ADMIN_TOKEN},e2e-admin,e2e-admin,system:masters", *self.users)) + "\n")
         self.url = f"https://127.0.0.1:{api_port}"
         self.processes.append(self._spawn("kube-apiserver", [
             str(peers.kube_apiserver()),
@@ -96,6 +104,10 @@ class Cluster:
             f"--service-account-signing-key-file={self.workdir / 'sa.key'}",
             "--service-cluster-ip-range=10.96.0.0/24",
             "--enable-priority-and-fairness=false",
+            # Reach kubelets by IP, as kubeadm sets it: nodes have no DNS names here.
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+            f"--kubelet-client-certificate={self.workdir / 'kubelet-client.pem'}",
+            f"--kubelet-client-key={self.workdir / 'kubelet-client.pem'}",
         ]))
         self.session = aiohttp.ClientSession(
             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
@@ -243,8 +255,8 @@ def collection_path(obj: dict[str, Any]) -> str:
 
 
 @contextlib.asynccontextmanager
-async def running_cluster(workdir: Path) -> AsyncIterator[Cluster]:
-    cluster = Cluster(workdir)
+async def running_cluster(workdir: Path, users: tuple[str, ...] = ()) -> AsyncIterator[Cluster]:
+    cluster = Cluster(workdir, users=users)
     try:
         await cluster.start()
         yield cluster

@@ -1,8 +1,9 @@
 """Build (once per machine) and locate the real peers of the end-to-end suite.
 
 Everything comes from the package registries this machine reaches, or from the source
-archives in ../shared/peers: kube-apiserver from the k8s.io/kubernetes Go module (with
-`replace` lines for its staging modules), etcd and PostgreSQL from Debian (`make e2e-deps`),
+archives in ../shared/peers: kube-apiserver, kube-controller-manager, kube-scheduler and the
+kubelet from the k8s.io/kubernetes Go module (with `replace` lines for its staging modules),
+etcd, PostgreSQL, containerd and runc from Debian (`make e2e-deps`),
 Keycloak's distribution from Maven Central, Flyte's single binary (FlyteAdmin +
 flytepropeller) from flyte-1.16.8-src.tar.xz with its dependencies from the Go module proxy.
 Binaries are cached under ~/.cache/flyte-auth-agent/e2e, keyed by version (Flyte: by the
@@ -67,24 +68,48 @@ def _run(argv: list[str], cwd: Path) -> None:
         raise PeerUnavailable(f"`{' '.join(argv)}` failed in {cwd}:\n{tail}")
 
 
-def kube_apiserver() -> Path:
-    out = CACHE / f"kube-apiserver-v{KUBERNETES}" / "kube-apiserver"
+#: The Kubernetes programs the suite runs, all built from the one k8s.io/kubernetes module.
+KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
+
+
+def kube_command(name: str) -> Path:
+    """One of KUBE_COMMANDS at v{KUBERNETES}, built (once) with the release's version stamped
+    in, as the real release builds are: the kubelet reports it as the node's version."""
+    out = CACHE / f"{name}-v{KUBERNETES}" / name
     if out.exists():
         return out
-    say(f"building kube-apiserver v{KUBERNETES} from the k8s.io/kubernetes Go module "
+    say(f"building {name} v{KUBERNETES} from the k8s.io/kubernetes Go module "
         f"(first run on this machine only; several minutes)")
-    work = out.parent / "src"
+    work = CACHE / f"kubernetes-v{KUBERNETES}-src"
     work.mkdir(parents=True, exist_ok=True)
     minor = "0." + KUBERNETES.split(".", 1)[1]
     replaces = "\n".join(f"\tk8s.io/{m} => k8s.io/{m} v{minor}" for m in STAGING)
-    (work / "go.mod").write_text(f"module flyteauth.e2e/kubeapiserver\n\ngo 1.22\n\n"
-                                 f"require k8s.io/kubernetes v{KUBERNETES}\n\n"
-                                 f"replace (\n{replaces}\n)\n")
-    (work / "tools.go").write_text("//go:build tools\n\npackage tools\n\n"
-                                   "import _ \"k8s.io/kubernetes/cmd/kube-apiserver\"\n")
-    _run(["go", "mod", "tidy"], work)
-    _run(["go", "build", "-o", str(out), "k8s.io/kubernetes/cmd/kube-apiserver"], work)
+    imports = "\n".join(f'import _ "k8s.io/kubernetes/cmd/{c}"' for c in KUBE_COMMANDS)
+    tools = f"//go:build tools\n\npackage tools\n\n{imports}\n"
+    if not (work / "tools.go").exists() or (work / "tools.go").read_text() != tools:
+        (work / "go.mod").write_text(f"module flyteauth.e2e/kubernetes\n\ngo 1.22\n\n"
+                                     f"require k8s.io/kubernetes v{KUBERNETES}\n\n"
+                                     f"replace (\n{replaces}\n)\n")
+        (work / "tools.go").write_text(tools)
+        _run(["go", "mod", "tidy"], work)
+    major, minor_number = KUBERNETES.split(".")[:2]
+    stamp = " ".join(f"-X k8s.io/component-base/version.{k}={v}" for k, v in (
+        ("gitVersion", f"v{KUBERNETES}"), ("gitMajor", major), ("gitMinor", minor_number)))
+    _run(["go", "build", "-ldflags", stamp, "-o", str(out), f"k8s.io/kubernetes/cmd/{name}"],
+         work)
     return out
+
+
+def kube_apiserver() -> Path:
+    return kube_command("kube-apiserver")
+
+
+def kube_scheduler() -> Path:
+    return kube_command("kube-scheduler")
+
+
+def kubelet() -> Path:
+    return kube_command("kubelet")
 
 
 def etcd() -> Path:
@@ -157,7 +182,8 @@ def postgres() -> Path:
 
 if __name__ == "__main__":
     CACHE.mkdir(parents=True, exist_ok=True)
-    for build in (kube_apiserver, etcd, java21, keycloak, postgres, flyte):
+    for build in (kube_apiserver, kube_scheduler, kubelet, etcd, java21, keycloak, postgres,
+                  flyte):
         try:
             say(f"{build.__name__}: {build()}")
         except PeerUnavailable as exc:

@@ -1,0 +1,233 @@
+"""A real node for the end-to-end cluster: containerd + runc (Debian) and the kubelet, with
+kube-scheduler placing pods on it and kube-controller-manager running the two controllers
+a node needs (node lifecycle: it lifts the not-ready taint; root-ca-cert-publisher: the
+kube-root-ca.crt every pod's service-account volume mounts). All as local processes, state
+under one short temp dir.
+
+Pods use the host's network (no CNI plugin here), so everything stays on loopback; the
+tests set `hostNetwork` in their pod specs. Images come from tests/e2e/images.py, imported
+into containerd: nothing is pulled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.e2e import images, peers
+from tests.e2e.cluster import ADMIN_TOKEN, Cluster, free_port
+
+NODE = "e2e-node"
+#: The node's IP: the kubelet refuses a loopback one (127/8), and this machine has no dummy
+#: interfaces, so the harness adds this /32 to `lo` for the node's life. Traffic to it never
+#: leaves the machine; the kubelet listens on it and pods (host network) get it as their IP.
+NODE_IP = "10.254.254.1"
+KUBELET_TOKEN = "e2e-kubelet-token"
+SCHEDULER_TOKEN = "e2e-scheduler-token"
+#: Static-token users the cluster knows (tokens.csv lines: token,user,uid,groups).
+NODE_USERS = (f'{KUBELET_TOKEN},system:node:{NODE},{NODE},"system:nodes"',
+              f"{SCHEDULER_TOKEN},system:kube-scheduler,kube-scheduler,")
+
+CONTAINERD_CONFIG = """version = 2
+root = "{dir}/containerd/root"
+state = "{dir}/containerd/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+                    "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+[grpc]
+  address = "{dir}/containerd.sock"
+[ttrpc]
+  address = "{dir}/containerd.ttrpc.sock"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  # Lowering a process's oom_score_adj needs CAP_SYS_RESOURCE, which this machine's root
+  # lacks (runc: "failed to update /proc/self/oom_score_adj: Permission denied"); kind and
+  # rootless setups set the same.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{dir}/cni/bin"
+    conf_dir = "{dir}/cni/conf"
+"""
+
+
+def kubelet_config(sock: Path, port: int, healthz: int, client_ca: Path) -> dict[str, Any]:
+    """The kubelet of a one-node test cluster on a developer machine: cgroupfs, no swap
+    check, no eviction or image GC (a busy disk must not evict the test's pods)."""
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+        "cgroupDriver": "cgroupfs", "failSwapOn": False,
+        "containerRuntimeEndpoint": f"unix://{sock}",
+        "address": NODE_IP, "port": port, "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1", "healthzPort": healthz,
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
+                           "x509": {"clientCAFile": str(client_ca)}},  # the API server's
+        "authorization": {"mode": "AlwaysAllow"},
+        "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%",
+                         "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
+        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+        "enforceNodeAllocatable": [], "resolvConf": "", "serializeImagePulls": False,
+        "syncFrequency": "2s", "fileCheckFrequency": "2s",
+    }
+
+
+@dataclass
+class Node:
+    cluster: Cluster
+    workdir: Path  # short: containerd's socket path must fit in 107 bytes
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    added_ip: bool = False
+
+    @property
+    def containerd_sock(self) -> Path:
+        return self.workdir / "containerd.sock"
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = (self.workdir / f"{name}.log").open("wb")
+        self.processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-6000:]}"
+                         for p in sorted(self.workdir.glob("*.log")))
+
+    def ctr(self, *args: str) -> str:
+        done = subprocess.run(["ctr", "--address", str(self.containerd_sock), "-n", "k8s.io",
+                               *args], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"ctr {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
+
+    def _add_node_ip(self) -> None:
+        shown = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True,
+                               text=True, check=True).stdout
+        if f" {NODE_IP}/" not in shown:
+            subprocess.run(["ip", "addr", "add", f"{NODE_IP}/32", "dev", "lo"], check=True)
+            self.added_ip = True
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._add_node_ip)
+        for sub in ("containerd", "cni/bin", "cni/conf", "kubelet", "pki"):
+            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        # Pods here use the host's network, so no CNI plugin ever runs; the runtime reports
+        # its network ready (and the kubelet lifts the node's not-ready taint) only once a
+        # CNI config exists. This one names a plugin with no binary here: a pod without
+        # hostNetwork fails at sandbox creation, saying so.
+        (self.workdir / "cni/conf/10-host-network-only.conflist").write_text(json.dumps({
+            "cniVersion": "0.4.0", "name": "host-network-only",
+            "plugins": [{"type": "host-network-only"}]}))
+        config = self.workdir / "containerd.toml"
+        config.write_text(CONTAINERD_CONFIG.format(dir=self.workdir, pause=images.PAUSE_IMAGE))
+        self._spawn("containerd", ["containerd", "--config", str(config)])
+        await self._until(self.containerd_sock.exists, "containerd's socket")
+        for tarball in images.tool_images():
+            self.ctr("images", "import", "--no-unpack=false", str(tarball))
+        await self.cluster.bind_role("e2e-node", "system:node",
+                                     {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                                      "name": "system:nodes"})
+        kubelet_yaml = self.workdir / "kubelet.yaml"
+        kubelet_yaml.write_text(yaml.safe_dump(kubelet_config(
+            self.containerd_sock, free_port(), free_port(), self.cluster.ca_file)))
+        admin_kc = self.cluster.kubeconfig(self.workdir / "admin.kc", ADMIN_TOKEN)
+        self._spawn("kube-controller-manager", [
+            str(peers.kube_command("kube-controller-manager")), f"--kubeconfig={admin_kc}",
+            f"--authentication-kubeconfig={admin_kc}", f"--authorization-kubeconfig={admin_kc}",
+            "--controllers=nodelifecycle,root-ca-cert-publisher", "--leader-elect=false",
+            f"--root-ca-file={self.cluster.ca_file}", "--bind-address=127.0.0.1",
+            f"--secure-port={free_port()}"])
+        self._spawn("kube-scheduler", [
+            str(peers.kube_command("kube-scheduler")),
+            f"--kubeconfig={self.cluster.kubeconfig(self.workdir / 'sched.kc', SCHEDULER_TOKEN)}",
+            f"--authentication-kubeconfig={self.workdir / 'sched.kc'}",
+            f"--authorization-kubeconfig={self.workdir / 'sched.kc'}",
+            "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}"])
+        self._spawn("kubelet", [
+            str(peers.kube_command("kubelet")), f"--config={kubelet_yaml}",
+            f"--kubeconfig={self.cluster.kubeconfig(self.workdir / 'kubelet.kc', KUBELET_TOKEN)}",
+            f"--root-dir={self.workdir / 'kubelet'}", f"--cert-dir={self.workdir / 'pki'}",
+            f"--hostname-override={NODE}", f"--node-ip={NODE_IP}"])
+        await self._until_node_registered()
+
+    async def _until(self, ready: Any, what: str, timeout: float = 60) -> None:
+        async with asyncio.timeout(timeout):
+            while not ready():
+                self._check_alive(what)
+                await asyncio.sleep(0.1)  # polling a process this harness does not own
+
+    def _check_alive(self, waiting_for: str) -> None:
+        for p in self.processes:
+            if p.poll() is not None:
+                raise RuntimeError(f"a node process exited while waiting for {waiting_for}:\n"
+                                   f"{self.logs()}")
+
+    async def _until_node_registered(self) -> None:
+        async with asyncio.timeout(120):
+            while True:
+                self._check_alive(f"node {NODE} to register")
+                with contextlib.suppress(Exception):
+                    node = await self.cluster.request("GET", f"/api/v1/nodes/{NODE}")
+                    if node["status"].get("nodeInfo", {}).get("containerRuntimeVersion"):
+                        return
+                await asyncio.sleep(0.5)  # the kubelet registers and reports its runtime
+
+    async def stop(self) -> None:
+        for p in reversed(self.processes):
+            p.terminate()
+        for p in self.processes:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        await asyncio.to_thread(self._unmount)
+
+    def _unmount(self) -> None:
+        """The kubelet leaves tmpfs mounts (projected volumes) under its root dir; the node's
+        IP goes if the harness added it."""
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+                  if line.split()[1].startswith(str(self.workdir))]
+        for mount in sorted(mounts, reverse=True):
+            subprocess.run(["umount", "-l", mount], check=False)
+        if self.added_ip:
+            subprocess.run(["ip", "addr", "del", f"{NODE_IP}/32", "dev", "lo"], check=False)
+
+    async def pod_phase(self, namespace: str, name: str) -> str:
+        pod = await self.cluster.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
+        return str(pod.get("status", {}).get("phase", ""))
+
+    async def wait_phase(self, namespace: str, name: str, phases: set[str],
+                         timeout: float = 120) -> dict[str, Any]:
+        """The pod once its phase is one of `phases` (watched, not polled)."""
+        path = (f"/api/v1/namespaces/{namespace}/pods?watch=true"
+                f"&fieldSelector=metadata.name%3D{name}")
+        assert self.cluster.session is not None
+        async with asyncio.timeout(timeout):
+            async with self.cluster.session.get(self.cluster.url + path) as resp:
+                async for line in resp.content:
+                    pod = json.loads(line)["object"]
+                    if pod.get("status", {}).get("phase") in phases:
+                        return dict(pod)
+        raise RuntimeError(f"the watch on pod {namespace}/{name} ended")
+
+
+@contextlib.asynccontextmanager
+async def running_node(cluster: Cluster) -> AsyncIterator[Node]:
+    workdir = Path(tempfile.mkdtemp(prefix="fa-node-"))
+    node = Node(cluster, workdir)
+    try:
+        await node.start()
+        yield node
+    finally:
+        await node.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
