@@ -86,8 +86,6 @@ def skip_reason(pod: Json, namespace: str, own_namespace: str) -> str | None:
         return f"not a Flyte task pod (no {consts.FLYTE_TASK_LABEL} label)"
     if str(annotations.get(consts.ANNOTATION_INJECT, "")).lower() == "false":
         return f"opted out ({consts.ANNOTATION_INJECT}: \"false\")"
-    if as_object(pod.get("spec")).get("hostNetwork") is True:
-        return "hostNetwork pods are not injected (the agent's probe port would be the node's)"
     return None
 
 
@@ -200,12 +198,30 @@ def _label_env(env: str, label: str) -> Json:
         "apiVersion": "v1", "fieldPath": f"metadata.labels['{label}']"}}}
 
 
+def _probes(sidecar: Sidecar, host_network: bool) -> Json:
+    """The task's containers start only once the agent holds a token (startupProbe). On the
+    pod's own network the kubelet asks the agent's TCP health port; a hostNetwork pod shares
+    the node's, where two pods' ports would collide, so it gets no port and the kubelet asks
+    over the socket (`flyte-auth-agent status` exits 0 only with a valid token)."""
+    if host_network:
+        return {"startupProbe": {"exec": {"command": ["flyte-auth-agent", "status"]},
+                                 "periodSeconds": 1, "timeoutSeconds": 5,
+                                 "failureThreshold": 300}}
+    return {
+        "startupProbe": {"httpGet": {"path": contract.PATH_READYZ, "port": sidecar.probe_port},
+                         "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 300},
+        "livenessProbe": {"httpGet": {"path": contract.PATH_HEALTHZ,
+                                      "port": sidecar.probe_port},
+                          "periodSeconds": 10, "timeoutSeconds": 1, "failureThreshold": 3},
+    }
+
+
 def sidecar_container(name: str, sidecar: Sidecar, settings: PodSettings, token_vol: str,
-                      socket_vol: str) -> Json:
+                      socket_vol: str, *, host_network: bool = False) -> Json:
     agent_settings: list[tuple[str, str]] = [
         ("socket", contract.DEFAULT_SOCKET_PATH),
         ("token_file", contract.DEFAULT_TOKEN_FILE),
-        ("health_addr", f"0.0.0.0:{sidecar.probe_port}"),
+        *([] if host_network else [("health_addr", f"0.0.0.0:{sidecar.probe_port}")]),
         ("grant", sidecar.grant),
         ("scope", settings.scopes),
     ]
@@ -232,12 +248,7 @@ def sidecar_container(name: str, sidecar: Sidecar, settings: PodSettings, token_
             {"name": token_vol, "mountPath": contract.TOKEN_DIR, "readOnly": True},
             {"name": socket_vol, "mountPath": contract.SOCKET_DIR},
         ],
-        # The task's containers start only once the agent holds a token.
-        "startupProbe": {"httpGet": {"path": contract.PATH_READYZ, "port": sidecar.probe_port},
-                         "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 300},
-        "livenessProbe": {"httpGet": {"path": contract.PATH_HEALTHZ,
-                                      "port": sidecar.probe_port},
-                          "periodSeconds": 10, "timeoutSeconds": 1, "failureThreshold": 3},
+        **_probes(sidecar, host_network),
         "resources": copy.deepcopy(dict(sidecar.resources)),
         "securityContext": copy.deepcopy(dict(sidecar.security_context)),
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -296,7 +307,8 @@ def inject(pod: Json, sidecar: Sidecar, settings: PodSettings) -> Json:
     others = frozenset(str(c.get("name")) for key in ("containers", "ephemeralContainers")
                        for c in as_list(spec.get(key)) if isinstance(c, dict))
     name = _claim(inits, consts.SIDECAR_NAME,
-                  lambda n: sidecar_container(n, sidecar, settings, token_vol, socket_vol),
+                  lambda n: sidecar_container(n, sidecar, settings, token_vol, socket_vol,
+                                              host_network=spec.get("hostNetwork") is True),
                   owned.get("sidecar"), insert_at=0, taken=others)
     containers = _own_list(spec, "containers")
     for i, container in enumerate(containers):

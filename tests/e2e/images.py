@@ -5,6 +5,10 @@ an OCI image layout (one layer tar, a config, a manifest, an index) in a tarball
 - `pause`: the pod sandbox image the kubelet asks for (containerd's `sandbox_image`), a
   static Go program that waits for SIGTERM, under the name registry.k8s.io/pause uses.
 - `tool`: the same static program, for task containers that only need to run and exit.
+- `agent`: deploy/Dockerfile's agent stage, built without an engine: Debian bookworm's
+  Python 3.11 (the packages python:3.11-slim-bookworm's interpreter needs), a virtualenv at
+  /opt/agent with `flyte-auth-common` and `flyte-auth-agent[agent]` installed from wheels,
+  the same PATH, user 65532 and entrypoint.
 """
 
 from __future__ import annotations
@@ -12,28 +16,103 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import shutil
+import subprocess
+import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.e2e.peers import CACHE, _run, say
+from tests.e2e.peers import CACHE, ROOT, _run, say
 
 PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
 TOOL_IMAGE = "flyte-auth.e2e/tool:1"
+AGENT_IMAGE = "flyte-auth.e2e/agent:1"
+#: Debian bookworm packages behind the agent image's interpreter (libc, Python 3.11 with
+#: venv and ensurepip, the libraries its stdlib links).
+AGENT_DEBS = (
+    "libc6", "libgcc-s1", "gcc-12-base", "libpython3.11-minimal", "libpython3.11-stdlib",
+    "python3.11-minimal", "python3.11", "python3.11-venv", "python3-pip-whl",
+    "python3-setuptools-whl", "libssl3", "zlib1g", "libexpat1", "libffi8", "libbz2-1.0",
+    "liblzma5", "libsqlite3-0", "libuuid1", "libncursesw6", "libtinfo6", "libreadline8",
+    "libdb5.3", "libgdbm6", "libcrypt1", "libnsl2", "libtirpc3", "libtirpc-common",
+    "libgssapi-krb5-2", "libk5crypto3", "libkrb5-3", "libkrb5support0", "libkeyutils1",
+    "libcom-err2", "libzstd1", "media-types",
+)
 
-#: `pause` waits for SIGTERM or SIGINT and exits 0; `exit N` exits N; `echo ARGS` prints.
+#: `pause` waits for SIGTERM or SIGINT and exits 0; `exit N` exits N; `echo ARGS` prints;
+#: `token SOCKET` asks the agent on SOCKET for a token, as a task would, and prints the
+#: answer's status and token type (never the token); `recover SOCKET` keeps asking until a
+#: call succeeds after one failed.
 TOOL_SOURCE = """package main
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
+func token(socket string, verbose bool) int {
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+		}}}
+	req, _ := http.NewRequest("GET", "http://agent/v1/token", nil)
+	req.Header.Set("X-Flyte-Auth-Agent", "1")
+	resp, err := client.Do(req)
+	if err != nil {
+		if verbose {
+			fmt.Println("error", err)
+		}
+		return 1
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	if verbose {
+		fmt.Printf("uid=%d status=%d token_type=%v\\n",
+			os.Getuid(), resp.StatusCode, body["token_type"])
+	}
+	if resp.StatusCode != 200 {
+		return 1
+	}
+	return 0
+}
+
+// untilRecovered asks for a token every 100 ms, printing each change of answer, and exits 0 once
+// a call succeeds after one failed (the agent died and came back); 1 after two minutes.
+func untilRecovered(socket string) int {
+	last, failed := "", false
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); {
+		status := "ok"
+		if token(socket, false) != 0 {
+			status, failed = "failing", true
+		} else if failed {
+			fmt.Println("ok again")
+			return 0
+		}
+		if status != last {
+			fmt.Println(status)
+			last = status
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return 1
+}
+
 func main() {
+	if len(os.Args) > 2 && os.Args[1] == "recover" {
+		os.Exit(untilRecovered(os.Args[2]))
+	}
 	if len(os.Args) > 2 && os.Args[1] == "exit" {
 		code, _ := strconv.Atoi(os.Args[2])
 		os.Exit(code)
@@ -41,6 +120,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "echo" {
 		fmt.Println(strings.Join(os.Args[2:], " "))
 		return
+	}
+	if len(os.Args) > 2 && os.Args[1] == "token" {
+		os.Exit(token(os.Args[2], true))
 	}
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
@@ -84,10 +166,11 @@ def _layer(files: dict[str, tuple[bytes, int]]) -> bytes:
     return out.getvalue()
 
 
-def layout(image: Image) -> bytes:
-    """The image as an OCI image layout in a tar, named for `ctr images import`."""
+def layout(image: Image, layer: bytes | None = None) -> bytes:
+    """The image as an OCI image layout in a tar, named for `ctr images import`; its one
+    layer holds `image.files`, or is `layer` (a tar) when given."""
     blobs: dict[str, bytes] = {}
-    layer = _layer(image.files)
+    layer = _layer(image.files) if layer is None else layer
     layer_desc = _blob(blobs, layer)
     config = {"architecture": "amd64", "os": "linux",
               "config": {"Entrypoint": image.entrypoint, "Cmd": image.cmd,
@@ -145,3 +228,59 @@ def tool_images() -> list[Path]:
             path.write_bytes(data)
         made.append(path)
     return made
+
+
+def _source_digest() -> str:
+    """What the agent image is made of: the packages, and the sources it installs."""
+    digest = hashlib.sha256(" ".join(AGENT_DEBS).encode())
+    for top in ("common", "agent"):
+        for path in sorted((ROOT / top).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
+    digest.update((ROOT / "pyproject.toml").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def agent_image() -> Path:
+    """deploy/Dockerfile's agent image as an import tarball, cached by its sources."""
+    path = CACHE / "images" / f"agent-{_source_digest()}.tar"
+    if path.exists():
+        return path
+    say("building the agent image (Debian's Python 3.11 + the agent extra; needs root for "
+        "chroot)")
+    work = CACHE / "agent-image"
+    shutil.rmtree(work, ignore_errors=True)
+    debs, rootfs, wheels = work / "debs", work / "rootfs", work / "rootfs/wheels"
+    for d in (debs, wheels):
+        d.mkdir(parents=True)
+    _run(["apt-get", "download", "-q", *AGENT_DEBS], debs)
+    for deb in sorted(debs.glob("*.deb")):
+        _run(["dpkg-deb", "-x", str(deb), str(rootfs)], work)
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels),
+          str(ROOT / "common"), f"{ROOT}[agent]"], ROOT)
+    env = {"PATH": "/usr/bin:/bin", "PIP_NO_CACHE_DIR": "1", "HOME": "/root",
+           "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    chroot = [shutil.which("chroot") or "/usr/sbin/chroot", str(rootfs)]
+    for argv in (["/usr/bin/python3.11", "-m", "venv", "/opt/agent"],
+                 ["/opt/agent/bin/pip", "install", "-q", "--no-index", "--find-links",
+                  "/wheels", "flyte-auth-common[serving,admin]", "flyte-auth-agent[agent]"]):
+        done = subprocess.run(chroot + argv, env=env, capture_output=True, text=True,
+                              check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} in the agent image: {done.stderr[-2000:]}")
+    shutil.rmtree(wheels)
+    for pip in (rootfs / "opt/agent/bin").glob("pip*"):
+        pip.unlink()
+    for cache in list(rootfs.rglob("__pycache__")):
+        shutil.rmtree(cache, ignore_errors=True)
+    image = Image(AGENT_IMAGE, {}, ["flyte-auth-agent"], ["serve"], user="65532:65532",
+                  env=["PATH=/opt/agent/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
+                       "/sbin:/bin", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"])
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for entry in sorted(os.listdir(rootfs)):
+            tar.add(rootfs / entry, arcname=entry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(layout(image, layer.getvalue()))
+    shutil.rmtree(work, ignore_errors=True)
+    return path

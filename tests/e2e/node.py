@@ -17,7 +17,7 @@ import json
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,10 @@ NODE = "e2e-node"
 #: interfaces, so the harness adds this /32 to `lo` for the node's life. Traffic to it never
 #: leaves the machine; the kubelet listens on it and pods (host network) get it as their IP.
 NODE_IP = "10.254.254.1"
+#: The node is tainted so that only pods meant for it run there: other tests' pods stay
+#: unscheduled, as they were before the suite had a node (and delete at once).
+TAINT = "flyte-auth.e2e/real-node"
+TOLERATION = {"key": TAINT, "operator": "Exists", "effect": "NoSchedule"}
 KUBELET_TOKEN = "e2e-kubelet-token"
 SCHEDULER_TOKEN = "e2e-scheduler-token"
 #: Static-token users the cluster knows (tokens.csv lines: token,user,uid,groups).
@@ -132,7 +136,7 @@ class Node:
         config.write_text(CONTAINERD_CONFIG.format(dir=self.workdir, pause=images.PAUSE_IMAGE))
         self._spawn("containerd", ["containerd", "--config", str(config)])
         await self._until(self.containerd_sock.exists, "containerd's socket")
-        for tarball in images.tool_images():
+        for tarball in [*images.tool_images(), images.agent_image()]:
             self.ctr("images", "import", "--no-unpack=false", str(tarball))
         await self.cluster.bind_role("e2e-node", "system:node",
                                      {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
@@ -157,7 +161,8 @@ class Node:
             str(peers.kube_command("kubelet")), f"--config={kubelet_yaml}",
             f"--kubeconfig={self.cluster.kubeconfig(self.workdir / 'kubelet.kc', KUBELET_TOKEN)}",
             f"--root-dir={self.workdir / 'kubelet'}", f"--cert-dir={self.workdir / 'pki'}",
-            f"--hostname-override={NODE}", f"--node-ip={NODE_IP}"])
+            f"--hostname-override={NODE}", f"--node-ip={NODE_IP}",
+            f"--register-with-taints={TAINT}=:NoSchedule"])
         await self._until_node_registered()
 
     async def _until(self, ready: Any, what: str, timeout: float = 60) -> None:
@@ -206,9 +211,9 @@ class Node:
         pod = await self.cluster.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
         return str(pod.get("status", {}).get("phase", ""))
 
-    async def wait_phase(self, namespace: str, name: str, phases: set[str],
+    async def wait_until(self, namespace: str, name: str, done: Callable[[dict[str, Any]], bool],
                          timeout: float = 120) -> dict[str, Any]:
-        """The pod once its phase is one of `phases` (watched, not polled)."""
+        """The pod once `done(pod)` holds (watched, not polled)."""
         path = (f"/api/v1/namespaces/{namespace}/pods?watch=true"
                 f"&fieldSelector=metadata.name%3D{name}")
         assert self.cluster.session is not None
@@ -216,9 +221,14 @@ class Node:
             async with self.cluster.session.get(self.cluster.url + path) as resp:
                 async for line in resp.content:
                     pod = json.loads(line)["object"]
-                    if pod.get("status", {}).get("phase") in phases:
+                    if done(pod):
                         return dict(pod)
         raise RuntimeError(f"the watch on pod {namespace}/{name} ended")
+
+    async def wait_phase(self, namespace: str, name: str, phases: set[str],
+                         timeout: float = 120) -> dict[str, Any]:
+        return await self.wait_until(
+            namespace, name, lambda pod: pod.get("status", {}).get("phase") in phases, timeout)
 
 
 @contextlib.asynccontextmanager

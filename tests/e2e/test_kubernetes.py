@@ -35,12 +35,14 @@ from flyte_auth_injector.config import InjectorConfig
 from flyte_auth_injector.runtime import running_injector
 from flyte_auth_injector.webhook_config import webhook_configuration
 from tests.e2e.cluster import RBAC_GROUP, Cluster, KubeError, free_port, running_cluster
+from tests.e2e.images import AGENT_IMAGE, TOOL_IMAGE
 from tests.e2e.manifests import (
     FLYTEWORKFLOW_CRD,
     rendered_exchange_args,
     rendered_manifests,
     sidecar_env,
 )
+from tests.e2e.node import NODE_USERS, TOLERATION, Node, running_node
 from tests.helpers import H
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(600)]
@@ -79,6 +81,7 @@ class E2E:
     exchange_url: str
     workdir: Path
     workflow: dict[str, Any]
+    node: Node
 
     async def create(self, pod: dict[str, Any], *, as_user: str = PROPELLER,
                      owned: bool = True) -> dict[str, Any]:
@@ -105,6 +108,7 @@ class E2E:
 
 
 EXECUTION_LABEL = "execution-id"
+SOCKET = "/var/run/flyte-auth/agent.sock"  # where the injector mounts it in app containers
 
 
 async def grant_pod_rights(cluster: Cluster) -> None:
@@ -120,7 +124,8 @@ async def grant_pod_rights(cluster: Cluster) -> None:
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def e2e(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E2E]:
     workdir = tmp_path_factory.mktemp("e2e")
-    async with running_cluster(workdir / "cluster") as cluster:
+    async with running_cluster(workdir / "cluster", users=NODE_USERS) as cluster, \
+            running_node(cluster) as node:
         try:
             for name, labels in (("flyte-auth", {}), ("flyte", {}), (LABELED, {
                     "flyte-auth.flyte.org/inject": "enabled"}), (PLAIN, {})):
@@ -174,16 +179,18 @@ async def e2e(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E2E]:
                     "--tls-key", str(workdir / "injector.pem"), "--admin-endpoint", admin_target,
                     "--admin-insecure", "--token-endpoint", exchange.url + "/oauth2/token",
                     "--agent-ca-file", str(workdir / "ca.crt"),
+                    "--agent-image", AGENT_IMAGE, "--agent-image-pull-policy", "Never",
                     "--kubeconfig", str(kube["flyte-auth-injector"])], {})
                 async with running_injector(injector_config):
                     hook = webhook_configuration(
                         url=f"https://127.0.0.1:{port}/mutate",
                         ca_bundle=base64.b64encode(ca.cert_pem.bytes()).decode())
                     await cluster.apply(hook)
-                    yield E2E(cluster, admin, admin_target, exchange.url, workdir, workflow)
+                    yield E2E(cluster, admin, admin_target, exchange.url, workdir, workflow,
+                              node)
             await server.stop(None)
         except BaseException:
-            print(cluster.logs())  # every peer's log, for the failing test's report
+            print(cluster.logs(), node.logs())  # every peer's log, for the failing test
             raise
 
 
@@ -203,6 +210,63 @@ async def test_a_flyte_pod_in_a_labeled_namespace_comes_back_injected(e2e: E2E) 
     env = {e["name"]: e.get("value") for e in created["spec"]["containers"][0]["env"]}
     assert env["FLYTE_CREDENTIALS_AUTH_MODE"] == "flyte-auth-agent"
     assert "flyte-auth.flyte.org/status" in created["metadata"]["annotations"]
+
+
+def on_the_node(name: str, *task_args: str) -> dict[str, Any]:
+    """A Flyte pod for the real node: the host's network (set in the pod spec, as a pod
+    template would), the node's toleration, and the tool image as the task, as uid 1000."""
+    pod = flyte_pod(name)
+    pod["spec"] |= {"hostNetwork": True, "tolerations": [TOLERATION]}
+    pod["spec"]["containers"][0] |= {
+        "image": TOOL_IMAGE, "imagePullPolicy": "Never", "args": list(task_args),
+        "securityContext": {"runAsUser": 1000, "runAsGroup": 1000}}
+    return pod
+
+
+def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    status = pod["status"]
+    return next(s for s in status.get("initContainerStatuses", []) +
+                status.get("containerStatuses", []) if s["name"] == name)
+
+
+async def task_log(e2e: E2E, name: str) -> str:
+    answer = await e2e.cluster.request(
+        "GET", f"/api/v1/namespaces/{LABELED}/pods/{name}/log?container=task")
+    return str(answer["message"])
+
+
+async def test_an_injected_pod_runs_on_the_real_node(e2e: E2E) -> None:
+    """The kubelet runs the injected pod: the agent (its image as deploy/Dockerfile builds
+    it) starts first and holds a token before the task starts; the task, as its own uid,
+    gets a token over the socket on its first try; the pod ends Succeeded with the sidecar
+    stopped, and the task's log holds no token."""
+    assert agent_of(await e2e.create(on_the_node("on-node", "token", SOCKET)))
+    done = await e2e.node.wait_phase(LABELED, "on-node", {"Succeeded", "Failed"})
+    log = await task_log(e2e, "on-node")
+    agent, task = container(done, "flyte-auth-agent"), container(done, "task")
+    assert done["status"]["phase"] == "Succeeded", (done["status"], log, e2e.node.logs())
+    assert log.strip() == "uid=1000 status=200 token_type=Bearer"
+    assert "eyJ" not in log
+    assert agent["restartCount"] == 0 and "terminated" in agent["state"]  # stopped with it
+    assert task["state"]["terminated"]["exitCode"] == 0
+    assert agent["state"]["terminated"]["startedAt"] <= task["state"]["terminated"]["startedAt"]
+
+
+async def test_the_kubelet_restarts_a_killed_agent_and_the_task_recovers(e2e: E2E) -> None:
+    """SIGKILL the agent mid-task: the kubelet restarts the sidecar, and the task, asking
+    again, gets a token from the new agent."""
+    await e2e.create(on_the_node("agent-killed", "recover", SOCKET))
+    running = await e2e.node.wait_until(LABELED, "agent-killed", lambda pod: "running" in (
+        container(pod, "task")["state"] if pod.get("status", {}).get("containerStatuses")
+        else {}))
+    agent_id = container(running, "flyte-auth-agent")["containerID"].removeprefix(
+        "containerd://")
+    e2e.node.ctr("tasks", "kill", "--signal", "SIGKILL", agent_id)
+    done = await e2e.node.wait_phase(LABELED, "agent-killed", {"Succeeded", "Failed"})
+    log = await task_log(e2e, "agent-killed")
+    assert done["status"]["phase"] == "Succeeded", (done["status"], log, e2e.node.logs())
+    assert log.split()[-3:] == ["failing", "ok", "again"]
+    assert container(done, "flyte-auth-agent")["restartCount"] >= 1
 
 
 async def test_unlabeled_namespaces_and_opted_out_pods_are_untouched(e2e: E2E) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from tests.e2e.cluster import running_cluster
 from tests.e2e.images import TOOL_IMAGE
-from tests.e2e.node import NODE, NODE_USERS, running_node
+from tests.e2e.node import NODE, NODE_USERS, TOLERATION, running_node
 
 pytestmark = [pytest.mark.timeout(600)]
 NS = "plain-development"
@@ -21,6 +21,7 @@ async def test_a_plain_pod_runs_to_completion_on_the_real_node(tmp_path: Path) -
         await cluster.apply({
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hello", "namespace": NS},
             "spec": {"hostNetwork": True, "restartPolicy": "Never",
+                     "tolerations": [TOLERATION],
                      "containers": [{"name": "main", "image": TOOL_IMAGE,
                                      "imagePullPolicy": "Never",
                                      "args": ["echo", "hello from the node"]}]}})

@@ -159,8 +159,6 @@ async def test_collisions_take_the_next_name_and_leave_the_users_items(call: Cal
                  "flytesnacks-development", id="not-a-flyte-pod"),
     pytest.param(propeller_pod(), "kube-system", id="kube-system"),
     pytest.param(propeller_pod(), "flyte-auth", id="own-namespace"),
-    pytest.param(variant(propeller_pod(), spec__hostNetwork=True), "flytesnacks-development",
-                 id="host-network"),
 ])
 async def test_pods_left_alone(call: Call, pod: Json, namespace: str) -> None:
     status, answer = await call(review(pod, namespace))
@@ -253,3 +251,20 @@ async def test_operator_settings_flow_into_the_sidecar(call: Call) -> None:
     assert app["FLYTE_PLATFORM_URL"] == "flyteadmin.flyte.svc.cluster.local:81"
     assert app["FLYTE_PLATFORM_INSECURE"] == "true"
     assert app["FLYTE_INTERNAL_EXECUTION_ID"] == "f3a1b2c4d5e6"  # propeller's env untouched
+
+
+async def test_a_host_network_pod_gets_no_port_and_is_probed_over_the_socket(call: Call) -> None:
+    """A hostNetwork pod shares the node's network: an agent port there would collide with
+    the next such pod's. Its agent listens on no TCP port, and the kubelet's startupProbe
+    asks it over the socket instead."""
+    pod = variant(propeller_pod(), spec__hostNetwork=True)
+    _, answer = await call(review(pod))
+    injected = apply(pod, answer)
+    agent = injected["spec"]["initContainers"][0]
+    env = {e["name"]: e.get("value") for e in agent["env"]}
+    assert agent["name"] == "flyte-auth-agent"
+    assert "FLYTE_AUTH_AGENT_HEALTH_ADDR" not in env
+    assert agent["startupProbe"]["exec"]["command"] == ["flyte-auth-agent", "status"]
+    assert "livenessProbe" not in agent and "ports" not in agent
+    plain = apply(propeller_pod(), (await call(review(propeller_pod())))[1])
+    assert "httpGet" in plain["spec"]["initContainers"][0]["startupProbe"]
