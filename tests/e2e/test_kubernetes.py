@@ -269,6 +269,20 @@ async def test_the_kubelet_restarts_a_killed_agent_and_the_task_recovers(e2e: E2
     assert container(done, "flyte-auth-agent")["restartCount"] >= 1
 
 
+async def test_an_opted_out_pod_runs_untouched_on_the_real_node(e2e: E2E) -> None:
+    """Opted out: no agent, no socket; the kubelet runs the task alone, which finds nothing
+    to ask for a token."""
+    pod = on_the_node("opted-out-on-node", "token", SOCKET)
+    pod["metadata"]["annotations"] = {"flyte-auth.flyte.org/inject": "false"}
+    assert not agent_of(await e2e.create(pod))
+    done = await e2e.node.wait_phase(LABELED, "opted-out-on-node", {"Succeeded", "Failed"})
+    log = await task_log(e2e, "opted-out-on-node")
+    assert done["status"]["phase"] == "Failed"  # the tool found no agent, as it should
+    assert [c["name"] for c in done["spec"]["containers"]] == ["task"]
+    assert not done["spec"].get("initContainers")
+    assert "no such file or directory" in log
+
+
 async def test_unlabeled_namespaces_and_opted_out_pods_are_untouched(e2e: E2E) -> None:
     plain = await e2e.create(flyte_pod("task-b", PLAIN))
     opted_out = await e2e.create(flyte_pod("task-c", **{"flyte-auth.flyte.org/inject": "false"}))
