@@ -269,6 +269,28 @@ async def test_the_kubelet_restarts_a_killed_agent_and_the_task_recovers(e2e: E2
     assert container(done, "flyte-auth-agent")["restartCount"] >= 1
 
 
+#: Run in the agent container: the claims of the token the kubelet projected (not the token).
+CLAIMS = ("import json; from flyte_auth_common.jwt import jwt_claims; "
+          "c = jwt_claims(open('/var/run/secrets/flyte-auth/token').read()); "
+          "print(json.dumps({'aud': c['aud'], 'lifetime': c['exp'] - c['iat'], "
+          "'pod': c['kubernetes.io']['pod']['name']}))")
+
+
+async def test_the_kubelet_projects_the_token_the_injector_asked_for(e2e: E2E) -> None:
+    """In the running agent's container, the file at the injected path is the kubelet's
+    projected token for this pod, with the injected audience and expiry."""
+    await e2e.create(on_the_node("token-file", "pause"))
+    running = await e2e.node.wait_until(LABELED, "token-file", lambda pod: "running" in (
+        container(pod, "task")["state"] if pod.get("status", {}).get("containerStatuses")
+        else {}))
+    agent_id = container(running, "flyte-auth-agent")["containerID"].removeprefix(
+        "containerd://")
+    claims = json.loads(e2e.node.ctr("tasks", "exec", "--exec-id", "claims", agent_id,
+                                     "/opt/agent/bin/python", "-c", CLAIMS))
+    await e2e.cluster.request("DELETE", f"/api/v1/namespaces/{LABELED}/pods/token-file")
+    assert claims == {"aud": [AUDIENCE], "lifetime": 3600, "pod": "token-file"}
+
+
 async def test_an_opted_out_pod_runs_untouched_on_the_real_node(e2e: E2E) -> None:
     """Opted out: no agent, no socket; the kubelet runs the task alone, which finds nothing
     to ask for a token."""
