@@ -70,6 +70,7 @@ class AgentConfig:
     max_connections: int
     idle_timeout: float
     exchange_timeout: float
+    termination_log: Path
     log_level: str
     log_format: str
     execution: ExecutionContext
@@ -126,6 +127,7 @@ class AgentConfig:
             max_connections=s.value("max_connections", to_positive_int),
             idle_timeout=idle_timeout,
             exchange_timeout=s.value("exchange_timeout", to_positive_float),
+            termination_log=s.value("termination_log", to_path),
             log_level=s.value("log_level", str),
             log_format=s.value("log_format", str),
             execution=ExecutionContext.from_env(environ),

@@ -67,6 +67,17 @@ def bind_unix_socket(path: Path, mode: int) -> socket.socket:
     return sock
 
 
+def _leave_termination_message(path: Path, reason: str | None) -> None:
+    """The kubelet shows this file as the container's last state: a pod held for a token
+    says why in `kubectl describe pod`. The kubelet creates it; where nobody did (outside
+    Kubernetes) it is not created."""
+    if reason is None:
+        return
+    with contextlib.suppress(OSError), path.open("r+", encoding="utf-8") as file:
+        file.write(reason + "\n")
+        file.truncate()
+
+
 @dataclass
 class RunningAgent:
     config: AgentConfig
@@ -124,6 +135,7 @@ async def running_agent(config: AgentConfig, *, clock: Clock | None = None,
         for r in runners:
             await r.cleanup()  # stops listening first, then waits for in-flight requests
         await source.stop()
+        _leave_termination_message(config.termination_log, source.stopped_without_token())
         await session.close()
         sock.close()
         with contextlib.suppress(FileNotFoundError):

@@ -123,6 +123,14 @@ class TokenSource(Generic[U]):
                 await self._resolved.wait()
         return self.upstream
 
+    def stopped_without_token(self) -> str | None:
+        """Why the agent holds no valid token, for its termination message; None if it does."""
+        if self.token() is not None:
+            return None
+        err = self.last_error
+        reason = err.message if err else "the first token exchange had not finished"
+        return f"the agent stopped without a valid token: {reason}"
+
     def failing(self) -> bool:
         """No valid token, and the last exchange failed (the first one, or a refresh after
         the token expired): a reader waiting for the next attempt, seconds away with back-off,

@@ -61,6 +61,9 @@ OPTIONS = (
            metavar="SECONDS"),
     Option("--exchange-timeout", "seconds one call to the token endpoint or FlyteAdmin may take",
            "10", metavar="SECONDS"),
+    Option("--termination-log", "where the agent, stopping without a valid token, writes why "
+           "(Kubernetes shows it as the container's last state in `kubectl describe pod`); "
+           "skipped unless the file exists", "/dev/termination-log", metavar="FILE"),
     *LOG_OPTIONS,
 )
 

@@ -58,7 +58,9 @@ class _UnixConnection(http.client.HTTPConnection):
     def connect(self) -> None:
         """Connect within the timeout. A Unix socket with a timeout is non-blocking, and its
         connect() fails at once with EAGAIN while the agent's listen backlog is full (the
-        agent is busy, not gone): try again until the deadline."""
+        agent is busy, not gone): try again until the deadline. While the socket's directory
+        exists (the volume the injector mounts) but nobody listens yet, the agent is starting
+        or restarting: wait for it too. No directory: no agent here, fail at once."""
         deadline = time.monotonic() + (self.timeout or 0.0)
         pause = 0.002
         while True:
@@ -66,6 +68,14 @@ class _UnixConnection(http.client.HTTPConnection):
             sock.settimeout(self.timeout)
             try:
                 sock.connect(self._path)
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if not os.path.isdir(os.path.dirname(self._path)) or \
+                        time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)  # the agent is (re)starting and binds its socket soon
+                pause = min(pause * 2, 0.1)
+                continue
             except BlockingIOError as exc:
                 sock.close()
                 if exc.errno != errno.EAGAIN or time.monotonic() + pause > deadline:
@@ -97,9 +107,14 @@ class AgentClient:
             resp = conn.getresponse()
             return resp.status, resp.read()
         except (FileNotFoundError, ConnectionRefusedError) as exc:
-            hint = (f"no agent listens on {self.socket_path}: is flyte-auth injection enabled for "
-                    f"this namespace (label flyte-auth.flyte.org/inject=enabled) and is "
-                    f"${contract.SOCKET_ENV} right?")
+            if os.path.isdir(os.path.dirname(self.socket_path)):
+                hint = (f"no agent listens on {self.socket_path}: it did not start listening "
+                        f"within {self.timeout:g} s; its container's log says why (kubectl "
+                        f"logs POD -c flyte-auth-agent)")
+            else:
+                hint = (f"no agent listens on {self.socket_path}: is flyte-auth injection "
+                        f"enabled for this namespace (label flyte-auth.flyte.org/inject=enabled) "
+                        f"and is ${contract.SOCKET_ENV} right?")
             raise AgentUnreachableError(hint) from exc
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
             raise AgentUnreachableError(

@@ -89,7 +89,8 @@ async def test_the_same_token_refused_twice_is_a_clear_error(chain: Chain) -> No
 
 async def test_agent_gone_is_a_clear_error(chain: Chain, monkeypatch: pytest.MonkeyPatch,
                                            short_dir: Path) -> None:
-    monkeypatch.setenv("FLYTE_AUTH_AGENT_SOCKET", str(short_dir / "missing.sock"))
+    # No socket directory: this pod has no agent (a present, empty one means it is starting).
+    monkeypatch.setenv("FLYTE_AUTH_AGENT_SOCKET", str(short_dir / "not-injected/agent.sock"))
     with pytest.raises(Exception) as err:  # noqa: PT011 - whatever flytekit wraps it in
         await in_thread(lambda: principal_via(FlyteRemote(Config.auto())))
     cause = err.value.__cause__

@@ -76,6 +76,11 @@ OPTIONS = (
     Option("--token-expiration", f"expirationSeconds of the projected token "
            f"({consts.MIN_EXPIRATION}-{consts.MAX_EXPIRATION})", str(consts.DEFAULT_EXPIRATION),
            metavar="SECONDS"),
+    Option("--token-wait", "seconds a pod's task containers wait for the agent's first token "
+           "before the kubelet restarts the agent, its reason in the pod's events and the "
+           f"agent's last state (0-{consts.MAX_TOKEN_WAIT}; 0: the task starts at once and "
+           "its first call waits for the token)", str(consts.DEFAULT_TOKEN_WAIT),
+           metavar="SECONDS"),
     Option("--grant", "the agent's grant", GRANT_TOKEN_EXCHANGE,
            choices=(GRANT_TOKEN_EXCHANGE, GRANT_CLIENT_ASSERTION)),
     Option("--config", "YAML file with these settings and the sidecar's resources and "
@@ -120,6 +125,7 @@ class TokenSettings:
     allowed_audiences: tuple[str, ...]
     allowed_scopes: tuple[str, ...]
     max_expiration: int
+    token_wait: int
 
 
 @dataclass(frozen=True)
@@ -145,11 +151,12 @@ class InjectorConfig:
         if unknown:
             s.problem("config", f"unknown setting(s) {', '.join(unknown)} in {path}")
         expiration = s.value("token_expiration", _expiration)
+        token_wait = s.value("token_wait", _token_wait)
         serving = s.serving()
         audience = s.value("token_audience", str)
         scopes = " ".join(str(doc.get("scopes", "all")).split())
         tokens = TokenSettings(
-            audience=audience, expiration=expiration, scopes=scopes,
+            audience=audience, expiration=expiration, scopes=scopes, token_wait=token_wait,
             allowed_audiences=_strings(doc, "allowed_audiences", [audience], s),
             allowed_scopes=_strings(doc, "allowed_scopes", scopes.split(), s),
             max_expiration=_int(doc, "max_expiration", consts.MAX_EXPIRATION, s),
@@ -218,6 +225,14 @@ def _expiration(value: str) -> int:
     if seconds is None:
         raise ValueError(f"{value[:40]!r} is not a whole number of seconds between "
                          f"{consts.MIN_EXPIRATION} and {consts.MAX_EXPIRATION}")
+    return seconds
+
+
+def _token_wait(value: str) -> int:
+    seconds = whole_number_in(value, 0, consts.MAX_TOKEN_WAIT)
+    if seconds is None:
+        raise ValueError(f"{value[:40]!r} is not a whole number of seconds between 0 and "
+                         f"{consts.MAX_TOKEN_WAIT}")
     return seconds
 
 

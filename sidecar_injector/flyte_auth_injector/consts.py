@@ -30,6 +30,8 @@ ANNOTATION_STATUS: Final = PREFIX + "status"
 ANNOTATION_AUDIENCE: Final = PREFIX + "token-audience"
 ANNOTATION_EXPIRATION: Final = PREFIX + "token-expiration"
 ANNOTATION_SCOPES: Final = PREFIX + "scopes"
+#: Seconds the task's containers wait for the agent's first token (0: they do not wait).
+ANNOTATION_TOKEN_WAIT: Final = PREFIX + "token-wait"
 #: Comma-separated names of init containers that also get the socket and env.
 ANNOTATION_INIT_CONTAINERS: Final = PREFIX + "inject-init-containers"
 
@@ -45,6 +47,11 @@ TOKEN_FILE_MODE: Final = 0o444
 MIN_EXPIRATION: Final = 600
 DEFAULT_EXPIRATION: Final = 3600
 MAX_EXPIRATION: Final = 86400
+#: How long the startupProbe holds the task for the first token before the kubelet restarts
+#: the agent: a cold image pull and a slow identity provider can take minutes, and a shorter
+#: default would restart healthy agents. 0 turns the hold off (the task starts at once).
+DEFAULT_TOKEN_WAIT: Final = 300
+MAX_TOKEN_WAIT: Final = 3600
 DEFAULT_AUDIENCE: Final = "flyte-auth"
 #: The agent's TCP health port, for the kubelet's startup and liveness probes.
 DEFAULT_PROBE_PORT: Final = 9787

@@ -34,6 +34,7 @@ class PodSettings:
     expiration: int
     scopes: str
     init_containers: tuple[str, ...]
+    token_wait: int = consts.DEFAULT_TOKEN_WAIT
 
 
 # --- selection and settings ------------------------------------------------------------------
@@ -121,12 +122,21 @@ def resolve(pod: Json, ns_annotations: Mapping[str, Any], tokens: TokenSettings)
         if refused or not scopes.split():
             raise Refused(f"{where} {consts.ANNOTATION_SCOPES}={scopes!r}: allowed scopes are "
                           f"{' '.join(tokens.allowed_scopes)}")
+    raw_wait, where = _override(consts.ANNOTATION_TOKEN_WAIT, pod_ann, ns_annotations)
+    token_wait = tokens.token_wait
+    if raw_wait is not None:
+        seconds = whole_number_in(raw_wait, 0, consts.MAX_TOKEN_WAIT)
+        if seconds is None:
+            raise Refused(f"{where} {consts.ANNOTATION_TOKEN_WAIT}={raw_wait[:40]!r} must be a "
+                          f"whole number of seconds between 0 and {consts.MAX_TOKEN_WAIT}")
+        token_wait = seconds
     inits = str(pod_ann.get(consts.ANNOTATION_INIT_CONTAINERS, ""))
     return PodSettings(
         audience=audience or tokens.audience,
         expiration=expiration,
         scopes=" ".join(scopes.split()) if scopes else tokens.scopes,
         init_containers=tuple(n.strip() for n in inits.split(",") if n.strip()),
+        token_wait=token_wait,
     )
 
 
@@ -198,22 +208,25 @@ def _label_env(env: str, label: str) -> Json:
         "apiVersion": "v1", "fieldPath": f"metadata.labels['{label}']"}}}
 
 
-def _probes(sidecar: Sidecar, host_network: bool) -> Json:
-    """The task's containers start only once the agent holds a token (startupProbe). On the
+def _probes(sidecar: Sidecar, host_network: bool, token_wait: int) -> Json:
+    """The task's containers start only once the agent holds a token (startupProbe), for at
+    most `token_wait` seconds: then the kubelet restarts the agent, and the agent's last log
+    lines (the reason) are its termination message. `token_wait` 0: no hold at all. On the
     pod's own network the kubelet asks the agent's TCP health port; a hostNetwork pod shares
     the node's, where two pods' ports would collide, so it gets no port and the kubelet asks
     over the socket (`flyte-auth-agent status` exits 0 only with a valid token)."""
+    hold = {"periodSeconds": 1, "failureThreshold": token_wait}
     if host_network:
-        return {"startupProbe": {"exec": {"command": ["flyte-auth-agent", "status"]},
-                                 "periodSeconds": 1, "timeoutSeconds": 5,
-                                 "failureThreshold": 300}}
-    return {
-        "startupProbe": {"httpGet": {"path": contract.PATH_READYZ, "port": sidecar.probe_port},
-                         "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 300},
-        "livenessProbe": {"httpGet": {"path": contract.PATH_HEALTHZ,
-                                      "port": sidecar.probe_port},
-                          "periodSeconds": 10, "timeoutSeconds": 1, "failureThreshold": 3},
-    }
+        return {} if token_wait == 0 else {"startupProbe": {
+            "exec": {"command": ["flyte-auth-agent", "status"]}, "timeoutSeconds": 5, **hold}}
+    probes: Json = {"livenessProbe": {
+        "httpGet": {"path": contract.PATH_HEALTHZ, "port": sidecar.probe_port},
+        "periodSeconds": 10, "timeoutSeconds": 1, "failureThreshold": 3}}
+    if token_wait:
+        probes = {"startupProbe": {"httpGet": {"path": contract.PATH_READYZ,
+                                               "port": sidecar.probe_port},
+                                   "timeoutSeconds": 1, **hold}, **probes}
+    return probes
 
 
 def sidecar_container(name: str, sidecar: Sidecar, settings: PodSettings, token_vol: str,
@@ -248,7 +261,7 @@ def sidecar_container(name: str, sidecar: Sidecar, settings: PodSettings, token_
             {"name": token_vol, "mountPath": contract.TOKEN_DIR, "readOnly": True},
             {"name": socket_vol, "mountPath": contract.SOCKET_DIR},
         ],
-        **_probes(sidecar, host_network),
+        **_probes(sidecar, host_network, settings.token_wait),
         "resources": copy.deepcopy(dict(sidecar.resources)),
         "securityContext": copy.deepcopy(dict(sidecar.security_context)),
         "terminationMessagePolicy": "FallbackToLogsOnError",

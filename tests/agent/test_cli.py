@@ -109,7 +109,7 @@ async def test_sigterm_lets_in_flight_requests_finish(sock_path: Path, token_fil
 
 
 def test_token_without_an_agent_says_what_to_check(short_dir: Path) -> None:
-    out = run("token", "--socket", str(short_dir / "none.sock"))
+    out = run("token", "--socket", str(short_dir / "not-injected/agent.sock"))
     assert out.returncode == 1
     assert out.stdout == ""
     assert "no agent listens on" in out.stderr

@@ -333,3 +333,32 @@ async def test_a_token_endpoint_behind_a_private_ca_given_as_pem_text(
     assert error is not None
     assert error.kind == "unreachable"
     assert "SSL" in error.message or "certificate" in error.message
+
+
+def test_a_starting_agent_is_waited_for_while_its_socket_directory_exists(
+        short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The injected socket volume exists before the agent binds (a task may start first, and
+    an agent may restart): the client waits for it. Deterministic: the agent appears the
+    first time the client backs off, so the call succeeds only if it waited."""
+    path = short_dir / "agent.sock"
+    started: list[Backlogged] = []
+    real_sleep = time.sleep
+
+    def agent_comes_up(seconds: float) -> None:
+        if not started:
+            started.append(Backlogged(path))
+            started[0].serve()  # an agent that answers from now on
+        real_sleep(seconds)
+
+    monkeypatch.setattr("flyte_auth_common.client.time.sleep", agent_comes_up)
+    try:
+        assert AgentClient(str(path), timeout=10).token()["access_token"] == "t"
+    finally:
+        for server in started:
+            server.close()
+    assert started
+
+
+def test_an_agent_that_never_binds_is_a_clear_error_after_the_timeout(short_dir: Path) -> None:
+    with pytest.raises(AgentUnreachableError, match=r"did not start listening within 0\.2 s"):
+        AgentClient(str(short_dir / "agent.sock"), timeout=0.2).token()

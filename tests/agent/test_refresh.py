@@ -195,3 +195,31 @@ async def test_slow_upstream_times_out_with_a_clear_error(
     assert resp.status == 503
     assert "did not answer within 0.2 s (--exchange-timeout)" in (
         await resp.json())["error_description"]
+
+
+async def test_stopping_without_a_token_leaves_the_reason_for_kubectl_describe(
+        sock_path: Path, token_file: Path, endpoint: TokenEndpoint, tmp_path: Path) -> None:
+    """The kubelet creates the termination-log file; an agent stopped (say, by a failed
+    startupProbe) without a valid token writes why there, and nothing where no file is."""
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    missing = tmp_path / "never-created"
+    token_file.unlink()
+    for path in (log, missing):
+        clock = FakeClock(time.time())
+        cfg = config(sock_path, token_file, endpoint, "--termination-log", str(path))
+        async with running_agent(cfg, clock=clock):
+            await clock.next_sleep()  # the first attempt failed; the refresher backs off
+    assert log.read_text().startswith("the agent stopped without a valid token: "
+                                      f"service-account token file {token_file} does not exist")
+    assert not missing.exists()
+
+
+async def test_stopping_with_a_token_leaves_no_termination_message(
+        sock_path: Path, token_file: Path, endpoint: TokenEndpoint, tmp_path: Path) -> None:
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    async with running_agent(config(sock_path, token_file, endpoint, "--termination-log",
+                                    str(log))) as agent:
+        assert await agent.source.wait(10) is not None
+    assert log.read_text() == ""

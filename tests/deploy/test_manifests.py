@@ -394,7 +394,8 @@ def test_the_injector_config_reaches_the_sidecar(tmp_path: Path) -> None:
 
     config = injector_config.InjectorConfig.load(
         ["--agent-image-pull-policy", "Always", "--token-endpoint", "http://x/oauth2/token"], {})
-    settings = type("S", (), {"scopes": "all", "audience": "a", "expiration": 600})()
+    settings = type("S", (), {"scopes": "all", "audience": "a", "expiration": 600,
+                              "token_wait": 300})()
     container = sidecar_container("agent", config.sidecar, settings, "t", "s")
     assert container["imagePullPolicy"] == "Always"
 

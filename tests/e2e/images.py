@@ -55,13 +55,14 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 )
 
-func token(socket string, verbose bool) int {
+func token(socket string, verbose, wait bool) int {
 	client := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
@@ -69,6 +70,15 @@ func token(socket string, verbose bool) int {
 	req, _ := http.NewRequest("GET", "http://agent/v1/token", nil)
 	req.Header.Set("X-Flyte-Auth-Agent", "1")
 	resp, err := client.Do(req)
+	// With `wait`, as the stdlib client does: while the socket's directory exists, the
+	// agent is starting, so wait for it (up to 30 s).
+	for start := time.Now(); wait && err != nil && time.Since(start) < 30*time.Second; {
+		if _, statErr := os.Stat(filepath.Dir(socket)); statErr != nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+		resp, err = client.Do(req)
+	}
 	if err != nil {
 		if verbose {
 			fmt.Println("error", err)
@@ -94,7 +104,7 @@ func untilRecovered(socket string) int {
 	last, failed := "", false
 	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); {
 		status := "ok"
-		if token(socket, false) != 0 {
+		if token(socket, false, false) != 0 {
 			status, failed = "failing", true
 		} else if failed {
 			fmt.Println("ok again")
@@ -122,7 +132,7 @@ func main() {
 		return
 	}
 	if len(os.Args) > 2 && os.Args[1] == "token" {
-		os.Exit(token(os.Args[2], true))
+		os.Exit(token(os.Args[2], true, true))
 	}
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)

@@ -291,6 +291,39 @@ async def test_the_kubelet_projects_the_token_the_injector_asked_for(e2e: E2E) -
     assert claims == {"aud": [AUDIENCE], "lifetime": 3600, "pod": "token-file"}
 
 
+async def test_no_token_at_pod_start_holds_the_task_for_token_wait_and_says_why(
+        e2e: E2E) -> None:
+    """The agent cannot get a token (here the exchange server refuses the pod: no
+    FlyteWorkflow owns it). The task is held for `token-wait` seconds, then the kubelet
+    restarts the agent, and the agent's last state says why; the task never started."""
+    pod = on_the_node("no-token", "token", SOCKET)
+    pod["metadata"]["annotations"] = {"flyte-auth.flyte.org/token-wait": "3"}
+    await e2e.create(pod, owned=False)
+    restarted = await e2e.node.wait_until(LABELED, "no-token", lambda p: any(
+        s.get("lastState", {}).get("terminated") for s in
+        p.get("status", {}).get("initContainerStatuses", [])))
+    await e2e.cluster.request("DELETE", f"/api/v1/namespaces/{LABELED}/pods/no-token")
+    agent = container(restarted, "flyte-auth-agent")
+    assert "access_denied" in agent["lastState"]["terminated"]["message"]
+    assert "FlyteWorkflow" in agent["lastState"]["terminated"]["message"]
+    assert "running" not in container(restarted, "task")["state"]
+    assert "terminated" not in container(restarted, "task")["state"]
+
+
+async def test_token_wait_zero_starts_the_task_at_once_and_its_call_says_why(
+        e2e: E2E) -> None:
+    """Lazy mode: the task starts without waiting for a token; its first call waits up to
+    the agent's --wait-timeout and gets a 503 (the reason is in the body), not a hang."""
+    pod = on_the_node("lazy", "token", SOCKET)
+    pod["metadata"]["annotations"] = {"flyte-auth.flyte.org/token-wait": "0"}
+    created = await e2e.create(pod, owned=False)
+    assert "startupProbe" not in agent_of(created)[0]
+    done = await e2e.node.wait_phase(LABELED, "lazy", {"Succeeded", "Failed"})
+    log = await task_log(e2e, "lazy")
+    assert done["status"]["phase"] == "Failed"
+    assert log.strip() == "uid=1000 status=503 token_type=<nil>"
+
+
 async def test_an_opted_out_pod_runs_untouched_on_the_real_node(e2e: E2E) -> None:
     """Opted out: no agent, no socket; the kubelet runs the task alone, which finds nothing
     to ask for a token."""

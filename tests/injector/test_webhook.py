@@ -268,3 +268,30 @@ async def test_a_host_network_pod_gets_no_port_and_is_probed_over_the_socket(cal
     assert "livenessProbe" not in agent and "ports" not in agent
     plain = apply(propeller_pod(), (await call(review(propeller_pod())))[1])
     assert "httpGet" in plain["spec"]["initContainers"][0]["startupProbe"]
+
+
+@pytest.mark.parametrize(("annotation", "probe"), [
+    pytest.param(None, {"periodSeconds": 1, "failureThreshold": 300}, id="default"),
+    pytest.param("30", {"periodSeconds": 1, "failureThreshold": 30}, id="bounded"),
+    pytest.param("0", None, id="lazy"),
+])
+async def test_token_wait_bounds_how_long_the_task_is_held(call: Call, annotation: str | None,
+                                                           probe: Json | None) -> None:
+    """The startupProbe holds the task for the first token for `token-wait` seconds; with 0
+    there is no hold (the task starts at once), and liveness is kept either way."""
+    pod = propeller_pod() if annotation is None else variant(
+        propeller_pod(), metadata__annotations={consts.ANNOTATION_TOKEN_WAIT: annotation})
+    agent = apply(pod, (await call(review(pod)))[1])["spec"]["initContainers"][0]
+    if probe is None:
+        assert "startupProbe" not in agent
+    else:
+        assert {k: agent["startupProbe"][k] for k in probe} == probe
+    assert "livenessProbe" in agent
+
+
+async def test_a_token_wait_out_of_range_is_refused_saying_the_range(call: Call) -> None:
+    pod = variant(propeller_pod(), metadata__annotations={consts.ANNOTATION_TOKEN_WAIT: "9999"})
+    _, answer = await call(review(pod))
+    assert answer["response"]["allowed"] is False
+    assert "flyte-auth.flyte.org/token-wait='9999' must be a whole number of seconds between " \
+        "0 and 3600" in answer["response"]["status"]["message"]
