@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed
 PYPROJECTS := common/pyproject.toml pyproject.toml flytekit_plugin/pyproject.toml
 
 .PHONY: help venv test unit lint fmt run bench bench-agent bench-exchange bench-injector \
-        bench-plugin tools kustomize-path helm-path manifests chart images e2e e2e-deps clean
+        bench-plugin tools kustomize-path helm-path manifests chart images e2e e2e-long \
+        e2e-deps clean
 
 help:
 	@echo "make run    run the whole chain locally and print the token round trip"
@@ -16,6 +17,7 @@ help:
 	@echo "make images build the container images (needs a running docker or podman)"
 	@echo "make test   lint (ruff, mypy --strict) and run every test"
 	@echo "make e2e    end to end against real kube-apiserver, etcd, Keycloak, FlyteAdmin and flytepropeller"
+	@echo "make e2e-long  the end-to-end cases that wait minutes of real time (token rotation)"
 	@echo "make bench  run the benchmarks (prints figures and ratios)"
 	@echo "make fmt    format and auto-fix with ruff"
 
@@ -57,7 +59,12 @@ e2e-deps:
 
 e2e: $(STAMP) tools e2e-deps
 	$(PY) -m tests.e2e.peers
-	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests/e2e -m "not long" $(PYTEST_ARGS)
+
+# The same suite's cases that wait on real time (the kubelet's token rotation: ~8 minutes).
+e2e-long: $(STAMP) tools e2e-deps
+	$(PY) -m tests.e2e.peers
+	$(VENV)/bin/pytest tests/e2e -m long $(PYTEST_ARGS)
 
 test: lint unit
 

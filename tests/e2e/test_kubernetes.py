@@ -8,10 +8,12 @@ our manifests grant. FlyteAdmin is the stand-in."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,9 +258,7 @@ async def test_the_kubelet_restarts_a_killed_agent_and_the_task_recovers(e2e: E2
     """SIGKILL the agent mid-task: the kubelet restarts the sidecar, and the task, asking
     again, gets a token from the new agent."""
     await e2e.create(on_the_node("agent-killed", "recover", SOCKET))
-    running = await e2e.node.wait_until(LABELED, "agent-killed", lambda pod: "running" in (
-        container(pod, "task")["state"] if pod.get("status", {}).get("containerStatuses")
-        else {}))
+    running = await e2e.node.wait_until(LABELED, "agent-killed", task_running)
     agent_id = container(running, "flyte-auth-agent")["containerID"].removeprefix(
         "containerd://")
     e2e.node.ctr("tasks", "kill", "--signal", "SIGKILL", agent_id)
@@ -273,22 +273,52 @@ async def test_the_kubelet_restarts_a_killed_agent_and_the_task_recovers(e2e: E2
 CLAIMS = ("import json; from flyte_auth_common.jwt import jwt_claims; "
           "c = jwt_claims(open('/var/run/secrets/flyte-auth/token').read()); "
           "print(json.dumps({'aud': c['aud'], 'lifetime': c['exp'] - c['iat'], "
-          "'pod': c['kubernetes.io']['pod']['name']}))")
+          "'pod': c['kubernetes.io']['pod']['name'], 'iat': c['iat']}))")
+
+
+async def projected_claims(e2e: E2E, pod: dict[str, Any]) -> dict[str, Any]:
+    agent_id = container(pod, "flyte-auth-agent")["containerID"].removeprefix("containerd://")
+    out = e2e.node.ctr("tasks", "exec", "--exec-id", f"claims-{time.monotonic_ns()}",
+                       agent_id, "/opt/agent/bin/python", "-c", CLAIMS)
+    return dict(json.loads(out))
+
+
+def task_running(pod: dict[str, Any]) -> bool:
+    return bool(pod.get("status", {}).get("containerStatuses")) and \
+        "running" in container(pod, "task")["state"]
 
 
 async def test_the_kubelet_projects_the_token_the_injector_asked_for(e2e: E2E) -> None:
     """In the running agent's container, the file at the injected path is the kubelet's
     projected token for this pod, with the injected audience and expiry."""
     await e2e.create(on_the_node("token-file", "pause"))
-    running = await e2e.node.wait_until(LABELED, "token-file", lambda pod: "running" in (
-        container(pod, "task")["state"] if pod.get("status", {}).get("containerStatuses")
-        else {}))
-    agent_id = container(running, "flyte-auth-agent")["containerID"].removeprefix(
-        "containerd://")
-    claims = json.loads(e2e.node.ctr("tasks", "exec", "--exec-id", "claims", agent_id,
-                                     "/opt/agent/bin/python", "-c", CLAIMS))
+    running = await e2e.node.wait_until(LABELED, "token-file", task_running)
+    claims = await projected_claims(e2e, running)
     await e2e.cluster.request("DELETE", f"/api/v1/namespaces/{LABELED}/pods/token-file")
-    assert claims == {"aud": [AUDIENCE], "lifetime": 3600, "pod": "token-file"}
+    assert {k: claims[k] for k in ("aud", "lifetime", "pod")} == {
+        "aud": [AUDIENCE], "lifetime": 3600, "pod": "token-file"}
+
+
+@pytest.mark.long
+@pytest.mark.timeout(900)
+async def test_the_kubelet_rotates_the_projected_token(e2e: E2E) -> None:
+    """`make e2e-long`: with the shortest expiry Kubernetes allows (600 s), the kubelet
+    writes a new token at about 80 % of its life into the injected path, and the agent that
+    reads it keeps running."""
+    pod = on_the_node("rotated", "pause")
+    pod["metadata"]["annotations"] = {"flyte-auth.flyte.org/token-expiration": "600"}
+    await e2e.create(pod)
+    running = await e2e.node.wait_until(LABELED, "rotated", task_running)
+    first = await projected_claims(e2e, running)
+    async with asyncio.timeout(600):
+        while (now := await projected_claims(e2e, running))["iat"] == first["iat"]:
+            await asyncio.sleep(10)  # the kubelet rotates on its own schedule (~480 s)
+    again = await e2e.node.wait_until(LABELED, "rotated", task_running)
+    await e2e.cluster.request("DELETE", f"/api/v1/namespaces/{LABELED}/pods/rotated")
+    assert first["lifetime"] == now["lifetime"] == 600
+    # The kubelet renews after 80 % of the life, less up to 10 s of jitter (its token manager).
+    assert now["iat"] - first["iat"] >= 0.8 * 600 - 10
+    assert container(again, "flyte-auth-agent")["restartCount"] == 0
 
 
 async def test_no_token_at_pod_start_holds_the_task_for_token_wait_and_says_why(
