@@ -237,6 +237,7 @@ class Cluster:
 _PLURAL = {"ClusterRoleBinding": "clusterrolebindings", "ClusterRole": "clusterroles",
            "RoleBinding": "rolebindings", "Role": "roles", "Namespace": "namespaces",
            "ServiceAccount": "serviceaccounts", "Pod": "pods", "Service": "services",
+           "PodTemplate": "podtemplates",
            "ConfigMap": "configmaps", "Deployment": "deployments",
            "PodDisruptionBudget": "poddisruptionbudgets", "NetworkPolicy": "networkpolicies",
            "MutatingWebhookConfiguration": "mutatingwebhookconfigurations",

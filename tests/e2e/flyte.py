@@ -7,9 +7,15 @@ against the suite's kube-apiserver.
 - FlyteAdmin's OIDC login provider: only its discovery document is served (FlyteAdmin reads
   it at start-up); nobody logs in through it. Users' tokens are minted as FlyteAdmin's own
   authorization server mints them after a login: RS256 with its token_rsa_key.pem.
-- The blob store is a directory (stow `local`): FlyteAdmin writes execution inputs there and
-  flytepropeller reads them. No task container ever runs here (no kubelet), and flytekit
-  registers without fast registration, so nothing else needs a blob store.
+- The blob store is a directory (stow `local`): FlyteAdmin writes execution inputs there,
+  flytepropeller reads them, and the task containers on the real node read their inputs and
+  write their outputs there through a hostPath mount at the same path. Flyte names those
+  files `file://flyte/...`, relative to the directory, so the task's working directory is
+  the blob store. Flyte runs as root and the tasks as uid 1000, as a bucket is shared by
+  both in a cluster: Flyte runs with umask 000. flytekit registers without fast
+  registration, so nothing else needs a blob store.
+- Task pods get what this machine needs from Flyte's default pod template
+  (`task_pod_template`): the host's network, the node's toleration, the blob store.
 - FlyteAdmin v1.16.8 has no bind-address setting: its gRPC and HTTP ports listen on
   0.0.0.0 (`ServerConfig.GetHostAddress`). Every other peer binds 127.0.0.1.
 - flytepropeller talks to the API server as the service account flyte/flytepropeller (the
@@ -38,6 +44,28 @@ from flyteidl.service import auth_pb2, auth_pb2_grpc
 from devstack.world import write_signing_key
 from tests.e2e import peers
 from tests.e2e.cluster import free_port
+from tests.e2e.images import TASK_IMAGE
+from tests.e2e.node import TOLERATION
+
+#: Flyte's default pod template (plugins.k8s.default-pod-template-name), in flytepropeller's
+#: namespace.
+POD_TEMPLATE = "flyte-auth-e2e"
+
+
+def task_pod_template(blob: Path) -> dict[str, object]:
+    """The PodTemplate Flyte bases every task pod on: what a cluster's operator would set
+    for this machine's node (host network, its toleration) and blob store (mounted at the
+    same path, the working directory). The `default` container applies to every container
+    Flyte creates; its image is a placeholder the API server requires."""
+    return {"apiVersion": "v1", "kind": "PodTemplate",
+            "metadata": {"name": POD_TEMPLATE, "namespace": "flyte"},
+            "template": {"spec": {
+                "hostNetwork": True, "tolerations": [TOLERATION],
+                "containers": [{"name": "default", "image": TASK_IMAGE,
+                                "workingDir": str(blob),
+                                "volumeMounts": [{"name": "blob", "mountPath": str(blob)}]}],
+                "volumes": [{"name": "blob", "hostPath": {"path": str(blob),
+                                                          "type": "Directory"}}]}}}
 
 #: flytepropeller's client secret at FlyteAdmin's own authorization server (a static client
 #: registered below with the secret's bcrypt hash, base64-encoded as FlyteAdmin reads it).
@@ -97,6 +125,10 @@ class Flyte:
         return f"http://127.0.0.1:{self.http_port}"
 
     @property
+    def blob(self) -> Path:
+        return self.workdir / "blob"
+
+    @property
     def key_file(self) -> Path:
         return self.workdir / "secrets/token_rsa_key.pem"
 
@@ -122,7 +154,8 @@ class Flyte:
         config.write_text(yaml.safe_dump(self._config()))
         log = (self.workdir / "flyte.log").open("wb")
         self.process = subprocess.Popen([str(peers.flyte()), "start", "--config", str(config)],
-                                        stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+                                        stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                                        umask=0)
         await self._wait_ready()
 
     async def _start_oidc(self) -> None:
@@ -157,7 +190,9 @@ class Flyte:
             (secrets / name).write_text(base64.b64encode(os.urandom(size)).decode().rstrip("="))
         (secrets / "oidc_client_secret").write_text("unused")
         (self.workdir / "propeller-secret").write_text(PROPELLER_CLIENT_SECRET)
-        (self.workdir / "blob/flyte").mkdir(parents=True, exist_ok=True)
+        for store in (self.blob / "flyte", self.blob / "raw"):
+            store.mkdir(parents=True, exist_ok=True)
+            store.chmod(0o777)
 
     def _config(self) -> dict[str, object]:
         w = self.workdir
@@ -187,9 +222,9 @@ class Flyte:
                                       "username": "postgres", "dbname": "postgres",
                                       "options": "sslmode=disable"}},
             "storage": {"type": "stow", "container": "flyte",
-                        "stow": {"kind": "local", "config": {"path": str(w / "blob")}}},
+                        "stow": {"kind": "local", "config": {"path": str(self.blob)}}},
             "propeller": {"kube-config": str(self.propeller_kubeconfig), "workers": 2,
-                          "rawoutput-prefix": f"file://{w}/blob/raw",
+                          "rawoutput-prefix": f"file://{self.blob}/raw",
                           "metadata-prefix": "metadata/propeller",
                           "create-flyteworkflow-crd": False,
                           "prof-port": free_port()},
@@ -199,6 +234,10 @@ class Flyte:
                       "clientSecretLocation": str(w / "propeller-secret")},
             "tasks": {"task-plugins": {"enabled-plugins": ["container", "sidecar"],
                                        "default-for-task-types": {"container": "container"}}},
+            "plugins": {"k8s": {"default-pod-template-name": POD_TEMPLATE}},
+            # FlyteAdmin's default request is 2 CPUs, all this node has.
+            "task_resources": {"defaults": {"cpu": "100m", "memory": "500Mi"},
+                               "limits": {"cpu": "2", "memory": "1Gi"}},
             "namespace_mapping": {"template": "{{ project }}-{{ domain }}"},
             "logger": {"level": 4},
         }

@@ -9,6 +9,8 @@ an OCI image layout (one layer tar, a config, a manifest, an index) in a tarball
   Python 3.11 (the packages python:3.11-slim-bookworm's interpreter needs), a virtualenv at
   /opt/agent with `flyte-auth-common` and `flyte-auth-agent[agent]` installed from wheels,
   the same PATH, user 65532 and entrypoint.
+- `task`: a Flyte task image as users build one: the same Python, flytekit and our plugin in
+  /opt/task, the e2e workflows' module, user 1000.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import tarfile
 from dataclasses import dataclass, field
+from importlib.metadata import distributions, version
 from pathlib import Path
 
 from tests.e2e.peers import CACHE, ROOT, _run, say
@@ -29,6 +32,7 @@ from tests.e2e.peers import CACHE, ROOT, _run, say
 PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
 TOOL_IMAGE = "flyte-auth.e2e/tool:1"
 AGENT_IMAGE = "flyte-auth.e2e/agent:1"
+TASK_IMAGE = "flyte-auth.e2e/task:1"
 #: Debian bookworm packages behind the agent image's interpreter (libc, Python 3.11 with
 #: venv and ensurepip, the libraries its stdlib links).
 AGENT_DEBS = (
@@ -240,52 +244,111 @@ def tool_images() -> list[Path]:
     return made
 
 
-def _source_digest() -> str:
-    """What the agent image is made of: the packages, and the sources it installs."""
-    digest = hashlib.sha256(" ".join(AGENT_DEBS).encode())
-    for top in ("common", "agent"):
-        for path in sorted((ROOT / top).rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                digest.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
-    digest.update((ROOT / "pyproject.toml").read_bytes())
-    return digest.hexdigest()[:16]
+@dataclass(frozen=True)
+class PythonImage:
+    """An image with Debian bookworm's Python 3.11 and a virtualenv at `venv` holding
+    `packages` (pip requirements, installed from wheels built here), run as `user`."""
+
+    name: str
+    venv: str
+    packages: tuple[str, ...]  # what `pip install` gets inside the image
+    #: What `pip wheel` builds, run in the repository (paths, requirements); third-party
+    #: versions pinned to the suite's own environment.
+    wheels: tuple[str, ...]
+    sources: tuple[str, ...]  # top-level directories whose files the image depends on
+    entrypoint: list[str]
+    cmd: list[str]
+    user: str
+    env: tuple[str, ...] = ()
+    debs: tuple[str, ...] = AGENT_DEBS
+    #: Files copied in as they are: image path -> path under the repository.
+    files: tuple[tuple[str, str], ...] = ()
+
+    def digest(self) -> str:
+        """What the image is made of: its recipe, and the sources it installs."""
+        digest = hashlib.sha256(repr(self).encode())
+        for top in self.sources:
+            for path in sorted((ROOT / top).rglob("*")):
+                if path.is_file() and "__pycache__" not in path.parts:
+                    digest.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
+        for _, source in self.files:
+            digest.update((ROOT / source).read_bytes())
+        digest.update((ROOT / "pyproject.toml").read_bytes())
+        return digest.hexdigest()[:16]
+
+
+#: deploy/Dockerfile's agent stage: the same venv, PATH, user and entrypoint.
+AGENT = PythonImage(
+    AGENT_IMAGE, "/opt/agent", ("flyte-auth-common[serving,admin]", "flyte-auth-agent[agent]"),
+    ("./common", ".[agent]"), ("common", "agent"),
+    ["flyte-auth-agent"], ["serve"], "65532:65532")
+#: A Flyte task image as a user builds one: flytekit (the version the suite tests) and our
+#: plugin, nothing else of ours; the e2e workflows' module on PYTHONPATH (registered without
+#: fast registration, so the image carries the code); a non-root user.
+TASK = PythonImage(
+    TASK_IMAGE, "/opt/task", (f"flytekit=={version('flytekit')}", "flytekitplugins-auth-agent"),
+    (f"flytekit=={version('flytekit')}", "./common", "./flytekit_plugin"),
+    ("common", "flytekit_plugin"), [], ["python"], "1000:1000",
+    env=("PYTHONPATH=/opt/task/src", "HOME=/tmp"), debs=(*AGENT_DEBS, "libstdc++6"),
+    files=(("/opt/task/src/tests/__init__.py", "tests/__init__.py"),
+           ("/opt/task/src/tests/e2e/__init__.py", "tests/e2e/__init__.py"),
+           ("/opt/task/src/tests/e2e/workflows.py", "tests/e2e/workflows.py")))
 
 
 def agent_image() -> Path:
-    """deploy/Dockerfile's agent image as an import tarball, cached by its sources."""
-    path = CACHE / "images" / f"agent-{_source_digest()}.tar"
+    return python_image(AGENT)
+
+
+def task_image() -> Path:
+    return python_image(TASK)
+
+
+def python_image(spec: PythonImage) -> Path:
+    """`spec` as an import tarball, cached by its digest. Debian's packages unpacked into a
+    root filesystem, the virtualenv made and filled inside it (chroot: needs root)."""
+    path = CACHE / "images" / f"{spec.name.split('/')[-1].replace(':', '-')}-{spec.digest()}.tar"
     if path.exists():
         return path
-    say("building the agent image (Debian's Python 3.11 + the agent extra; needs root for "
-        "chroot)")
-    work = CACHE / "agent-image"
+    say(f"building the {spec.name} image (Debian's Python 3.11 + {', '.join(spec.packages)}; "
+        "needs root for chroot)")
+    work = CACHE / "python-image"
     shutil.rmtree(work, ignore_errors=True)
     debs, rootfs, wheels = work / "debs", work / "rootfs", work / "rootfs/wheels"
     for d in (debs, wheels):
         d.mkdir(parents=True)
-    _run(["apt-get", "download", "-q", *AGENT_DEBS], debs)
+    _run(["apt-get", "download", "-q", *spec.debs], debs)
     for deb in sorted(debs.glob("*.deb")):
         _run(["dpkg-deb", "-x", str(deb), str(rootfs)], work)
+    pins = work / "constraints.txt"
+    ours = ("flyte-auth", "flytekitplugins-auth")
+    pins.write_text("".join(f"{d.metadata['Name']}=={d.version}\n" for d in distributions()
+                            if not d.metadata["Name"].startswith(ours)))
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels),
-          str(ROOT / "common"), f"{ROOT}[agent]"], ROOT)
+          "-c", str(pins), *spec.wheels], ROOT)
     env = {"PATH": "/usr/bin:/bin", "PIP_NO_CACHE_DIR": "1", "HOME": "/root",
            "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     chroot = [shutil.which("chroot") or "/usr/sbin/chroot", str(rootfs)]
-    for argv in (["/usr/bin/python3.11", "-m", "venv", "/opt/agent"],
-                 ["/opt/agent/bin/pip", "install", "-q", "--no-index", "--find-links",
-                  "/wheels", "flyte-auth-common[serving,admin]", "flyte-auth-agent[agent]"]):
+    for argv in (["/usr/bin/python3.11", "-m", "venv", spec.venv],
+                 [f"{spec.venv}/bin/pip", "install", "-q", "--no-index", "--find-links",
+                  "/wheels", *spec.packages]):
         done = subprocess.run(chroot + argv, env=env, capture_output=True, text=True,
                               check=False)
         if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} in the agent image: {done.stderr[-2000:]}")
+            raise RuntimeError(f"{' '.join(argv)} in {spec.name}: {done.stderr[-2000:]}")
     shutil.rmtree(wheels)
-    for pip in (rootfs / "opt/agent/bin").glob("pip*"):
+    for pip in (rootfs / spec.venv.lstrip("/") / "bin").glob("pip*"):
         pip.unlink()
     for cache in list(rootfs.rglob("__pycache__")):
         shutil.rmtree(cache, ignore_errors=True)
-    image = Image(AGENT_IMAGE, {}, ["flyte-auth-agent"], ["serve"], user="65532:65532",
-                  env=["PATH=/opt/agent/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
-                       "/sbin:/bin", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"])
+    for target, source in spec.files:
+        (rootfs / target.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / source, rootfs / target.lstrip("/"))
+    (rootfs / "tmp").mkdir(exist_ok=True)
+    (rootfs / "tmp").chmod(0o1777)
+    image = Image(spec.name, {}, spec.entrypoint, spec.cmd, user=spec.user,
+                  env=[f"PATH={spec.venv}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:"
+                       "/usr/bin:/sbin:/bin", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1",
+                       *spec.env])
     layer = io.BytesIO()
     with tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for entry in sorted(os.listdir(rootfs)):

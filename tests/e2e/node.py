@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
+import os
 import shutil
+import struct
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -92,6 +95,8 @@ def kubelet_config(sock: Path, port: int, healthz: int, client_ca: Path) -> dict
 class Node:
     cluster: Cluster
     workdir: Path  # short: containerd's socket path must fit in 107 bytes
+    #: Images imported besides pause, the tool and the agent (import tarballs).
+    images: tuple[Path, ...] = ()
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     added_ip: bool = False
 
@@ -136,7 +141,7 @@ class Node:
         config.write_text(CONTAINERD_CONFIG.format(dir=self.workdir, pause=images.PAUSE_IMAGE))
         self._spawn("containerd", ["containerd", "--config", str(config)])
         await self._until(self.containerd_sock.exists, "containerd's socket")
-        for tarball in [*images.tool_images(), images.agent_image()]:
+        for tarball in [*images.tool_images(), images.agent_image(), *self.images]:
             self.ctr("images", "import", "--no-unpack=false", str(tarball))
         await self.cluster.bind_role("e2e-node", "system:node",
                                      {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
@@ -207,6 +212,11 @@ class Node:
         if self.added_ip:
             subprocess.run(["ip", "addr", "del", f"{NODE_IP}/32", "dev", "lo"], check=False)
 
+    def empty_dir(self, pod: dict[str, Any], volume: str) -> Path:
+        """Where the kubelet keeps `pod`'s emptyDir `volume` on this node."""
+        return (self.workdir / "kubelet/pods" / str(pod["metadata"]["uid"]) /
+                "volumes/kubernetes.io~empty-dir" / volume)
+
     async def pod_phase(self, namespace: str, name: str) -> str:
         pod = await self.cluster.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
         return str(pod.get("status", {}).get("phase", ""))
@@ -231,10 +241,43 @@ class Node:
             namespace, name, lambda pod: pod.get("status", {}).get("phase") in phases, timeout)
 
 
+#: inotify(7): an unlink in the watched directory (an unmount reports IN_UNMOUNT instead).
+IN_DELETE = 0x200
+
+
 @contextlib.asynccontextmanager
-async def running_node(cluster: Cluster) -> AsyncIterator[Node]:
+async def unlinks(directory: Path) -> AsyncIterator[asyncio.Queue[str]]:
+    """The names unlinked from `directory` while the context is open, as inotify reports
+    them: an event, not a poll, and unlike the file's absence it cannot be confused with the
+    kubelet tearing the volume down."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0 or libc.inotify_add_watch(fd, str(directory).encode(), IN_DELETE) < 0:
+        raise OSError(ctypes.get_errno(), f"inotify on {directory}")
+    names: asyncio.Queue[str] = asyncio.Queue()
+
+    def read() -> None:
+        data = os.read(fd, 65536)
+        while data:  # struct inotify_event: wd, mask, cookie, len, then the name
+            _, mask, _, size = struct.unpack_from("iIII", data)
+            if mask & IN_DELETE:
+                names.put_nowait(data[16:16 + size].rstrip(b"\0").decode())
+            data = data[16 + size:]
+
+    loop = asyncio.get_running_loop()
+    loop.add_reader(fd, read)
+    try:
+        yield names
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+@contextlib.asynccontextmanager
+async def running_node(cluster: Cluster, extra_images: tuple[Path, ...] = ()
+                       ) -> AsyncIterator[Node]:
     workdir = Path(tempfile.mkdtemp(prefix="fa-node-"))
-    node = Node(cluster, workdir)
+    node = Node(cluster, workdir, extra_images)
     try:
         await node.start()
         yield node

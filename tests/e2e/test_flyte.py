@@ -5,8 +5,10 @@ with our injector, guard, exchange server, agent and flytekit plugin.
 1. Verdict parity: one table of tokens, each presented at every host a task might dial, to
    real FlyteAdmin and to our stand-in; they must agree.
 2. A real execution launched by alice: flytepropeller creates the task pod, the API server
-   has it injected, the exchange server maps it to alice through real FlyteAdmin, and
-   FlyteRemote(Config.auto()) inside the pod acts as alice, a sub-execution included.
+   has it injected, the kubelet runs it on the suite's real node with the agent beside the
+   task, the exchange server maps it to alice through real FlyteAdmin, and
+   FlyteRemote(Config.auto()) in the task, as uid 1000, launches a sub-execution that
+   FlyteAdmin records as alice's.
 3. The agent's discovery against real FlyteAdmin, over gRPC and over HTTP.
 """
 
@@ -15,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +39,7 @@ from joserfc.jws import JWSRegistry
 
 from devstack.admin_metadata import AuthMetadata
 from devstack.flyteadmin import FlyteAdmin, start_flyteadmin
-from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.discovery import _via_grpc, _via_http
-from flyte_auth_agent.runtime import running_agent
 from flyte_auth_common.admin import AdminEndpoint
 from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.mint import Minter
@@ -48,8 +48,10 @@ from flyte_auth_injector.config import InjectorConfig
 from flyte_auth_injector.runtime import running_injector
 from flyte_auth_injector.webhook_config import webhook_configuration
 from tests.e2e.cluster import ADMIN_TOKEN, Cluster, free_port, running_cluster
-from tests.e2e.flyte import Flyte, running_flyte
-from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests, sidecar_env
+from tests.e2e.flyte import Flyte, running_flyte, task_pod_template
+from tests.e2e.images import AGENT_IMAGE, TASK_IMAGE, task_image
+from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests
+from tests.e2e.node import NODE_USERS, Node, running_node
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
 PROJECT, DOMAIN = "flytesnacks", "development"
@@ -65,6 +67,7 @@ class RealFlyte:
     flyte: Flyte
     exchange_url: str
     workdir: Path
+    node: Node
 
     def mint(self, claims: dict[str, Any], *, key: RSAKey | None = None,
              key_id: str | None = None) -> str:
@@ -96,7 +99,8 @@ async def grant_propeller(cluster: Cluster) -> None:
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def real(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RealFlyte]:
     workdir = tmp_path_factory.mktemp("real-flyte")
-    async with running_cluster(workdir / "cluster") as cluster:
+    async with running_cluster(workdir / "cluster", users=NODE_USERS) as cluster, \
+            running_node(cluster, (task_image(),)) as node:
         try:
             for name, labels in (("flyte-auth", {}), ("flyte", {}), (NAMESPACE, {
                     "flyte-auth.flyte.org/inject": "enabled"})):
@@ -104,6 +108,7 @@ async def real(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RealFl
             await grant_propeller(cluster)
             await cluster.apply_all(rendered_manifests(), "flyte-auth")
             await cluster.crd(FLYTEWORKFLOW_CRD)
+            await cluster.apply(task_pod_template(workdir / "flyte/blob"))
 
             async def kubeconfig(namespace: str, account: str) -> Path:
                 token = await cluster.token(namespace, account, audience=cluster.url)
@@ -112,6 +117,7 @@ async def real(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RealFl
             admin_kc = cluster.kubeconfig(workdir / "admin.kubeconfig", ADMIN_TOKEN)
             async with running_flyte(workdir / "flyte", admin_kc,
                                      await kubeconfig("flyte", "flytepropeller")) as flyte:
+                assert flyte.blob == workdir / "flyte/blob"  # what the pod template mounts
                 audiences = [a for uri in flyte.authorized_uris
                              for a in ("--admin-audience", uri)]
                 exchange_config = ExchangeConfig.load([
@@ -132,15 +138,16 @@ async def real(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RealFl
                         str(workdir / "injector.pem"), "--tls-key",
                         str(workdir / "injector.pem"), "--admin-endpoint", flyte.target,
                         "--admin-insecure", "--token-endpoint",
-                        exchange.url + "/oauth2/token", "--kubeconfig",
+                        exchange.url + "/oauth2/token", "--agent-image", AGENT_IMAGE,
+                        "--agent-image-pull-policy", "Never", "--kubeconfig",
                         str(await kubeconfig("flyte-auth", "flyte-auth-injector"))], {})
                     async with running_injector(injector_config):
                         await cluster.apply(webhook_configuration(
                             url=f"https://127.0.0.1:{port}/mutate",
                             ca_bundle=base64.b64encode(ca.cert_pem.bytes()).decode()))
-                        yield RealFlyte(cluster, flyte, exchange.url, workdir)
+                        yield RealFlyte(cluster, flyte, exchange.url, workdir, node)
         except BaseException:
-            print(cluster.logs())
+            print(cluster.logs(), node.logs())
             raise
 
 
@@ -229,11 +236,6 @@ async def test_real_flyteadmin_and_the_stand_in_give_the_same_verdicts(real: Rea
 
 # --- 2. a real execution ----------------------------------------------------------------------
 
-def task_env(pod: dict[str, Any], **overrides: str) -> dict[str, str]:
-    container = pod["spec"]["containers"][0]
-    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e} | overrides
-
-
 def flytekit_as(real: RealFlyte, token: str) -> Any:  # a FlyteRemote
     """A FlyteRemote that authenticates as the holder of `token`, as a user's CLI would."""
     from flytekit.configuration import Config, PlatformConfig  # noqa: PLC0415
@@ -266,8 +268,7 @@ async def wait_for_pod(cluster: Cluster, execution: str) -> dict[str, Any]:
             await asyncio.sleep(0.5)  # flytepropeller's next round
 
 
-async def test_a_real_execution_launched_by_alice(real: RealFlyte, short_dir: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_real_execution_launched_by_alice(real: RealFlyte) -> None:
     from flytekit.configuration import ImageConfig, SerializationSettings  # noqa: PLC0415
 
     from tests.e2e import workflows  # noqa: PLC0415
@@ -275,13 +276,14 @@ async def test_a_real_execution_launched_by_alice(real: RealFlyte, short_dir: Pa
     alice = flytekit_as(real, real.user_token())
     version = uuid.uuid4().hex[:8]
     settings = SerializationSettings(
-        image_config=ImageConfig.auto(img_name="flyte-auth-e2e/task:1"), project=PROJECT,
-        domain=DOMAIN, version=version)
-    lp = await asyncio.to_thread(lambda: alice.register_workflow(
-        workflows.greet, serialization_settings=settings, version=version))
+        image_config=ImageConfig.auto(img_name=TASK_IMAGE), project=PROJECT, domain=DOMAIN,
+        version=version)
+    for wf in (workflows.greet, workflows.launcher):
+        await asyncio.to_thread(alice.register_workflow, wf, serialization_settings=settings,
+                                version=version)
     launch_plan = await asyncio.to_thread(
-        alice.fetch_launch_plan, name=lp.id.name, version=version)
-    execution = await asyncio.to_thread(alice.execute, launch_plan, inputs={})
+        alice.fetch_launch_plan, name=workflows.launcher.name, version=version)
+    execution = await asyncio.to_thread(alice.execute, launch_plan, inputs={"version": version})
     name = execution.id.name
     assert await principal(real, name) == ALICE  # FlyteAdmin records her
 
@@ -289,56 +291,35 @@ async def test_a_real_execution_launched_by_alice(real: RealFlyte, short_dir: Pa
     meta = pod["metadata"]
     assert meta["labels"]["execution-id"] == name
     assert meta["ownerReferences"][0]["apiVersion"].startswith("flyte.lyft.com/")
-    assert any(c["name"] == "flyte-auth-agent" for c in pod["spec"]["initContainers"])
+    assert pod["spec"]["initContainers"][0]["name"] == "flyte-auth-agent"
+    # A token the kubelet could project for this pod, to try once the pod is gone.
+    bound = await real.cluster.token(NAMESPACE, pod["spec"]["serviceAccountName"],
+                                     audience=AUDIENCE, pod=pod)
 
-    token_file = short_dir / "sa-token"
-    token_file.write_text(await real.cluster.token(
-        NAMESPACE, pod["spec"]["serviceAccountName"], audience=AUDIENCE, pod=pod))
-    sock = short_dir / "agent.sock"
-    config = AgentConfig.load([], sidecar_env(
-        pod, FLYTE_AUTH_AGENT_SOCKET=str(sock), FLYTE_AUTH_AGENT_TOKEN_FILE=str(token_file)))
-    for key in [k for k in os.environ if k.startswith("FLYTE_")]:
-        monkeypatch.delenv(key)
-    for key, value in task_env(pod, FLYTE_AUTH_AGENT_SOCKET=str(sock)).items():
-        monkeypatch.setenv(key, value)
-    async with running_agent(config) as agent:
-        assert await agent.source.wait(30) is not None, agent.source.status()
-        assert (await asyncio.to_thread(user_info_in_task)) == ALICE
-        child = await asyncio.to_thread(launch_from_task, lp.id.name, version)
+    done = await real.node.wait_phase(NAMESPACE, meta["name"], {"Succeeded", "Failed"}, 300)
+    task = next(s for s in done["status"]["containerStatuses"])
+    log = (await real.cluster.request(
+        "GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{meta['name']}/log?"
+               f"container={task['name']}"))["message"]
+    assert done["status"]["phase"] == "Succeeded", (done["status"], log)
+    agent = next(s for s in done["status"]["initContainerStatuses"])
+    assert agent["restartCount"] == 0 and "terminated" in agent["state"]
+    assert "eyJ" not in log
+
+    finished = await asyncio.to_thread(alice.wait, execution, timeout=timedelta(minutes=3),
+                                       poll_interval=timedelta(seconds=1))
+    uid, child = finished.outputs["o0"].split()
+    assert uid == "1000"  # the task ran as the image's user, not root
     assert await principal(real, child) == ALICE  # the eager case: alice launched it
 
     await real.cluster.request("DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods/"
                                          f"{meta['name']}")
     form = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-            "subject_token": token_file.read_text(),
-            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt"}
+            "subject_token": bound, "subject_token_type": "urn:ietf:params:oauth:token-type:jwt"}
     async with aiohttp.ClientSession() as session, session.post(
             real.exchange_url + "/oauth2/token", data=form) as resp:
         refused = await resp.json()
     assert (resp.status, refused["error"]) == (400, "invalid_grant")
-
-
-def user_info_in_task() -> str:
-    """What a task's code runs: flytekit configured from the pod's env alone."""
-    from flytekit.clients.auth_helper import get_authenticated_channel  # noqa: PLC0415
-    from flytekit.configuration import PlatformConfig  # noqa: PLC0415
-
-    channel = get_authenticated_channel(PlatformConfig.auto())
-    try:
-        reply = identity_pb2_grpc.IdentityServiceStub(channel).UserInfo(
-            identity_pb2.UserInfoRequest())
-    finally:
-        channel.close()
-    return str(reply.subject)
-
-
-def launch_from_task(name: str, version: str) -> str:
-    from flytekit.configuration import Config  # noqa: PLC0415
-    from flytekit.remote import FlyteRemote  # noqa: PLC0415
-
-    remote = FlyteRemote(Config.auto(), default_project=PROJECT, default_domain=DOMAIN)
-    child = remote.execute(remote.fetch_launch_plan(name=name, version=version), inputs={})
-    return str(child.id.name)
 
 
 # --- 3. discovery -----------------------------------------------------------------------------

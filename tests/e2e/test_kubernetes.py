@@ -44,7 +44,7 @@ from tests.e2e.manifests import (
     rendered_manifests,
     sidecar_env,
 )
-from tests.e2e.node import NODE_USERS, TOLERATION, Node, running_node
+from tests.e2e.node import NODE_USERS, TOLERATION, Node, running_node, unlinks
 from tests.helpers import H
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(600)]
@@ -267,6 +267,22 @@ async def test_the_kubelet_restarts_a_killed_agent_and_the_task_recovers(e2e: E2
     assert done["status"]["phase"] == "Succeeded", (done["status"], log, e2e.node.logs())
     assert log.split()[-3:] == ["failing", "ok", "again"]
     assert container(done, "flyte-auth-agent")["restartCount"] >= 1
+
+
+async def test_the_agent_removes_its_socket_on_sigterm(e2e: E2E) -> None:
+    """Deleting a running pod: the kubelet stops the task, then sends the agent SIGTERM, and
+    the agent unlinks its socket before it exits (seen on the node, in the socket's
+    emptyDir, while the volume is still there)."""
+    await e2e.create(on_the_node("socket-gone", "pause"))
+    running = await e2e.node.wait_until(LABELED, "socket-gone", task_running)
+    status = json.loads(running["metadata"]["annotations"]["flyte-auth.flyte.org/status"])
+    directory = e2e.node.empty_dir(running, status["socket_volume"])
+    socket_name = Path(SOCKET).name
+    assert (directory / socket_name).is_socket()
+    async with unlinks(directory) as unlinked:
+        await e2e.cluster.request("DELETE", f"/api/v1/namespaces/{LABELED}/pods/socket-gone")
+        async with asyncio.timeout(60):
+            assert await unlinked.get() == socket_name
 
 
 #: Run in the agent container: the claims of the token the kubelet projected (not the token).
