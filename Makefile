@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 PYPROJECTS := common/pyproject.toml pyproject.toml flytekit_plugin/pyproject.toml
 
 .PHONY: help venv test unit lint fmt run bench bench-agent bench-exchange bench-injector \
-        bench-plugin tools kustomize-path helm-path manifests chart images e2e e2e-long \
+        bench-plugin bench-pod-start tools kustomize-path helm-path manifests chart images e2e e2e-long \
         e2e-deps clean
 
 help:
@@ -19,6 +19,7 @@ help:
 	@echo "make e2e    end to end against real kube-apiserver, etcd, Keycloak, FlyteAdmin and flytepropeller"
 	@echo "make e2e-long  the end-to-end cases that wait minutes of real time (token rotation)"
 	@echo "make bench  run the benchmarks (prints figures and ratios)"
+	@echo "make bench-pod-start  pod start latency on the real node, injected vs not (root)"
 	@echo "make fmt    format and auto-fix with ruff"
 
 $(STAMP): $(PYPROJECTS)
@@ -58,12 +59,12 @@ e2e-deps:
 	    apt-get install -y -qq $(E2E_PACKAGES) >/dev/null; }
 
 e2e: $(STAMP) tools e2e-deps
-	$(PY) -m tests.e2e.peers
+	$(PY) -m devstack.real.peers
 	$(VENV)/bin/pytest tests/e2e -m "not long" $(PYTEST_ARGS)
 
 # The same suite's cases that wait on real time (the kubelet's token rotation: ~8 minutes).
 e2e-long: $(STAMP) tools e2e-deps
-	$(PY) -m tests.e2e.peers
+	$(PY) -m devstack.real.peers
 	$(VENV)/bin/pytest tests/e2e -m long $(PYTEST_ARGS)
 
 test: lint unit
@@ -97,6 +98,11 @@ bench-injector: $(STAMP)
 
 bench-plugin: $(STAMP)
 	$(PY) bench/plugin_overhead.py
+
+# On the real node (root, and make e2e's peers); not part of `make bench`.
+bench-pod-start: $(STAMP) tools e2e-deps
+	$(PY) -m devstack.real.peers
+	$(PY) bench/pod_start.py
 
 # Renderers, built from the Go module proxy into a cache outside the repo (once per machine).
 TOOLS              := $(HOME)/.cache/flyte-auth-agent/tools

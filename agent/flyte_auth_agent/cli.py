@@ -10,11 +10,16 @@ import argparse
 import json
 import os
 import sys
+import time
 
-from flyte_auth_agent.config import AgentConfig
 from flyte_auth_common import contract
 from flyte_auth_common.agent_options import ENV_PREFIX, OPTIONS
-from flyte_auth_common.client import AgentClient, AgentClientError, socket_path_from_env
+from flyte_auth_common.client import (
+    AgentClient,
+    AgentClientError,
+    AgentRefusedError,
+    socket_path_from_env,
+)
 from flyte_auth_common.options import add_options, parse_command_line
 
 DESCRIPTION = """\
@@ -47,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="print the agent's token state (no secrets)",
                             description="Print the agent's /v1/status as JSON.")
     status.add_argument("--socket", help=socket_help)
+    wait = sub.add_parser(
+        "wait", help="wait until the agent holds a token (the sidecar's postStart hook)",
+        description="Exit 0 as soon as the agent holds a token; exit 1 after --timeout "
+                    "seconds, printing why it has none. Prints no token.")
+    wait.add_argument("--socket", help=socket_help)
+    wait.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                      help="how long to wait (default 300)")
     return parser
 
 
@@ -56,18 +68,44 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Imported here: token, status and wait run as hooks and probes, and start light.
+    from flyte_auth_agent.config import AgentConfig  # noqa: PLC0415
     from flyte_auth_agent.runtime import running_agent  # noqa: PLC0415
-    from flyte_auth_common import daemon  # noqa: PLC0415 - keep token/status light
+    from flyte_auth_common import daemon  # noqa: PLC0415
 
     return daemon.run("flyte-auth-agent", lambda: AgentConfig.from_args(args, os.environ),
                       running_agent)
+
+
+def _wait(socket_path: str, timeout: float) -> int:
+    """Until the agent holds a token or `timeout` passes. The agent answers /v1/token as
+    soon as its first exchange ends (it holds the request meanwhile), so this returns the
+    moment a token is there: no polling period. A refusal says why, and is asked again
+    after the agent's Retry-After."""
+    deadline = time.monotonic() + timeout
+    why = "the agent did not start listening"
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            AgentClient(socket_path, timeout=left).token()
+            return 0
+        except AgentRefusedError as exc:
+            why = exc.description or str(exc)
+            time.sleep(min(max(exc.retry_after or 1, 0.1), max(deadline - time.monotonic(), 0)))
+        except AgentClientError as exc:
+            if not os.path.isdir(os.path.dirname(socket_path)):
+                return _fail(str(exc))  # no agent here at all: waiting cannot help
+            why = str(exc)
+    return _fail(f"no token within {timeout:g} s: {why}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_command_line(_parser(), argv)
     if args.command == "serve":
         return _serve(args)
-    client = AgentClient(args.socket or socket_path_from_env())
+    socket_path = args.socket or socket_path_from_env()
+    if args.command == "wait":
+        return _wait(socket_path, args.timeout)
+    client = AgentClient(socket_path)
     try:
         if args.command == "token":
             body = client.token()

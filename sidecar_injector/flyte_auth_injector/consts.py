@@ -47,7 +47,7 @@ TOKEN_FILE_MODE: Final = 0o444
 MIN_EXPIRATION: Final = 600
 DEFAULT_EXPIRATION: Final = 3600
 MAX_EXPIRATION: Final = 86400
-#: How long the startupProbe holds the task for the first token before the kubelet restarts
+#: How long the postStart hook holds the task for the first token before the kubelet restarts
 #: the agent: a cold image pull and a slow identity provider can take minutes, and a shorter
 #: default would restart healthy agents. 0 turns the hold off (the task starts at once).
 DEFAULT_TOKEN_WAIT: Final = 300

@@ -209,24 +209,22 @@ def _label_env(env: str, label: str) -> Json:
 
 
 def _probes(sidecar: Sidecar, host_network: bool, token_wait: int) -> Json:
-    """The task's containers start only once the agent holds a token (startupProbe), for at
-    most `token_wait` seconds: then the kubelet restarts the agent, and the agent's last log
-    lines (the reason) are its termination message. `token_wait` 0: no hold at all. On the
-    pod's own network the kubelet asks the agent's TCP health port; a hostNetwork pod shares
-    the node's, where two pods' ports would collide, so it gets no port and the kubelet asks
-    over the socket (`flyte-auth-agent status` exits 0 only with a valid token)."""
-    hold = {"periodSeconds": 1, "failureThreshold": token_wait}
+    """The task's containers start only once the agent holds a token, for at most
+    `token_wait` seconds. The hold is a postStart hook, `flyte-auth-agent wait`, as Istio
+    holds apps until its proxy is ready: the kubelet starts the next container when the hook
+    returns, which is the moment the token arrives (a startupProbe would add up to its period,
+    a second, to every pod). After `token_wait` seconds the hook fails (the pod's
+    FailedPostStartHook event), the kubelet restarts the agent, and the agent's last state
+    carries the reason. `token_wait` 0: no hold at all. A liveness probe on the agent's
+    TCP health port, except on the host's network: there two pods' ports would collide, so
+    the agent opens none."""
+    hold: Json = {} if token_wait == 0 else {"lifecycle": {"postStart": {"exec": {
+        "command": ["flyte-auth-agent", "wait", "--timeout", str(token_wait)]}}}}
     if host_network:
-        return {} if token_wait == 0 else {"startupProbe": {
-            "exec": {"command": ["flyte-auth-agent", "status"]}, "timeoutSeconds": 5, **hold}}
-    probes: Json = {"livenessProbe": {
+        return hold
+    return {**hold, "livenessProbe": {
         "httpGet": {"path": contract.PATH_HEALTHZ, "port": sidecar.probe_port},
         "periodSeconds": 10, "timeoutSeconds": 1, "failureThreshold": 3}}
-    if token_wait:
-        probes = {"startupProbe": {"httpGet": {"path": contract.PATH_READYZ,
-                                               "port": sidecar.probe_port},
-                                   "timeoutSeconds": 1, **hold}, **probes}
-    return probes
 
 
 def sidecar_container(name: str, sidecar: Sidecar, settings: PodSettings, token_vol: str,

@@ -117,20 +117,26 @@ def test_token_without_an_agent_says_what_to_check(short_dir: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
-async def test_token_and_status_fail_when_the_agent_has_no_token(
-        sock_path: Path, tmp_path: Path, endpoint: TokenEndpoint) -> None:
-    proc = await asyncio.create_subprocess_exec(
+async def agent_without_token(sock_path: Path, tmp_path: Path,
+                              endpoint: TokenEndpoint) -> Agent:
+    """A listening agent whose service-account token file does not exist."""
+    agent = Agent(await asyncio.create_subprocess_exec(
         AGENT, "serve", "--socket", str(sock_path), "--token-file", str(tmp_path / "missing"),
         "--token-endpoint", endpoint.url, "--wait-timeout", "0.3",
-        env=clean_env(), stderr=asyncio.subprocess.PIPE)
-    a = Agent(proc)
-    await a.wait_for("agent_started")
+        env=clean_env(), stderr=asyncio.subprocess.PIPE))
+    await agent.wait_for("agent_started")
+    return agent
+
+
+async def test_token_and_status_fail_when_the_agent_has_no_token(
+        sock_path: Path, tmp_path: Path, endpoint: TokenEndpoint) -> None:
+    agent = await agent_without_token(sock_path, tmp_path, endpoint)
     try:
         token = await asyncio.to_thread(run, "token", "--socket", str(sock_path))
         status = await asyncio.to_thread(run, "status", "--socket", str(sock_path))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        await a.finish()
+        agent.proc.send_signal(signal.SIGTERM)
+        await agent.finish()
     assert token.returncode == 1
     assert "token_unavailable" in token.stderr and "does not exist" in token.stderr
     assert status.returncode == 1
@@ -193,3 +199,50 @@ def test_a_mistyped_flag_gets_the_closest_one_and_the_subcommands_usage(
     assert out.returncode == 2
     assert f"usage: {program} {argv[0]} " in out.stderr  # the subcommand's usage
     assert f"{program} {argv[0]}: error: unrecognized arguments: {suggestion}" in out.stderr
+
+
+async def test_wait_returns_the_moment_the_agent_holds_a_token(
+        sock_path: Path, token_file: Path, endpoint: TokenEndpoint) -> None:
+    """`wait` (the sidecar's postStart hook) is started before the agent, waits through its
+    start and its first exchange, and exits 0 once the token is there, printing nothing."""
+    endpoint.gate.clear()  # the first exchange hangs until we let it go
+    waiting = await asyncio.create_subprocess_exec(
+        AGENT, "wait", "--socket", str(sock_path), "--timeout", "25", env=clean_env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        AGENT, "serve", "--socket", str(sock_path), "--token-file", str(token_file),
+        "--token-endpoint", endpoint.url, env=clean_env(), stderr=asyncio.subprocess.PIPE)
+    agent = Agent(proc)
+    try:
+        await endpoint.arrived.wait()
+        waiting_before_the_token = waiting.returncode is None
+        endpoint.gate.set()
+        out, err = await asyncio.wait_for(waiting.communicate(), 25)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await agent.finish()
+    assert waiting_before_the_token
+    assert (waiting.returncode, out, err) == (0, b"", b"")
+
+
+async def test_wait_gives_up_after_its_timeout_saying_why(
+        sock_path: Path, tmp_path: Path, endpoint: TokenEndpoint) -> None:
+    agent = await agent_without_token(sock_path, tmp_path, endpoint)
+    try:
+        waited = await asyncio.to_thread(run, "wait", "--socket", str(sock_path),
+                                         "--timeout", "1")
+    finally:
+        agent.proc.send_signal(signal.SIGTERM)
+        await agent.finish()
+    assert waited.returncode == 1
+    assert waited.stdout == ""
+    assert "no token within 1 s" in waited.stderr and "does not exist" in waited.stderr
+    assert "Traceback" not in waited.stderr
+
+
+def test_wait_without_an_agent_fails_at_once(short_dir: Path) -> None:
+    """No socket directory: nothing was injected, and waiting cannot help (the test's own
+    timeout would end a wait for the full --timeout)."""
+    out = run("wait", "--socket", str(short_dir / "not-injected/agent.sock"), "--timeout", "300")
+    assert out.returncode == 1
+    assert "flyte-auth.flyte.org/inject=enabled" in out.stderr

@@ -33,6 +33,7 @@ import subprocess
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import bcrypt
@@ -41,11 +42,31 @@ import yaml
 from aiohttp import web
 from flyteidl.service import auth_pb2, auth_pb2_grpc
 
+from devstack.real import peers
+from devstack.real.cluster import free_port
+from devstack.real.images import AGENT_DEBS, PythonImage, python_image
+from devstack.real.node import TOLERATION
 from devstack.world import write_signing_key
-from tests.e2e import peers
-from tests.e2e.cluster import free_port
-from tests.e2e.images import TASK_IMAGE
-from tests.e2e.node import TOLERATION
+
+TASK_IMAGE = "flyte-auth.e2e/task:1"
+#: A Flyte task image as a user builds one: flytekit (the version the suite tests) and our
+#: plugin, nothing else of ours; the e2e workflows' module on PYTHONPATH (registered without
+#: fast registration, so the image carries the code); a non-root user.
+TASK = PythonImage(
+    TASK_IMAGE, "/opt/task", (f"flytekit=={version('flytekit')}", "flytekitplugins-auth-agent"),
+    (f"flytekit=={version('flytekit')}", "./common", "./flytekit_plugin"),
+    ("common", "flytekit_plugin"), [], ["python"], "1000:1000",
+    env=("PYTHONPATH=/opt/task/src", "HOME=/tmp"), debs=(*AGENT_DEBS, "libstdc++6"),
+    files=(("/opt/task/src/tests/__init__.py", "tests/__init__.py"),
+           ("/opt/task/src/tests/e2e/__init__.py", "tests/e2e/__init__.py"),
+           ("/opt/task/src/tests/e2e/workflows.py", "tests/e2e/workflows.py")))
+
+
+
+
+def task_image() -> Path:
+    return python_image(TASK)
+
 
 #: Flyte's default pod template (plugins.k8s.default-pod-template-name), in flytepropeller's
 #: namespace.

@@ -29,7 +29,6 @@ import aiohttp
 import grpc
 import pytest
 import pytest_asyncio
-import trustme
 from flyteidl.admin import execution_pb2
 from flyteidl.core import identifier_pb2
 from flyteidl.service import admin_pb2_grpc, identity_pb2, identity_pb2_grpc
@@ -39,19 +38,17 @@ from joserfc.jws import JWSRegistry
 
 from devstack.admin_metadata import AuthMetadata
 from devstack.flyteadmin import FlyteAdmin, start_flyteadmin
+from devstack.real.cluster import ADMIN_TOKEN, Cluster, running_cluster
+from devstack.real.images import AGENT_IMAGE
+from devstack.real.node import NODE_USERS, Node, running_node
+from devstack.real.webhook import injecting
 from flyte_auth_agent.discovery import _via_grpc, _via_http
 from flyte_auth_common.admin import AdminEndpoint
 from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.mint import Minter
 from flyte_auth_exchange.runtime import running_exchange
-from flyte_auth_injector.config import InjectorConfig
-from flyte_auth_injector.runtime import running_injector
-from flyte_auth_injector.webhook_config import webhook_configuration
-from tests.e2e.cluster import ADMIN_TOKEN, Cluster, free_port, running_cluster
-from tests.e2e.flyte import Flyte, running_flyte, task_pod_template
-from tests.e2e.images import AGENT_IMAGE, TASK_IMAGE, task_image
+from tests.e2e.flyte import TASK_IMAGE, Flyte, running_flyte, task_image, task_pod_template
 from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests
-from tests.e2e.node import NODE_USERS, Node, running_node
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
 PROJECT, DOMAIN = "flytesnacks", "development"
@@ -128,24 +125,14 @@ async def real(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RealFl
                     "--token-review", "--cache-ttl", "0", "--admin-endpoint", flyte.target,
                     "--admin-insecure", "--kubeconfig",
                     str(await kubeconfig("flyte-auth", "flyte-auth-exchange"))], {})
-                ca = trustme.CA()
-                ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
-                    str(workdir / "injector.pem"))
-                port = free_port()
-                async with running_exchange(exchange_config) as exchange:
-                    injector_config = InjectorConfig.load([
-                        "--listen", f"127.0.0.1:{port}", "--tls-cert",
-                        str(workdir / "injector.pem"), "--tls-key",
-                        str(workdir / "injector.pem"), "--admin-endpoint", flyte.target,
-                        "--admin-insecure", "--token-endpoint",
-                        exchange.url + "/oauth2/token", "--agent-image", AGENT_IMAGE,
-                        "--agent-image-pull-policy", "Never", "--kubeconfig",
-                        str(await kubeconfig("flyte-auth", "flyte-auth-injector"))], {})
-                    async with running_injector(injector_config):
-                        await cluster.apply(webhook_configuration(
-                            url=f"https://127.0.0.1:{port}/mutate",
-                            ca_bundle=base64.b64encode(ca.cert_pem.bytes()).decode()))
-                        yield RealFlyte(cluster, flyte, exchange.url, workdir, node)
+                async with running_exchange(exchange_config) as exchange, injecting(
+                        cluster, workdir, [
+                            "--admin-endpoint", flyte.target, "--admin-insecure",
+                            "--token-endpoint", exchange.url + "/oauth2/token",
+                            "--agent-image", AGENT_IMAGE, "--agent-image-pull-policy", "Never",
+                            "--kubeconfig",
+                            str(await kubeconfig("flyte-auth", "flyte-auth-injector"))]):
+                    yield RealFlyte(cluster, flyte, exchange.url, workdir, node)
         except BaseException:
             print(cluster.logs(), node.logs())
             raise

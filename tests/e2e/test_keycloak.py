@@ -18,11 +18,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from devstack.real import peers
+from devstack.real.cluster import Cluster, free_port, running_cluster
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.runtime import running_agent
 from flyte_auth_common.jwt import jwt_claims
-from tests.e2e import peers
-from tests.e2e.cluster import Cluster, free_port, running_cluster
 from tests.helpers import H
 
 pytestmark = [pytest.mark.timeout(600)]

@@ -9,7 +9,6 @@ our manifests grant. FlyteAdmin is the stand-in."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
 import json
 import ssl
@@ -28,23 +27,21 @@ from flyteidl.service import identity_pb2, identity_pb2_grpc
 
 from devstack.admin_metadata import AuthMetadata
 from devstack.flyteadmin import FlyteAdmin, start_flyteadmin
+from devstack.real.cluster import RBAC_GROUP, Cluster, KubeError, running_cluster
+from devstack.real.images import AGENT_IMAGE, TOOL_IMAGE
+from devstack.real.node import NODE_USERS, TOLERATION, Node, running_node, unlinks
+from devstack.real.webhook import injecting
 from devstack.world import ADMIN_URL, EXECUTOR, write_signing_key
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.runtime import running_agent
 from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.runtime import running_exchange
-from flyte_auth_injector.config import InjectorConfig
-from flyte_auth_injector.runtime import running_injector
-from flyte_auth_injector.webhook_config import webhook_configuration
-from tests.e2e.cluster import RBAC_GROUP, Cluster, KubeError, free_port, running_cluster
-from tests.e2e.images import AGENT_IMAGE, TOOL_IMAGE
 from tests.e2e.manifests import (
     FLYTEWORKFLOW_CRD,
     rendered_exchange_args,
     rendered_manifests,
     sidecar_env,
 )
-from tests.e2e.node import NODE_USERS, TOLERATION, Node, running_node, unlinks
 from tests.helpers import H
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(600)]
@@ -171,23 +168,14 @@ async def e2e(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E2E]:
                 kubeconfig=[str(kube["flyte-auth-exchange"])]), {})
             assert exchange_config.serving.tls_cert == tls_dir / "tls.crt"  # as rendered
             assert exchange_config.policy is not None and exchange_config.token_review
-            cert = ca.issue_cert("127.0.0.1")
-            cert.private_key_and_cert_chain_pem.write_to_path(str(workdir / "injector.pem"))
-            port = free_port()
             async with running_exchange(exchange_config) as exchange:
                 metadata.token_endpoint = exchange.url + "/oauth2/token"
-                injector_config = InjectorConfig.load([
-                    "--listen", f"127.0.0.1:{port}", "--tls-cert", str(workdir / "injector.pem"),
-                    "--tls-key", str(workdir / "injector.pem"), "--admin-endpoint", admin_target,
-                    "--admin-insecure", "--token-endpoint", exchange.url + "/oauth2/token",
-                    "--agent-ca-file", str(workdir / "ca.crt"),
-                    "--agent-image", AGENT_IMAGE, "--agent-image-pull-policy", "Never",
-                    "--kubeconfig", str(kube["flyte-auth-injector"])], {})
-                async with running_injector(injector_config):
-                    hook = webhook_configuration(
-                        url=f"https://127.0.0.1:{port}/mutate",
-                        ca_bundle=base64.b64encode(ca.cert_pem.bytes()).decode())
-                    await cluster.apply(hook)
+                async with injecting(cluster, workdir, [
+                        "--admin-endpoint", admin_target,
+                        "--admin-insecure", "--token-endpoint", exchange.url + "/oauth2/token",
+                        "--agent-ca-file", str(workdir / "ca.crt"),
+                        "--agent-image", AGENT_IMAGE, "--agent-image-pull-policy", "Never",
+                        "--kubeconfig", str(kube["flyte-auth-injector"])]):
                     yield E2E(cluster, admin, admin_target, exchange.url, workdir, workflow,
                               node)
             await server.stop(None)
@@ -340,8 +328,9 @@ async def test_the_kubelet_rotates_the_projected_token(e2e: E2E) -> None:
 async def test_no_token_at_pod_start_holds_the_task_for_token_wait_and_says_why(
         e2e: E2E) -> None:
     """The agent cannot get a token (here the exchange server refuses the pod: no
-    FlyteWorkflow owns it). The task is held for `token-wait` seconds, then the kubelet
-    restarts the agent, and the agent's last state says why; the task never started."""
+    FlyteWorkflow owns it). The task is held for `token-wait` seconds, then the hook fails
+    (the pod's events say so), the kubelet restarts the agent, and the agent's last state
+    says why; the task never started."""
     pod = on_the_node("no-token", "token", SOCKET)
     pod["metadata"]["annotations"] = {"flyte-auth.flyte.org/token-wait": "3"}
     await e2e.create(pod, owned=False)
@@ -350,6 +339,11 @@ async def test_no_token_at_pod_start_holds_the_task_for_token_wait_and_says_why(
         p.get("status", {}).get("initContainerStatuses", [])))
     await e2e.cluster.request("DELETE", f"/api/v1/namespaces/{LABELED}/pods/no-token")
     agent = container(restarted, "flyte-auth-agent")
+    events = await e2e.cluster.request(
+        "GET", f"/api/v1/namespaces/{LABELED}/events?fieldSelector=involvedObject.name%3Dno-token")
+    # kubectl describe shows the failed hold; the kubelet keeps a hook's output out of
+    # events (it may hold secrets), so the reason is in the agent's last state.
+    assert "FailedPostStartHook" in [e["reason"] for e in events["items"]]
     assert "access_denied" in agent["lastState"]["terminated"]["message"]
     assert "FlyteWorkflow" in agent["lastState"]["terminated"]["message"]
     assert "running" not in container(restarted, "task")["state"]
@@ -363,7 +357,7 @@ async def test_token_wait_zero_starts_the_task_at_once_and_its_call_says_why(
     pod = on_the_node("lazy", "token", SOCKET)
     pod["metadata"]["annotations"] = {"flyte-auth.flyte.org/token-wait": "0"}
     created = await e2e.create(pod, owned=False)
-    assert "startupProbe" not in agent_of(created)[0]
+    assert "lifecycle" not in agent_of(created)[0]
     done = await e2e.node.wait_phase(LABELED, "lazy", {"Succeeded", "Failed"})
     log = await task_log(e2e, "lazy")
     assert done["status"]["phase"] == "Failed"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import running_cluster
-from tests.e2e.images import TOOL_IMAGE
-from tests.e2e.node import NODE, NODE_USERS, TOLERATION, running_node
+from devstack.real.cluster import running_cluster
+from devstack.real.images import TOOL_IMAGE
+from devstack.real.node import NODE, NODE_USERS, TOLERATION, running_node
 
 pytestmark = [pytest.mark.timeout(600)]
 NS = "plain-development"

@@ -13,6 +13,7 @@ import pytest
 from kubernetes_asyncio.config import new_client_from_config
 
 from devstack.kube_api import StubKubeAPI
+from devstack.real.cluster import ADMIN_TOKEN, KubeError, running_cluster
 from devstack.world import install_guard
 from flyte_auth_common.contract import GUARD_NAME, NAMESPACE_LABEL, NAMESPACE_LABEL_VALUE
 from flyte_auth_exchange.admin import ExecutionRef
@@ -20,7 +21,6 @@ from flyte_auth_exchange.binding import Owner, check_guard, check_workflow
 from flyte_auth_exchange.errors import Refusal
 from flyte_auth_exchange.kube import Kube
 from flyte_auth_injector import consts
-from tests.e2e.cluster import ADMIN_TOKEN, KubeError, running_cluster
 from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests
 from tests.support.watching import change_between_list_and_watch
 

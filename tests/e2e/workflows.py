@@ -1,5 +1,5 @@
 """The workflows the real-Flyte suite registers and launches. flytepropeller runs their tasks
-on the suite's real node, in the task image (tests/e2e/images.py), which carries this
+on the suite's real node, in the task image (tests/e2e/flyte.py), which carries this
 module."""
 
 import os

@@ -127,7 +127,10 @@ async def test_the_agent_is_the_first_init_container_and_user_items_survive(call
     assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
     assert sidecar["securityContext"]["allowPrivilegeEscalation"] is False
     assert sidecar["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert sidecar["startupProbe"]["httpGet"]["path"] == "/readyz"
+    assert sidecar["lifecycle"]["postStart"]["exec"]["command"] == [
+        "flyte-auth-agent", "wait", "--timeout", "300"]
+    assert "startupProbe" not in sidecar  # the hook holds the task; a probe would add its period
+    assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
     token = next(v for v in mutated["spec"]["volumes"] if v["name"] == consts.TOKEN_VOLUME)
     source = token["projected"]["sources"][0]["serviceAccountToken"]
     assert source == {"audience": "flyte-auth", "expirationSeconds": 3600, "path": "token"}
@@ -253,10 +256,10 @@ async def test_operator_settings_flow_into_the_sidecar(call: Call) -> None:
     assert app["FLYTE_INTERNAL_EXECUTION_ID"] == "f3a1b2c4d5e6"  # propeller's env untouched
 
 
-async def test_a_host_network_pod_gets_no_port_and_is_probed_over_the_socket(call: Call) -> None:
+async def test_a_host_network_pod_gets_no_port_and_the_same_hold(call: Call) -> None:
     """A hostNetwork pod shares the node's network: an agent port there would collide with
-    the next such pod's. Its agent listens on no TCP port, and the kubelet's startupProbe
-    asks it over the socket instead."""
+    the next such pod's. Its agent listens on no TCP port and has no liveness probe; the
+    hold (the postStart hook over the socket) is the same as for any pod."""
     pod = variant(propeller_pod(), spec__hostNetwork=True)
     _, answer = await call(review(pod))
     injected = apply(pod, answer)
@@ -264,28 +267,29 @@ async def test_a_host_network_pod_gets_no_port_and_is_probed_over_the_socket(cal
     env = {e["name"]: e.get("value") for e in agent["env"]}
     assert agent["name"] == "flyte-auth-agent"
     assert "FLYTE_AUTH_AGENT_HEALTH_ADDR" not in env
-    assert agent["startupProbe"]["exec"]["command"] == ["flyte-auth-agent", "status"]
     assert "livenessProbe" not in agent and "ports" not in agent
     plain = apply(propeller_pod(), (await call(review(propeller_pod())))[1])
-    assert "httpGet" in plain["spec"]["initContainers"][0]["startupProbe"]
+    assert agent["lifecycle"] == plain["spec"]["initContainers"][0]["lifecycle"]
+    assert "httpGet" in plain["spec"]["initContainers"][0]["livenessProbe"]
 
 
-@pytest.mark.parametrize(("annotation", "probe"), [
-    pytest.param(None, {"periodSeconds": 1, "failureThreshold": 300}, id="default"),
-    pytest.param("30", {"periodSeconds": 1, "failureThreshold": 30}, id="bounded"),
+@pytest.mark.parametrize(("annotation", "timeout"), [
+    pytest.param(None, "300", id="default"),
+    pytest.param("30", "30", id="bounded"),
     pytest.param("0", None, id="lazy"),
 ])
 async def test_token_wait_bounds_how_long_the_task_is_held(call: Call, annotation: str | None,
-                                                           probe: Json | None) -> None:
-    """The startupProbe holds the task for the first token for `token-wait` seconds; with 0
+                                                           timeout: str | None) -> None:
+    """The postStart hook holds the task for the first token for `token-wait` seconds; with 0
     there is no hold (the task starts at once), and liveness is kept either way."""
     pod = propeller_pod() if annotation is None else variant(
         propeller_pod(), metadata__annotations={consts.ANNOTATION_TOKEN_WAIT: annotation})
     agent = apply(pod, (await call(review(pod)))[1])["spec"]["initContainers"][0]
-    if probe is None:
-        assert "startupProbe" not in agent
+    if timeout is None:
+        assert "lifecycle" not in agent
     else:
-        assert {k: agent["startupProbe"][k] for k in probe} == probe
+        assert agent["lifecycle"]["postStart"]["exec"]["command"][-2:] == ["--timeout", timeout]
+    assert "startupProbe" not in agent
     assert "livenessProbe" in agent
 
 

@@ -9,7 +9,7 @@ flytepropeller) from flyte-1.16.8-src.tar.xz with its dependencies from the Go m
 Binaries are cached under ~/.cache/flyte-auth-agent/e2e, keyed by version (Flyte: by the
 archive's sha256 and the Go version).
 
-    python -m tests.e2e.peers     build what is missing, saying what and why
+    python -m devstack.real.peers     build what is missing, saying what and why
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.e2e import peers
+from devstack.real import peers
 
 ADMIN_TOKEN = "e2e-admin-token"
 RBAC_GROUP = "rbac.authorization.k8s.io"
@@ -81,7 +81,7 @@ class Cluster:
         cert = self.ca.issue_cert("127.0.0.1", "localhost")
         cert.private_key_and_cert_chain_pem.write_to_path(str(self.workdir / "apiserver.pem"))
         # How the API server proves itself to kubelets (logs, exec): a client certificate
-        # from the cluster CA, which a node's kubelet trusts (tests/e2e/node.py).
+        # from the cluster CA, which a node's kubelet trusts (devstack/real/node.py).
         client = self.ca.issue_cert("kube-apiserver-kubelet-client",  # a SAN: Go requires one
                                     common_name="kube-apiserver-kubelet-client")
         client.private_key_and_cert_chain_pem.write_to_path(

@@ -9,8 +9,7 @@ an OCI image layout (one layer tar, a config, a manifest, an index) in a tarball
   Python 3.11 (the packages python:3.11-slim-bookworm's interpreter needs), a virtualenv at
   /opt/agent with `flyte-auth-common` and `flyte-auth-agent[agent]` installed from wheels,
   the same PATH, user 65532 and entrypoint.
-- `task`: a Flyte task image as users build one: the same Python, flytekit and our plugin in
-  /opt/task, the e2e workflows' module, user 1000.
+- any other Python image (`PythonImage`), built the same way: the e2e suite's task image.
 """
 
 from __future__ import annotations
@@ -24,15 +23,14 @@ import subprocess
 import sys
 import tarfile
 from dataclasses import dataclass, field
-from importlib.metadata import distributions, version
+from importlib.metadata import distributions
 from pathlib import Path
 
-from tests.e2e.peers import CACHE, ROOT, _run, say
+from devstack.real.peers import CACHE, ROOT, _run, say
 
 PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
 TOOL_IMAGE = "flyte-auth.e2e/tool:1"
 AGENT_IMAGE = "flyte-auth.e2e/agent:1"
-TASK_IMAGE = "flyte-auth.e2e/task:1"
 #: Debian bookworm packages behind the agent image's interpreter (libc, Python 3.11 with
 #: venv and ensurepip, the libraries its stdlib links).
 AGENT_DEBS = (
@@ -265,8 +263,9 @@ class PythonImage:
     files: tuple[tuple[str, str], ...] = ()
 
     def digest(self) -> str:
-        """What the image is made of: its recipe, and the sources it installs."""
-        digest = hashlib.sha256(repr(self).encode())
+        """What the image is made of: its recipe, how it is built (this module), and the
+        sources it installs."""
+        digest = hashlib.sha256(repr(self).encode() + Path(__file__).read_bytes())
         for top in self.sources:
             for path in sorted((ROOT / top).rglob("*")):
                 if path.is_file() and "__pycache__" not in path.parts:
@@ -282,25 +281,8 @@ AGENT = PythonImage(
     AGENT_IMAGE, "/opt/agent", ("flyte-auth-common[serving,admin]", "flyte-auth-agent[agent]"),
     ("./common", ".[agent]"), ("common", "agent"),
     ["flyte-auth-agent"], ["serve"], "65532:65532")
-#: A Flyte task image as a user builds one: flytekit (the version the suite tests) and our
-#: plugin, nothing else of ours; the e2e workflows' module on PYTHONPATH (registered without
-#: fast registration, so the image carries the code); a non-root user.
-TASK = PythonImage(
-    TASK_IMAGE, "/opt/task", (f"flytekit=={version('flytekit')}", "flytekitplugins-auth-agent"),
-    (f"flytekit=={version('flytekit')}", "./common", "./flytekit_plugin"),
-    ("common", "flytekit_plugin"), [], ["python"], "1000:1000",
-    env=("PYTHONPATH=/opt/task/src", "HOME=/tmp"), debs=(*AGENT_DEBS, "libstdc++6"),
-    files=(("/opt/task/src/tests/__init__.py", "tests/__init__.py"),
-           ("/opt/task/src/tests/e2e/__init__.py", "tests/e2e/__init__.py"),
-           ("/opt/task/src/tests/e2e/workflows.py", "tests/e2e/workflows.py")))
-
-
 def agent_image() -> Path:
     return python_image(AGENT)
-
-
-def task_image() -> Path:
-    return python_image(TASK)
 
 
 def python_image(spec: PythonImage) -> Path:
@@ -338,8 +320,17 @@ def python_image(spec: PythonImage) -> Path:
     shutil.rmtree(wheels)
     for pip in (rootfs / spec.venv.lstrip("/") / "bin").glob("pip*"):
         pip.unlink()
-    for cache in list(rootfs.rglob("__pycache__")):
+    # As deploy/Dockerfile: bytecode for the interpreter's library and the venv, hash-based
+    # (valid whatever the files' times), in place of pip's.
+    for cache in list((rootfs / spec.venv.lstrip("/")).rglob("__pycache__")):
         shutil.rmtree(cache, ignore_errors=True)
+    compile_all = ["/usr/bin/python3.11", "-m", "compileall", "-q",  # no -j: no /dev/shm
+                   "--invalidation-mode", "unchecked-hash", "-x", "/tests?/", "/usr/lib/python3.11",
+                   spec.venv]
+    done = subprocess.run(chroot + compile_all, env=env, capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"compileall in {spec.name}: {(done.stdout + done.stderr)[-2000:]}")
     for target, source in spec.files:
         (rootfs / target.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / source, rootfs / target.lstrip("/"))

@@ -5,7 +5,7 @@ kube-root-ca.crt every pod's service-account volume mounts). All as local proces
 under one short temp dir.
 
 Pods use the host's network (no CNI plugin here), so everything stays on loopback; the
-tests set `hostNetwork` in their pod specs. Images come from tests/e2e/images.py, imported
+tests set `hostNetwork` in their pod specs. Images come from devstack/real/images.py, imported
 into containerd: nothing is pulled.
 """
 
@@ -27,8 +27,8 @@ from typing import Any
 
 import yaml
 
-from tests.e2e import images, peers
-from tests.e2e.cluster import ADMIN_TOKEN, Cluster, free_port
+from devstack.real import images, peers
+from devstack.real.cluster import ADMIN_TOKEN, Cluster, free_port
 
 NODE = "e2e-node"
 #: The node's IP: the kubelet refuses a loopback one (127/8), and this machine has no dummy
