@@ -8,7 +8,10 @@ the same run.
   returning the same tuple;
 - a socket fetch (when the token nears expiry or was rejected): `AgentClient.token()` against
   a real agent, next to the same stdlib HTTP request to a minimal asyncio responder on a Unix
-  socket (connection per request in both, as the plugin does).
+  socket (connection per request in both, as the plugin does);
+- Flyte 2's way (its SDK runs a command per token refresh): the token command the agent
+  writes beside its socket, run as `python3 flyte-auth-token.py`, next to the in-process
+  `AgentClient.token()` it replaces.
 """
 
 from __future__ import annotations
@@ -83,6 +86,14 @@ def main(tmp: Path) -> None:
               f"{bare_us:.2f} µs, added {plugin_us - bare_us:.2f} µs (target <= 5 µs)")
         print(f"socket fetch: agent /v1/token {fetch_us:.0f} µs, bare asyncio responder "
               f"{raw_us:.0f} µs, ratio x{fetch_us / raw_us:.2f}")
+        script = [sys.executable, str(tmp / "flyte-auth-token.py")]
+        command_us = per_call_us(lambda: subprocess.run(script, capture_output=True,
+                                                        check=True), 20, repeat=5)
+        bare_python = [sys.executable, "-c", "pass"]
+        python_us = per_call_us(lambda: subprocess.run(bare_python, check=True), 20, repeat=5)
+        print(f"token command (Flyte 2's FLYTE_AUTH_COMMAND): {command_us / 1000:.1f} ms per "
+              f"refresh; in-process fetch {fetch_us / 1000:.2f} ms (x{command_us / fetch_us:.0f});"
+              f" the same interpreter doing nothing {python_us / 1000:.1f} ms")
     finally:
         for p in (agent, base, stack):
             p.terminate()

@@ -49,6 +49,40 @@ def propeller_pod() -> Json:
     }
 
 
+def flyte2_pod() -> Json:
+    """A task pod as Flyte 2's executor creates it (v2.0.43,
+    executor/pkg/plugin/task_exec_metadata.go): run, action and attempt labels, RUN_NAME and
+    ACTION_NAME env, controlled by its TaskAction (group flyte.org)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "r8x2k-a0-1",
+            "namespace": "flytesnacks-development",
+            "labels": {"run": "r8x2k", "action": "a0", "attempt": "1", "task-name": "main",
+                       "project": "flytesnacks", "domain": "development",
+                       "organization": "local", "flyte.org/managed": "true"},
+            "ownerReferences": [{"apiVersion": "flyte.org/v1", "kind": "TaskAction",
+                                 "name": "r8x2k-a0", "uid": "7c1e", "controller": True,
+                                 "blockOwnerDeletion": True}],
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": "default",
+            "containers": [{
+                "name": "r8x2k-a0-1",
+                "image": "ghcr.io/flyteorg/flyte:py3.12-v2.12.1",
+                "args": ["a0", "--inputs", "s3://bucket/r8x2k/a0/inputs.pb"],
+                "env": [{"name": "ACTION_NAME", "value": "a0"},
+                        {"name": "RUN_NAME", "value": "r8x2k"},
+                        {"name": "_U_RUN_BASE", "value": "s3://bucket/r8x2k"},
+                        {"name": "_U_ORG_NAME", "value": "local"}],
+                "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
+            }],
+        },
+    }
+
+
 def variant(base: Json, **changes: Any) -> Json:
     pod = copy.deepcopy(base)
     for path, value in changes.items():

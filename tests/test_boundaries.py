@@ -30,7 +30,8 @@ def _packages() -> dict[str, Path]:
 
 PACKAGES = _packages()
 #: What a task image may load: the contract, the socket client and their helpers.
-STDLIB_ONLY = ("contract", "client", "jwt", "errors", "options", "agent_options")
+STDLIB_ONLY = ("contract", "client", "token_command", "jwt", "errors", "options",
+               "agent_options")
 
 
 def imports_of(path: Path) -> set[str]:

@@ -21,6 +21,7 @@ from flyte_auth_agent.exchange import Exchanger, Upstream
 from flyte_auth_agent.metrics import AgentMetrics
 from flyte_auth_agent.server import AgentAPI, display_url, health_app, socket_app
 from flyte_auth_agent.source import Clock, SystemClock, TokenSource
+from flyte_auth_common import token_command
 from flyte_auth_common.admin import tls_material
 from flyte_auth_common.agent_options import AGENT_ENV, agent_setting
 from flyte_auth_common.daemon import app_runner
@@ -78,6 +79,16 @@ def _leave_termination_message(path: Path, reason: str | None) -> None:
         file.truncate()
 
 
+def _install_token_command(directory: Path) -> None:
+    """The stdlib-only token command beside the socket, for SDKs that run a command (Flyte 2):
+    a task needs nothing of ours installed. Flyte 1 tasks do not need it, so a failure to
+    write it is a warning, not a reason to stop."""
+    try:
+        token_command.install(str(directory))
+    except OSError as exc:
+        log.warning("token_command_not_written", directory=str(directory), error=str(exc))
+
+
 @dataclass
 class RunningAgent:
     config: AgentConfig
@@ -123,6 +134,7 @@ async def running_agent(config: AgentConfig, *, clock: Clock | None = None,
             await health.setup()
             host, port = config.health_addr
             await web.TCPSite(health, host, port).start()
+        _install_token_command(config.socket.parent)
         log.info("agent_started", socket=str(config.socket), grant=config.grant,
                  token_endpoint=display_url(config.token_endpoint),
                  admin_endpoint=config.admin.host_port if config.admin else None,

@@ -4,8 +4,9 @@ configures the agent through it), and the serving kit (options, daemon, logs, me
 TLS material and reload, the FlyteAdmin channel, ConfigError).
 
 It must not import flyte_auth_agent, flyte_auth_exchange, flyte_auth_injector or
-flytekitplugins. `contract`, `client`, `jwt`, `errors`, `options` and `agent_options` import
-only the standard library (tests/test_boundaries.py enforces both).
+flytekitplugins. `contract`, `client`, `token_command`, `jwt`, `errors`, `options` and
+`agent_options` import only the standard library (tests/test_boundaries.py enforces both);
+the agent copies `contract`, `client` and `token_command` into task pods.
 
 This file is the project's one version source: every pyproject reads it.
 """

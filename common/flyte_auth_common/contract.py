@@ -52,6 +52,18 @@ ENV_EXECUTION_ID: Final = "FLYTE_INTERNAL_EXECUTION_ID"
 ENV_EXECUTION_PROJECT: Final = "FLYTE_INTERNAL_EXECUTION_PROJECT"
 ENV_EXECUTION_DOMAIN: Final = "FLYTE_INTERNAL_EXECUTION_DOMAIN"
 
+#: The `flyte` SDK (Flyte 2) has no authenticator plugins; in a task pod it runs the command
+#: these name (flyte/_initialize.py `_auth_overrides_from_env`; the command is a shell-quoted
+#: line or a JSON list, and its stdout is the token).
+ENV_V2_AUTH_TYPE: Final = "FLYTE_AUTH_TYPE"
+ENV_V2_AUTH_COMMAND: Final = "FLYTE_AUTH_COMMAND"
+V2_AUTH_TYPE: Final = "ExternalCommand"
+#: The agent writes a stdlib-only token command beside its socket, so that a task image
+#: needs nothing of ours: `python3 <socket dir>/TOKEN_COMMAND` prints the token. Its library
+#: (this package's stdlib-only client) sits in TOKEN_COMMAND_LIB beside it.
+TOKEN_COMMAND: Final = "flyte-auth-token.py"
+TOKEN_COMMAND_LIB: Final = "flyte-auth-lib"
+
 #: FlyteAdmin's default `authorization_metadata_key` (config `grpcAuthorizationHeader`).
 DEFAULT_AUTHORIZATION_METADATA_KEY: Final = "flyte-authorization"
 
@@ -65,6 +77,10 @@ LABEL_DOMAIN: Final = "domain"
 #: The launching user's `sub`, sanitised into a label value, when propeller sets it.
 LABEL_EXECUTION_IDENTITY: Final = "execution-identity"
 GUARDED_LABELS: Final = (LABEL_EXECUTION_ID, LABEL_PROJECT, LABEL_DOMAIN, LABEL_EXECUTION_IDENTITY)
+#: Flyte 2's executor labels every task pod with its run and action (sanitised;
+#: executor/pkg/plugin/task_exec_metadata.go); a pod with both is a Flyte 2 task pod.
+LABEL_V2_RUN: Final = "run"
+LABEL_V2_ACTION: Final = "action"
 #: FlyteAdmin creates one FlyteWorkflow per execution; propeller makes it each pod's controller.
 FLYTEWORKFLOW_GROUP: Final = "flyte.lyft.com"
 FLYTEWORKFLOW_VERSION: Final = "v1alpha1"

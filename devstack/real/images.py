@@ -288,9 +288,12 @@ def agent_image() -> Path:
 def python_image(spec: PythonImage) -> Path:
     """`spec` as an import tarball, cached by its digest. Debian's packages unpacked into a
     root filesystem, the virtualenv made and filled inside it (chroot: needs root)."""
-    path = CACHE / "images" / f"{spec.name.split('/')[-1].replace(':', '-')}-{spec.digest()}.tar"
+    prefix = spec.name.split("/")[-1].replace(":", "-")
+    path = CACHE / "images" / f"{prefix}-{spec.digest()}.tar"
     if path.exists():
         return path
+    for stale in path.parent.glob(f"{prefix}-*.tar"):  # earlier sources' builds (100+ MB each)
+        stale.unlink()
     say(f"building the {spec.name} image (Debian's Python 3.11 + {', '.join(spec.packages)}; "
         "needs root for chroot)")
     work = CACHE / "python-image"

@@ -28,6 +28,8 @@ from flyte_auth_common.contract import (
     LABEL_DOMAIN,
     LABEL_EXECUTION_ID,
     LABEL_PROJECT,
+    LABEL_V2_ACTION,
+    LABEL_V2_RUN,
     NAMESPACE_LABEL,
     NAMESPACE_LABEL_VALUE,
 )
@@ -69,6 +71,11 @@ def claimed_execution(where: str, meta: Mapping[str, Any]) -> ExecutionRef:
     labels = meta.get("labels") or {}
     missing = [k for k in (LABEL_EXECUTION_ID, LABEL_PROJECT, LABEL_DOMAIN)
                if not isinstance(labels.get(k), str) or not labels.get(k)]
+    if missing and all(k in labels for k in (LABEL_V2_RUN, LABEL_V2_ACTION)):
+        raise refuse(CHECK_LABELS, f"pod {where} is a Flyte 2 task pod ({LABEL_V2_RUN} and "
+                     f"{LABEL_V2_ACTION} labels): executor identity does not map Flyte 2 runs "
+                     "yet; serve it with service-account identity (a policy rule with "
+                     "identity: service-account)")
     if missing:
         raise refuse(CHECK_LABELS, f"pod {where} is not a Flyte task pod (no "
                      f"{', '.join(missing)} label)")

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from typing import Final
 
-from flyte_auth_common.contract import LABEL_EXECUTION_ID
+from flyte_auth_common.contract import LABEL_EXECUTION_ID, LABEL_V2_ACTION, LABEL_V2_RUN
 
 # --- Selection ---------------------------------------------------------------------------
 
 #: The namespace label that enables injection (contract.NAMESPACE_LABEL) is in the contract:
 #: the exchange server checks it too.
-#: Every Flyte task pod carries this label (flytepropeller); nothing else is injected.
+#: Every Flyte 1 task pod carries this label (flytepropeller); every Flyte 2 task pod both of
+#: the next (the v2 executor). Nothing else is injected.
 FLYTE_TASK_LABEL: Final = LABEL_EXECUTION_ID
+FLYTE2_TASK_LABELS: Final = (LABEL_V2_RUN, LABEL_V2_ACTION)
 #: Namespaces never injected, whatever their labels say.
 SYSTEM_NAMESPACES: Final = ("kube-system", "kube-public", "kube-node-lease")
 

@@ -76,6 +76,15 @@ def shape_problem(pod: Json) -> str | None:  # noqa: PLR0911 - one return per pa
     return None
 
 
+def flyte_version(labels: Mapping[str, Any]) -> int | None:
+    """1 for flytepropeller's task pods, 2 for Flyte 2's executor's, None for other pods."""
+    if consts.FLYTE_TASK_LABEL in labels:
+        return 1
+    if all(label in labels for label in consts.FLYTE2_TASK_LABELS):
+        return 2
+    return None
+
+
 def skip_reason(pod: Json, namespace: str, own_namespace: str) -> str | None:
     """Why this pod is not injected, or None to inject."""
     meta = as_object(pod.get("metadata"))
@@ -83,8 +92,9 @@ def skip_reason(pod: Json, namespace: str, own_namespace: str) -> str | None:
     annotations = as_object(meta.get("annotations"))
     if namespace in consts.SYSTEM_NAMESPACES or namespace == own_namespace:
         return f"namespace {namespace} is never injected"
-    if consts.FLYTE_TASK_LABEL not in labels:
-        return f"not a Flyte task pod (no {consts.FLYTE_TASK_LABEL} label)"
+    if flyte_version(labels) is None:
+        return (f"not a Flyte task pod (no {consts.FLYTE_TASK_LABEL} label, nor Flyte 2's "
+                f"{' and '.join(consts.FLYTE2_TASK_LABELS)})")
     if str(annotations.get(consts.ANNOTATION_INJECT, "")).lower() == "false":
         return f"opted out ({consts.ANNOTATION_INJECT}: \"false\")"
     return None
@@ -282,13 +292,21 @@ def _mount_socket(mounts: list[Json], socket_vol: str) -> str:
     return path
 
 
-def wire_container(container: Json, socket_vol: str, sidecar: Sidecar) -> None:
-    """Mount the socket into an app container and set the env it lacks (the user's wins)."""
+def wire_container(container: Json, socket_vol: str, sidecar: Sidecar, flyte: int = 1) -> None:
+    """Mount the socket into an app container and set the env it lacks (the user's wins):
+    for Flyte 1, flytekit's auth mode (our plugin) and FlyteAdmin's address; for Flyte 2,
+    the SDK's ExternalCommand mode running the token command the agent writes beside its
+    socket (the SDK has no plugins, and the task image needs nothing of ours)."""
     path = _mount_socket(_own_list(container, "volumeMounts"), socket_vol)
     env = _own_list(container, "env")
     present = {e.get("name") for e in env if isinstance(e, dict)}
-    wanted = [(contract.SOCKET_ENV, f"{path}/{contract.SOCKET_NAME}"),
-              (contract.ENV_AUTH_MODE, contract.PLUGIN_AUTH_MODE)]
+    wanted = [(contract.SOCKET_ENV, f"{path}/{contract.SOCKET_NAME}")]
+    if flyte == 2:
+        wanted += [(contract.ENV_V2_AUTH_TYPE, contract.V2_AUTH_TYPE),
+                   (contract.ENV_V2_AUTH_COMMAND, f"python3 {path}/{contract.TOKEN_COMMAND}")]
+        env.extend({"name": k, "value": v} for k, v in wanted if k not in present)
+        return
+    wanted.append((contract.ENV_AUTH_MODE, contract.PLUGIN_AUTH_MODE))
     if sidecar.admin_endpoint:
         wanted += [(contract.ENV_PLATFORM_URL, sidecar.admin_endpoint),
                    (contract.ENV_PLATFORM_INSECURE, str(sidecar.admin_insecure).lower())]
@@ -322,13 +340,14 @@ def inject(pod: Json, sidecar: Sidecar, settings: PodSettings) -> Json:
                                               host_network=spec.get("hostNetwork") is True),
                   owned.get("sidecar"), insert_at=0, taken=others)
     containers = _own_list(spec, "containers")
+    flyte = flyte_version(as_object(as_object(out.get("metadata")).get("labels"))) or 1
     for i, container in enumerate(containers):
         containers[i] = dict(container)
-        wire_container(containers[i], socket_vol, sidecar)
+        wire_container(containers[i], socket_vol, sidecar, flyte)
     for i, container in enumerate(inits):
         if container.get("name") != name and container.get("name") in settings.init_containers:
             inits[i] = dict(container)
-            wire_container(inits[i], socket_vol, sidecar)
+            wire_container(inits[i], socket_vol, sidecar, flyte)
     annotations = _own_dict(_own_dict(out, "metadata"), "annotations")
     annotations[consts.ANNOTATION_STATUS] = json.dumps(
         {"version": 1, "sidecar": name, "token_volume": token_vol, "socket_volume": socket_vol,

@@ -12,9 +12,11 @@ WEBHOOK_NAME = "inject.flyte-auth.flyte.org"
 
 # CEL, evaluated by the API server before it calls us (matchConditions, GA in 1.30).
 MATCH_CONDITIONS = [
-    {"name": "flyte-task-pods",
+    {"name": "flyte-task-pods",  # Flyte 1's label, or both of Flyte 2's
      "expression": f"has(object.metadata.labels) && "
-                   f"'{consts.FLYTE_TASK_LABEL}' in object.metadata.labels"},
+                   f"('{consts.FLYTE_TASK_LABEL}' in object.metadata.labels || ("
+                   + " && ".join(f"'{label}' in object.metadata.labels"
+                                 for label in consts.FLYTE2_TASK_LABELS) + "))"},
     {"name": "not-opted-out",
      "expression": f"!has(object.metadata.annotations) || "
                    f"!('{consts.ANNOTATION_INJECT}' in object.metadata.annotations) || "

@@ -246,3 +246,36 @@ def test_wait_without_an_agent_fails_at_once(short_dir: Path) -> None:
     out = run("wait", "--socket", str(short_dir / "not-injected/agent.sock"), "--timeout", "300")
     assert out.returncode == 1
     assert "flyte-auth.flyte.org/inject=enabled" in out.stderr
+
+
+def run_token_command(script: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """As Flyte 2's SDK runs FLYTE_AUTH_COMMAND, with no site-packages (-S): what a task
+    image holds of ours is nothing, so the script must run from the copied library alone."""
+    return subprocess.run([sys.executable, "-S", str(script)], capture_output=True, text=True,
+                          env=clean_env(**env), timeout=30, check=False)
+
+
+async def test_the_agent_writes_a_token_command_any_python_can_run(
+        agent: Agent, sock_path: Path) -> None:
+    script = sock_path.parent / "flyte-auth-token.py"
+    assert script.stat().st_mode & 0o777 == 0o644  # every uid in the pod may read it
+    printed = await asyncio.to_thread(run_token_command, script)
+    token = await asyncio.to_thread(run, "token", "--socket", str(sock_path))
+    assert (printed.returncode, printed.stdout, printed.stderr) == (0, token.stdout, "")
+    # $FLYTE_AUTH_AGENT_SOCKET wins over the socket beside the script.
+    moved = await asyncio.to_thread(run_token_command, script,
+                                    FLYTE_AUTH_AGENT_SOCKET=str(sock_path.parent / "gone.sock"))
+    assert moved.returncode == 1 and "gone.sock" in moved.stderr
+
+
+async def test_the_token_command_without_a_token_says_why_on_stderr_only(
+        sock_path: Path, tmp_path: Path, endpoint: TokenEndpoint) -> None:
+    agent = await agent_without_token(sock_path, tmp_path, endpoint)
+    try:
+        printed = await asyncio.to_thread(run_token_command,
+                                          sock_path.parent / "flyte-auth-token.py")
+    finally:
+        agent.proc.send_signal(signal.SIGTERM)
+        await agent.finish()
+    assert (printed.returncode, printed.stdout) == (1, "")
+    assert printed.stderr.startswith("flyte-auth-token: ") and "does not exist" in printed.stderr

@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 
 from devstack.pods import admission_review as review
-from devstack.pods import bare_pod, busy_pod, propeller_pod, variant
+from devstack.pods import bare_pod, busy_pod, flyte2_pod, propeller_pod, variant
 from flyte_auth_injector import consts
 from tests.injector.helpers import Call, apply
 
@@ -67,6 +67,7 @@ def contract_socket() -> str:
 
 INJECTED: list[Any] = [
     pytest.param(propeller_pod, id="propeller-pod"),
+    pytest.param(flyte2_pod, id="flyte2-pod"),
     pytest.param(bare_pod, id="no-volumes-env-or-init-containers"),
     pytest.param(busy_pod, id="existing-volumes-env-init-and-native-sidecar"),
     pytest.param(lambda: variant(bare_pod(), metadata__name=None,
@@ -299,3 +300,35 @@ async def test_a_token_wait_out_of_range_is_refused_saying_the_range(call: Call)
     assert answer["response"]["allowed"] is False
     assert "flyte-auth.flyte.org/token-wait='9999' must be a whole number of seconds between " \
         "0 and 3600" in answer["response"]["status"]["message"]
+
+
+async def test_a_flyte2_task_pod_gets_the_sdks_command_mode_and_nothing_of_flyte1(
+        call: Call) -> None:
+    """Flyte 2's SDK has no authenticator plugins: its task containers get ExternalCommand
+    mode running the token command the agent writes beside its socket (the image needs
+    nothing of ours). flytekit's plugin mode and FlyteAdmin's address are Flyte 1's."""
+    _, answer = await call(review(flyte2_pod()))
+    injected = apply(flyte2_pod(), answer)
+    assert injected["spec"]["initContainers"][0]["name"] == "flyte-auth-agent"
+    env = {e["name"]: e.get("value") for e in injected["spec"]["containers"][0]["env"]}
+    assert env["FLYTE_AUTH_TYPE"] == "ExternalCommand"
+    assert env["FLYTE_AUTH_COMMAND"] == "python3 /var/run/flyte-auth/flyte-auth-token.py"
+    assert env["FLYTE_AUTH_AGENT_SOCKET"] == "/var/run/flyte-auth/agent.sock"
+    assert "FLYTE_CREDENTIALS_AUTH_MODE" not in env and "FLYTE_PLATFORM_URL" not in env
+    assert env["RUN_NAME"] == "r8x2k"  # the executor's env untouched
+
+
+async def test_a_flyte2_pods_own_auth_settings_win(call: Call) -> None:
+    pod = flyte2_pod()
+    pod["spec"]["containers"][0]["env"].append({"name": "FLYTE_AUTH_TYPE", "value": "Pkce"})
+    env = {e["name"]: e.get("value") for e in apply(pod, (await call(review(pod)))[1])[
+        "spec"]["containers"][0]["env"]}
+    assert env["FLYTE_AUTH_TYPE"] == "Pkce"
+
+
+@pytest.mark.parametrize("labels", [{"run": "r8x2k"}, {"action": "a0"}], ids=["run", "action"])
+async def test_half_of_flyte2s_labels_is_not_a_task_pod(call: Call, labels: Json) -> None:
+    pod = variant(flyte2_pod(), metadata__labels=labels)
+    _, answer = await call(review(pod))
+    assert "patch" not in answer["response"]
+    assert answer["response"]["allowed"] is True
