@@ -294,7 +294,8 @@ def python_image(spec: PythonImage) -> Path:
         return path
     for stale in path.parent.glob(f"{prefix}-*.tar"):  # earlier sources' builds (100+ MB each)
         stale.unlink()
-    say(f"building the {spec.name} image (Debian's Python 3.11 + {', '.join(spec.packages)}; "
+    say(f"building the {spec.name} image (Debian's Python 3.11 + "
+        f"{', '.join(spec.packages) or 'nothing else'}; "
         "needs root for chroot)")
     work = CACHE / "python-image"
     shutil.rmtree(work, ignore_errors=True)
@@ -308,14 +309,16 @@ def python_image(spec: PythonImage) -> Path:
     ours = ("flyte-auth", "flytekitplugins-auth")
     pins.write_text("".join(f"{d.metadata['Name']}=={d.version}\n" for d in distributions()
                             if not d.metadata["Name"].startswith(ours)))
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels),
-          "-c", str(pins), *spec.wheels], ROOT)
+    if spec.wheels:
+        _run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels),
+              "-c", str(pins), *spec.wheels], ROOT)
     env = {"PATH": "/usr/bin:/bin", "PIP_NO_CACHE_DIR": "1", "HOME": "/root",
            "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     chroot = [shutil.which("chroot") or "/usr/sbin/chroot", str(rootfs)]
+    install = [f"{spec.venv}/bin/pip", "install", "-q", "--no-index", "--find-links",
+               "/wheels", *spec.packages]
     for argv in (["/usr/bin/python3.11", "-m", "venv", spec.venv],
-                 [f"{spec.venv}/bin/pip", "install", "-q", "--no-index", "--find-links",
-                  "/wheels", *spec.packages]):
+                 *([install] if spec.packages else [])):
         done = subprocess.run(chroot + argv, env=env, capture_output=True, text=True,
                               check=False)
         if done.returncode != 0:

@@ -5,7 +5,8 @@ archives in ../shared/peers: kube-apiserver, kube-controller-manager, kube-sched
 kubelet from the k8s.io/kubernetes Go module (with `replace` lines for its staging modules),
 etcd, PostgreSQL, containerd and runc from Debian (`make e2e-deps`),
 Keycloak's distribution from Maven Central, Flyte's single binary (FlyteAdmin +
-flytepropeller) from flyte-1.16.8-src.tar.xz with its dependencies from the Go module proxy.
+flytepropeller) from flyte-1.16.8-src.tar.xz and Flyte 2's (manager/cmd) from
+flyte-2.0.43-src.tar.xz, with their dependencies from the Go module proxy.
 Binaries are cached under ~/.cache/flyte-auth-agent/e2e, keyed by version (Flyte: by the
 archive's sha256 and the Go version).
 
@@ -41,11 +42,21 @@ STAGING = (
 
 ROOT = Path(__file__).resolve().parents[2]
 FLYTE_ARCHIVE_NAME = "flyte-1.16.8-src.tar.xz"
-#: Where the archive is looked for: $FLYTE_AUTH_FLYTE_ARCHIVE, ../shared/peers beside this
-#: checkout, and the workplace's shared folder (CI runs in a fresh clone elsewhere).
-FLYTE_ARCHIVES = [Path(p) for p in (os.environ.get("FLYTE_AUTH_FLYTE_ARCHIVE"),) if p] + [
-    ROOT.parent / "shared/peers" / FLYTE_ARCHIVE_NAME,
-    Path("/work/shared/peers") / FLYTE_ARCHIVE_NAME]
+FLYTE2_ARCHIVE_NAME = "flyte-2.0.43-src.tar.xz"
+#: Flyte 2.0.43 requires github.com/flyteorg/stow v0.3.13, which the Go module proxy refuses
+#: (403); v0.3.12 is served and builds (../shared/peers/README.md).
+FLYTE2_STOW = "github.com/flyteorg/stow@v0.3.12"
+
+
+def _archives(name: str, env: str) -> list[Path]:
+    """Where a source archive is looked for: $`env`, ../shared/peers beside this checkout,
+    and the workplace's shared folder (CI runs in a fresh clone elsewhere)."""
+    return [Path(p) for p in (os.environ.get(env),) if p] + [
+        ROOT.parent / "shared/peers" / name, Path("/work/shared/peers") / name]
+
+
+FLYTE_ARCHIVES = _archives(FLYTE_ARCHIVE_NAME, "FLYTE_AUTH_FLYTE_ARCHIVE")
+FLYTE2_ARCHIVES = _archives(FLYTE2_ARCHIVE_NAME, "FLYTE_AUTH_FLYTE2_ARCHIVE")
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 #: flytepropeller's plugin loader imports the Spark plugin, whose dependency
 #: github.com/kubeflow/spark-operator the Go module proxy refuses (403); the suite runs only
@@ -144,32 +155,55 @@ def keycloak() -> Path:
     return home
 
 
-def flyte() -> Path:
-    """Flyte's single binary (`flyte start --config FILE`: FlyteAdmin and flytepropeller)."""
-    archive = next((a for a in FLYTE_ARCHIVES if a.exists()), None)
+def _unpacked_build(archives: list[Path], env: str, binary: str, what: str
+                    ) -> tuple[Path, Path | None]:
+    """(where the binary built from the first existing archive goes, the unpacked tree to
+    build it in, or None when it is built already). Keyed by the archive's sha256 and the
+    Go version."""
+    archive = next((a for a in archives if a.exists()), None)
     if archive is None:
-        raise PeerUnavailable(f"{FLYTE_ARCHIVE_NAME} is not in any of "
-                              f"{', '.join(map(str, FLYTE_ARCHIVES))}; set "
-                              "FLYTE_AUTH_FLYTE_ARCHIVE to its path")
+        raise PeerUnavailable(f"{archives[-1].name} is not in any of "
+                              f"{', '.join(map(str, archives))}; set {env} to its path")
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
     go = subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True,
                         check=False).stdout.strip() or "go"
-    out = CACHE / f"flyte-{digest}-{go}" / "flyte"
+    out = CACHE / f"{binary}-{digest}-{go}" / binary
     if out.exists():
-        return out
-    say(f"building Flyte's single binary from {archive} (first run on this "
-        f"machine only; about 15 minutes cold)")
+        return out, None
+    say(f"building {what} from {archive} (first run on this machine only; several minutes "
+        "to a quarter of an hour cold)")
     work = out.parent / "src"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     with tarfile.open(archive) as tar:
         tar.extractall(work, filter="data")
-    tree = next(work.iterdir())
+    return out, next(work.iterdir())
+
+
+def flyte() -> Path:
+    """Flyte's single binary (`flyte start --config FILE`: FlyteAdmin and flytepropeller)."""
+    out, tree = _unpacked_build(FLYTE_ARCHIVES, "FLYTE_AUTH_FLYTE_ARCHIVE", "flyte",
+                                "Flyte's single binary")
+    if tree is None:
+        return out
     loader = tree / "flytepropeller/plugins/loader.go"
     loader.write_text("\n".join(line for line in loader.read_text().splitlines()
                                 if SPARK_IMPORT not in line) + "\n")
     _run(["go", "build", "-o", str(out), "./cmd/"], tree)
-    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(tree.parent, ignore_errors=True)
+    return out
+
+
+def flyte2() -> Path:
+    """Flyte 2's single binary (manager/cmd: runs, actions, executor and the other services
+    on one port)."""
+    out, tree = _unpacked_build(FLYTE2_ARCHIVES, "FLYTE_AUTH_FLYTE2_ARCHIVE", "flyte2",
+                                "Flyte 2's single binary")
+    if tree is None:
+        return out
+    _run(["env", "GOFLAGS=-mod=mod", "go", "get", FLYTE2_STOW], tree)
+    _run(["env", "GOFLAGS=-mod=mod", "go", "build", "-o", str(out), "./manager/cmd/"], tree)
+    shutil.rmtree(tree.parent, ignore_errors=True)
     return out
 
 
@@ -182,6 +216,8 @@ def postgres() -> Path:
 
 if __name__ == "__main__":
     CACHE.mkdir(parents=True, exist_ok=True)
+    # flyte2 is built on demand (PYTHONPATH=. python -c 'from devstack.real import peers;
+    # peers.flyte2()'): no test runs it yet.
     for build in (kube_apiserver, kube_scheduler, kubelet, etcd, java21, keycloak, postgres,
                   flyte):
         try:

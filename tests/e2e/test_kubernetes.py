@@ -28,7 +28,7 @@ from flyteidl.service import identity_pb2, identity_pb2_grpc
 from devstack.admin_metadata import AuthMetadata
 from devstack.flyteadmin import FlyteAdmin, start_flyteadmin
 from devstack.real.cluster import RBAC_GROUP, Cluster, KubeError, running_cluster
-from devstack.real.images import AGENT_IMAGE, TOOL_IMAGE
+from devstack.real.images import AGENT_IMAGE, TOOL_IMAGE, PythonImage, python_image
 from devstack.real.node import NODE_USERS, TOLERATION, Node, running_node, unlinks
 from devstack.real.webhook import injecting
 from devstack.world import ADMIN_URL, EXECUTOR, write_signing_key
@@ -106,6 +106,17 @@ class E2E:
             "application/merge-patch+json", as_user=as_user)
 
 
+#: A task image with a Python 3 and nothing of ours, as a Flyte 2 image is to us.
+PYTHON = PythonImage("flyte-auth.e2e/python:1", "/opt/python", (), (), (), ["python3"], [],
+                     "1000:1000")
+#: What Flyte 2's SDK does with FLYTE_AUTH_COMMAND (shell-split, run, stdout is the token),
+#: reporting the exit code, the first line of stderr and whether a JWT came out.
+RUN_AUTH_COMMAND = (
+    "import os, shlex, subprocess; "
+    "r = subprocess.run(shlex.split(os.environ['FLYTE_AUTH_COMMAND']), capture_output=True, "
+    "text=True); "
+    "print(r.returncode, 'jwt' if r.stdout.count('.') == 2 else 'no-token', "
+    "(r.stderr.splitlines() or [''])[0])")
 EXECUTION_LABEL = "execution-id"
 SOCKET = "/var/run/flyte-auth/agent.sock"  # where the injector mounts it in app containers
 
@@ -124,7 +135,7 @@ async def grant_pod_rights(cluster: Cluster) -> None:
 async def e2e(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E2E]:
     workdir = tmp_path_factory.mktemp("e2e")
     async with running_cluster(workdir / "cluster", users=NODE_USERS) as cluster, \
-            running_node(cluster) as node:
+            running_node(cluster, (python_image(PYTHON),)) as node:
         try:
             for name, labels in (("flyte-auth", {}), ("flyte", {}), (LABELED, {
                     "flyte-auth.flyte.org/inject": "enabled"}), (PLAIN, {})):
@@ -362,6 +373,35 @@ async def test_token_wait_zero_starts_the_task_at_once_and_its_call_says_why(
     log = await task_log(e2e, "lazy")
     assert done["status"]["phase"] == "Failed"
     assert log.strip() == "uid=1000 status=503 token_type=<nil>"
+
+
+async def test_a_flyte2_pod_runs_the_injected_token_command_with_nothing_of_ours(
+        e2e: E2E) -> None:
+    """A pod shaped as Flyte 2's executor makes it (run and action labels), created as Flyte,
+    with a task image holding only a Python: the injected FLYTE_AUTH_COMMAND, run as the SDK
+    runs it, reaches the agent through the script the agent wrote into the socket volume.
+    The exchange server refuses Flyte 2 pods in executor mode for now, and that reason is
+    what the command reports (lazy mode, so the task starts without a token)."""
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "flyte2-task", "namespace": LABELED,
+                        "annotations": {"flyte-auth.flyte.org/token-wait": "0"},
+                        "labels": {"run": "r8x2k", "action": "a0", "project": "flytesnacks",
+                                   "domain": "development", "flyte.org/managed": "true"}},
+           "spec": {"restartPolicy": "Never", "hostNetwork": True,
+                    "tolerations": [TOLERATION],
+                    "containers": [{"name": "task", "image": PYTHON.name,
+                                    "imagePullPolicy": "Never",
+                                    "args": ["-c", RUN_AUTH_COMMAND]}]}}
+    created = await e2e.create(pod)
+    env = {e["name"]: e.get("value") for e in created["spec"]["containers"][0]["env"]}
+    assert env["FLYTE_AUTH_TYPE"] == "ExternalCommand"
+    done = await e2e.node.wait_phase(LABELED, "flyte2-task", {"Succeeded", "Failed"})
+    log = await task_log(e2e, "flyte2-task")
+    assert done["status"]["phase"] == "Succeeded", (done["status"], log)
+    code, token, reason = log.strip().split(" ", 2)
+    assert (code, token) == ("1", "no-token"), log
+    assert reason.startswith("flyte-auth-token: agent answered HTTP 503"), log
+    assert "is a Flyte 2 task pod" in reason, log
 
 
 async def test_an_opted_out_pod_runs_untouched_on_the_real_node(e2e: E2E) -> None:
