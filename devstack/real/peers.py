@@ -4,9 +4,10 @@ Everything comes from the package registries this machine reaches, or from the s
 archives in ../shared/peers: kube-apiserver, kube-controller-manager, kube-scheduler and the
 kubelet from the k8s.io/kubernetes Go module (with `replace` lines for its staging modules),
 etcd, PostgreSQL, containerd and runc from Debian (`make e2e-deps`),
-Keycloak's distribution from Maven Central, Flyte's single binary (FlyteAdmin +
-flytepropeller) from flyte-1.16.8-src.tar.xz and Flyte 2's (manager/cmd) from
-flyte-2.0.43-src.tar.xz, with their dependencies from the Go module proxy.
+Keycloak's distribution from Maven Central, oauth2-proxy from the Go module proxy, Flyte's
+single binary (FlyteAdmin + flytepropeller) from flyte-1.16.8-src.tar.xz and Flyte 2's
+(manager/cmd) from flyte-2.0.43-src.tar.xz, with their dependencies from the Go module
+proxy.
 Binaries are cached under ~/.cache/flyte-auth-agent/e2e, keyed by version (Flyte: by the
 archive's sha256 and the Go version).
 
@@ -27,6 +28,8 @@ from pathlib import Path
 CACHE = Path(os.environ.get("FLYTE_AUTH_E2E_CACHE", Path.home() / ".cache/flyte-auth-agent/e2e"))
 KUBERNETES = "1.30.14"  # the oldest release we support (native sidecars beta, matchConditions GA)
 KEYCLOAK = "26.7.3"
+#: The auth proxy Flyte 2's backend documents in front of its runs service.
+OAUTH2_PROXY = "v7.15.6"
 # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with ./staging;
 # a module that imports it replaces each with the published v0.X.Y of the same release.
 STAGING = (
@@ -207,6 +210,19 @@ def flyte2() -> Path:
     return out
 
 
+def oauth2_proxy() -> Path:
+    """oauth2-proxy, `go install`ed from the Go module proxy (once)."""
+    out = CACHE / f"oauth2-proxy-{OAUTH2_PROXY}" / "oauth2-proxy"
+    if out.exists():
+        return out
+    say(f"building oauth2-proxy {OAUTH2_PROXY} from the Go module proxy (first run on this "
+        "machine only; a few minutes)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _run(["env", f"GOBIN={out.parent}", "go", "install",
+          f"github.com/oauth2-proxy/oauth2-proxy/v7@{OAUTH2_PROXY}"], out.parent)
+    return out
+
+
 def postgres() -> Path:
     if not (POSTGRES_BIN / "initdb").exists():
         raise PeerUnavailable(f"PostgreSQL 15 is not installed ({POSTGRES_BIN}): "
@@ -219,7 +235,7 @@ if __name__ == "__main__":
     # flyte2 is built on demand (PYTHONPATH=. python -c 'from devstack.real import peers;
     # peers.flyte2()'): no test runs it yet.
     for build in (kube_apiserver, kube_scheduler, kubelet, etcd, java21, keycloak, postgres,
-                  flyte):
+                  flyte, oauth2_proxy):
         try:
             say(f"{build.__name__}: {build()}")
         except PeerUnavailable as exc:

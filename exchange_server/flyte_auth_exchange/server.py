@@ -25,6 +25,7 @@ from flyte_auth_exchange.subject import IssuerKeys
 
 log = structlog.get_logger("flyte_auth_exchange")
 TOKEN_PATH = "/oauth2/token"
+JWKS_PATH = "/jwks"
 MAX_FORM_BYTES = 64 * 1024
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}  # RFC 6749 §5.1
 
@@ -109,16 +110,29 @@ class ExchangeAPI:
             grouped.setdefault(key, []).append(value)
         return Form(grouped)
 
-    async def metadata(self, _: web.Request) -> web.Response:
-        """RFC 8414 authorization server metadata."""
-        return web.json_response({
+    def _metadata(self) -> dict[str, object]:
+        return {
             "issuer": self.public_url,
             "token_endpoint": self.public_url + TOKEN_PATH,
-            "jwks_uri": self.public_url + "/jwks",
+            "jwks_uri": self.public_url + JWKS_PATH,
             "grant_types_supported": [contract.GRANT_TYPE_TOKEN_EXCHANGE],
             "token_endpoint_auth_methods_supported": ["none"],
             "response_types_supported": [],
             "scopes_supported": ["all"],
+        }
+
+    async def metadata(self, _: web.Request) -> web.Response:
+        """RFC 8414 authorization server metadata."""
+        return web.json_response(self._metadata())
+
+    async def openid_configuration(self, _: web.Request) -> web.Response:
+        """The same as an OpenID Connect discovery document, so that JWT-validating proxies
+        (oauth2-proxy's --extra-jwt-issuers, Envoy's jwt_authn) can trust the tokens this
+        server mints as an issuer's: they find the keys through `jwks_uri`. This server
+        issues no ID tokens; the fields OIDC requires say what its access tokens are."""
+        return web.json_response(self._metadata() | {
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
         })
 
     async def jwks(self, _: web.Request) -> web.Response:
@@ -141,7 +155,8 @@ def app(api: ExchangeAPI) -> web.Application:
     application = web.Application(client_max_size=MAX_FORM_BYTES)
     application.router.add_post(TOKEN_PATH, api.token)
     application.router.add_get("/.well-known/oauth-authorization-server", api.metadata)
-    application.router.add_get("/jwks", api.jwks)
+    application.router.add_get("/.well-known/openid-configuration", api.openid_configuration)
+    application.router.add_get(JWKS_PATH, api.jwks)
     application.router.add_get("/healthz", api.healthz)
     application.router.add_get("/readyz", api.readyz)
     application.router.add_get("/metrics", api.metrics_)

@@ -84,6 +84,7 @@ async def test_metadata_and_jwks(world: World, exchange: StartExchange,
     subject = world.kube.token_for(world.task_pod())
     async with exchange() as ex:
         meta = await (await http.get(ex.url + "/.well-known/oauth-authorization-server")).json()
+        oidc = await (await http.get(ex.url + "/.well-known/openid-configuration")).json()
         jwks = await (await http.get(ex.url + "/jwks")).json()
         _, body = await post(http, ex.url, form(subject))
         ready = await http.get(ex.url + "/readyz")
@@ -91,6 +92,9 @@ async def test_metadata_and_jwks(world: World, exchange: StartExchange,
     assert meta["issuer"] == ex.url
     assert meta["token_endpoint"] == ex.url + "/oauth2/token"
     assert meta["grant_types_supported"] == ["urn:ietf:params:oauth:grant-type:token-exchange"]
+    # Proxies that validate JWTs find the keys through OIDC discovery (Flyte 2's auth proxy).
+    assert oidc["issuer"] == ex.url and oidc["jwks_uri"] == ex.url + "/jwks"
+    assert oidc["id_token_signing_alg_values_supported"] == ["RS256"]
     lenient = JWSRegistry(strict_check_header=False)  # FlyteAdmin's `key_id` header
     decoded = jwt.decode(str(body["access_token"]), KeySet.import_key_set(jwks), registry=lenient)
     assert decoded.claims["sub"] == EXECUTOR
