@@ -8,7 +8,6 @@ standard client sends, while Keycloak's path is plain RFC 7523."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import subprocess
@@ -20,6 +19,7 @@ import pytest
 
 from devstack.real import peers
 from devstack.real.cluster import Cluster, free_port, running_cluster
+from devstack.real.process import stop, until_ok
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.runtime import running_agent
 from flyte_auth_common.jwt import jwt_claims
@@ -48,23 +48,12 @@ async def running_keycloak(workdir: Path, cluster: Cluster) -> AsyncIterator[str
          f"--truststore-paths={cluster.ca_file}"], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        async with asyncio.timeout(300), aiohttp.ClientSession() as session:
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError("Keycloak exited:\n" + (workdir / "keycloak.log")
-                                       .read_text(errors="replace")[-4000:])
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(url + "/realms/master") as resp:
-                        if resp.status == 200:
-                            break
-                await asyncio.sleep(1)  # Keycloak's first start builds its runtime
+        # Keycloak's first start builds its runtime.
+        await until_ok(proc, url + "/realms/master", workdir / "keycloak.log", "Keycloak",
+                       300, 1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 30)
         log.close()
 
 

@@ -2,17 +2,19 @@
 module proxy) trusts the exchange server as a JWT issuer (`--extra-jwt-issuers`), finding
 its keys through the exchange server's OIDC discovery document, and forwards the minted
 token's `sub` as the caller's identity; a token signed with another key is refused there.
-The upstream only records what reaches it (the v2 runs service reads the same headers).
+
+1. In front of an upstream that records what reaches it.
+2. In front of the real Flyte 2 backend (tests/e2e/flyte2.py): its runs service reports
+   the launcher, as it would record a run's `executed_by`, through the proxy; and, reached
+   directly, whatever an unsigned JWT claims (the hole the proxy must be the only way past).
+
 The exchange server runs on the local stand-ins (Kubernetes API and FlyteAdmin)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
-import os
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,14 +25,16 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 from joserfc.jws import JWSRegistry
 
-from devstack.real import peers
-from devstack.real.cluster import free_port
+from devstack.real.cluster import free_port, running_cluster
+from devstack.real.proxy import running_oauth2_proxy
 from devstack.world import ADMIN_URL, EXECUTOR, World
 from flyte_auth_common import contract
 from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.runtime import running_exchange
+from tests.e2e.flyte2 import running_flyte2
 
 pytestmark = [pytest.mark.timeout(300)]
+CLAIMED = "ceo@example.com"  # whom a forged or unsigned token claims
 
 
 @contextlib.asynccontextmanager
@@ -54,41 +58,6 @@ async def recording_upstream() -> AsyncIterator[tuple[str, list[dict[str, str]]]
         await runner.cleanup()
 
 
-@contextlib.asynccontextmanager
-async def running_oauth2_proxy(workdir: Path, issuer: str, audience: str,
-                               upstream: str) -> AsyncIterator[str]:
-    """oauth2-proxy as a Flyte 2 deployment runs it for tasks: bearer tokens only (no login
-    for machines), the exchange server as an extra JWT issuer for `audience`."""
-    port = free_port()
-    log = workdir / "oauth2-proxy.log"
-    argv = [str(peers.oauth2_proxy()), f"--http-address=127.0.0.1:{port}",
-            f"--upstream={upstream}", "--provider=oidc", f"--oidc-issuer-url={issuer}",
-            "--client-id=flyte-auth-e2e", "--client-secret=unused",
-            "--cookie-secret=" + base64.urlsafe_b64encode(os.urandom(24)).decode(),
-            "--cookie-secure=false", "--email-domain=*", "--skip-jwt-bearer-tokens=true",
-            f"--extra-jwt-issuers={issuer}={audience}",
-            f"--redirect-url=http://127.0.0.1:{port}/oauth2/callback"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        async with asyncio.timeout(30), aiohttp.ClientSession() as http:
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"oauth2-proxy exited:\n{log.read_text()[-3000:]}")
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"http://127.0.0.1:{port}/ping") as resp:
-                        if resp.status == 200:
-                            break
-                await asyncio.sleep(0.1)  # a process this test does not own, starting
-        yield f"http://127.0.0.1:{port}"
-    except BaseException:
-        print(log.read_text()[-3000:])
-        raise
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 async def test_oauth2_proxy_trusts_the_exchange_servers_tokens_and_refuses_forged_ones(
         tmp_path: Path) -> None:
     world = await World(tmp_path / "world").start()
@@ -97,11 +66,7 @@ async def test_oauth2_proxy_trusts_the_exchange_servers_tokens_and_refuses_forge
         async with running_exchange(config) as ex, recording_upstream() as (upstream, seen), \
                 running_oauth2_proxy(tmp_path, ex.url, ADMIN_URL, upstream) as proxy, \
                 aiohttp.ClientSession() as http:
-            form = {"grant_type": contract.GRANT_TYPE_TOKEN_EXCHANGE,
-                    "subject_token": world.kube.token_for(world.task_pod()),
-                    "subject_token_type": contract.TOKEN_TYPE_JWT}
-            async with http.post(ex.url + "/oauth2/token", data=form) as resp:
-                minted = (await resp.json())["access_token"]
+            minted = await minted_token(world, ex.url, http)
             forged = forge(minted)
 
             async def call(token: str | None) -> int:
@@ -126,3 +91,55 @@ def forge(token: str) -> str:
                        for part in token.split(".")[:2])
     return jwt.encode(header, payload, RSAKey.generate_key(2048),
                       registry=JWSRegistry(strict_check_header=False))
+
+
+async def minted_token(world: World, exchange_url: str, http: aiohttp.ClientSession) -> str:
+    """What the exchange server gives a task pod of `world` (naming EXECUTOR)."""
+    form = {"grant_type": contract.GRANT_TYPE_TOKEN_EXCHANGE,
+            "subject_token": world.kube.token_for(world.task_pod()),
+            "subject_token_type": contract.TOKEN_TYPE_JWT}
+    async with http.post(exchange_url + "/oauth2/token", data=form) as resp:
+        return str((await resp.json())["access_token"])
+
+
+def unsigned(claims: dict[str, object]) -> str:
+    """A JWT anyone can write: the claims, and a signature nothing checks."""
+    def b64(doc: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
+    return f"{b64({'alg': 'RS256', 'typ': 'JWT'})}.{b64(claims)}.c2lnbmF0dXJl"
+
+
+async def user_info(http: aiohttp.ClientSession, base: str, token: str,
+                    **headers: str) -> tuple[int, str | None]:
+    """Flyte 2's IdentityService.UserInfo over Connect's JSON protocol: the identity the
+    runs service would record as a run's `executed_by`."""
+    async with http.post(base + "/flyteidl2.auth.IdentityService/UserInfo", json={},
+                         headers={"Authorization": f"Bearer {token}", **headers},
+                         allow_redirects=False) as resp:
+        body = await resp.json(content_type=None) if resp.status == 200 else {}
+        return resp.status, body.get("subject")
+
+
+async def test_the_flyte2_runs_service_sees_the_launcher_through_the_proxy_and_only_there(
+        tmp_path: Path) -> None:
+    world = await World(tmp_path / "world").start()
+    try:
+        config = ExchangeConfig.load(world.exchange_args(), {})
+        async with running_cluster(tmp_path / "cluster") as cluster, \
+                running_flyte2(tmp_path / "flyte2", cluster) as flyte2, \
+                running_exchange(config) as ex, \
+                running_oauth2_proxy(tmp_path, ex.url, ADMIN_URL, flyte2.url + "/") as proxy, \
+                aiohttp.ClientSession() as http:
+            minted = await minted_token(world, ex.url, http)
+            through_proxy = await user_info(http, proxy, minted)
+            spoofed = await user_info(http, proxy, minted, **{"X-Forwarded-User": CLAIMED})
+            forged = await user_info(http, proxy, forge(minted))
+            direct = await user_info(http, flyte2.url, unsigned({"sub": CLAIMED}))
+    finally:
+        await world.stop()
+    assert through_proxy == (200, EXECUTOR)
+    assert spoofed == (200, EXECUTOR)  # the proxy replaces a caller's own identity header
+    assert forged[0] in (401, 403)
+    # Reached directly, the runs service believes any JWT: task pods must reach it only
+    # through the proxy (the README's Flyte 2 trust model).
+    assert direct == (200, CLAIMED)
