@@ -232,10 +232,8 @@ def postgres() -> Path:
 
 if __name__ == "__main__":
     CACHE.mkdir(parents=True, exist_ok=True)
-    # flyte2 is built on demand (PYTHONPATH=. python -c 'from devstack.real import peers;
-    # peers.flyte2()'): no test runs it yet.
     for build in (kube_apiserver, kube_scheduler, kubelet, etcd, java21, keycloak, postgres,
-                  flyte, oauth2_proxy):
+                  flyte, flyte2, oauth2_proxy):
         try:
             say(f"{build.__name__}: {build()}")
         except PeerUnavailable as exc:
