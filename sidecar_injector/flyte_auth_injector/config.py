@@ -77,9 +77,9 @@ OPTIONS = (
            f"({consts.MIN_EXPIRATION}-{consts.MAX_EXPIRATION})", str(consts.DEFAULT_EXPIRATION),
            metavar="SECONDS"),
     Option("--token-wait", "seconds a pod's task containers wait for the agent's first token "
-           "before the kubelet restarts the agent, its reason in the pod's events and the "
-           f"agent's last state (0-{consts.MAX_TOKEN_WAIT}; 0: the task starts at once and "
-           "its first call waits for the token)", str(consts.DEFAULT_TOKEN_WAIT),
+           "before the kubelet restarts the agent (the pod's events show the failed hold, "
+           f"the agent's last state its reason; 0-{consts.MAX_TOKEN_WAIT}; 0: the task starts "
+           "at once and its first call waits for the token)", str(consts.DEFAULT_TOKEN_WAIT),
            metavar="SECONDS"),
     Option("--grant", "the agent's grant", GRANT_TOKEN_EXCHANGE,
            choices=(GRANT_TOKEN_EXCHANGE, GRANT_CLIENT_ASSERTION)),
