@@ -109,6 +109,19 @@ def _override(key: str, pod_ann: Mapping[str, Any], ns_ann: Mapping[str, Any]) -
     return None, ""
 
 
+def _seconds(key: str, pod_ann: Mapping[str, Any], ns_ann: Mapping[str, Any], *,
+             default: int, low: int, high: int) -> int:
+    """A whole number of seconds in [low, high] from the annotation `key`, else `default`."""
+    raw, where = _override(key, pod_ann, ns_ann)
+    if raw is None:
+        return default
+    seconds = whole_number_in(raw, low, high)
+    if seconds is None:
+        raise Refused(f"{where} {key}={raw[:40]!r} must be a whole number of seconds between "
+                      f"{low} and {high}")
+    return seconds
+
+
 def resolve(pod: Json, ns_annotations: Mapping[str, Any], tokens: TokenSettings) -> PodSettings:
     """Pod annotation > namespace annotation > injector config, each within the allowed
     range; Refused names the annotation, the value and the range."""
@@ -117,29 +130,17 @@ def resolve(pod: Json, ns_annotations: Mapping[str, Any], tokens: TokenSettings)
     if audience is not None and audience not in tokens.allowed_audiences:
         raise Refused(f"{where} {consts.ANNOTATION_AUDIENCE}={audience!r} is not an allowed "
                       f"audience ({', '.join(tokens.allowed_audiences)})")
-    raw_exp, where = _override(consts.ANNOTATION_EXPIRATION, pod_ann, ns_annotations)
-    expiration = tokens.expiration
-    if raw_exp is not None:
-        seconds = whole_number_in(raw_exp, consts.MIN_EXPIRATION, tokens.max_expiration)
-        if seconds is None:
-            raise Refused(f"{where} {consts.ANNOTATION_EXPIRATION}={raw_exp[:40]!r} must be a "
-                          f"whole number of seconds between {consts.MIN_EXPIRATION} and "
-                          f"{tokens.max_expiration}")
-        expiration = seconds
+    expiration = _seconds(consts.ANNOTATION_EXPIRATION, pod_ann, ns_annotations,
+                          default=tokens.expiration, low=consts.MIN_EXPIRATION,
+                          high=tokens.max_expiration)
     scopes, where = _override(consts.ANNOTATION_SCOPES, pod_ann, ns_annotations)
     if scopes is not None:
         refused = [s for s in scopes.split() if s not in tokens.allowed_scopes]
         if refused or not scopes.split():
             raise Refused(f"{where} {consts.ANNOTATION_SCOPES}={scopes!r}: allowed scopes are "
                           f"{' '.join(tokens.allowed_scopes)}")
-    raw_wait, where = _override(consts.ANNOTATION_TOKEN_WAIT, pod_ann, ns_annotations)
-    token_wait = tokens.token_wait
-    if raw_wait is not None:
-        seconds = whole_number_in(raw_wait, 0, consts.MAX_TOKEN_WAIT)
-        if seconds is None:
-            raise Refused(f"{where} {consts.ANNOTATION_TOKEN_WAIT}={raw_wait[:40]!r} must be a "
-                          f"whole number of seconds between 0 and {consts.MAX_TOKEN_WAIT}")
-        token_wait = seconds
+    token_wait = _seconds(consts.ANNOTATION_TOKEN_WAIT, pod_ann, ns_annotations,
+                          default=tokens.token_wait, low=0, high=consts.MAX_TOKEN_WAIT)
     inits = str(pod_ann.get(consts.ANNOTATION_INIT_CONTAINERS, ""))
     return PodSettings(
         audience=audience or tokens.audience,
@@ -304,12 +305,11 @@ def wire_container(container: Json, socket_vol: str, sidecar: Sidecar, flyte: in
     if flyte == 2:
         wanted += [(contract.ENV_V2_AUTH_TYPE, contract.V2_AUTH_TYPE),
                    (contract.ENV_V2_AUTH_COMMAND, f"python3 {path}/{contract.TOKEN_COMMAND}")]
-        env.extend({"name": k, "value": v} for k, v in wanted if k not in present)
-        return
-    wanted.append((contract.ENV_AUTH_MODE, contract.PLUGIN_AUTH_MODE))
-    if sidecar.admin_endpoint:
-        wanted += [(contract.ENV_PLATFORM_URL, sidecar.admin_endpoint),
-                   (contract.ENV_PLATFORM_INSECURE, str(sidecar.admin_insecure).lower())]
+    else:
+        wanted.append((contract.ENV_AUTH_MODE, contract.PLUGIN_AUTH_MODE))
+        if sidecar.admin_endpoint:
+            wanted += [(contract.ENV_PLATFORM_URL, sidecar.admin_endpoint),
+                       (contract.ENV_PLATFORM_INSECURE, str(sidecar.admin_insecure).lower())]
     env.extend({"name": k, "value": v} for k, v in wanted if k not in present)
 
 
