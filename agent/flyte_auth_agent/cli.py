@@ -81,7 +81,9 @@ def _wait(socket_path: str, timeout: float) -> int:
     """Until the agent holds a token or `timeout` passes. The agent answers /v1/token as
     soon as its first exchange ends (it holds the request meanwhile), so this returns the
     moment a token is there: no polling period. A refusal says why, and is asked again
-    after the agent's Retry-After."""
+    after the agent's Retry-After. An agent the client cannot reach ends the wait at once:
+    the client itself waits for a (re)starting agent while the socket's directory exists,
+    up to the time left, so asking again could only spin."""
     deadline = time.monotonic() + timeout
     why = "the agent did not start listening"
     while (left := deadline - time.monotonic()) > 0:
@@ -92,9 +94,7 @@ def _wait(socket_path: str, timeout: float) -> int:
             why = exc.description or str(exc)
             time.sleep(min(max(exc.retry_after or 1, 0.1), max(deadline - time.monotonic(), 0)))
         except AgentClientError as exc:
-            if not os.path.isdir(os.path.dirname(socket_path)):
-                return _fail(str(exc))  # no agent here at all: waiting cannot help
-            why = str(exc)
+            return _fail(str(exc))
     return _fail(f"no token within {timeout:g} s: {why}")
 
 
