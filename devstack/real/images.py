@@ -281,6 +281,8 @@ AGENT = PythonImage(
     AGENT_IMAGE, "/opt/agent", ("flyte-auth-common[serving,admin]", "flyte-auth-agent[agent]"),
     ("./common", ".[agent]"), ("common", "agent"),
     ["flyte-auth-agent"], ["serve"], "65532:65532")
+
+
 def agent_image() -> Path:
     return python_image(AGENT)
 
@@ -305,24 +307,27 @@ def python_image(spec: PythonImage) -> Path:
     _run(["apt-get", "download", "-q", *spec.debs], debs)
     for deb in sorted(debs.glob("*.deb")):
         _run(["dpkg-deb", "-x", str(deb), str(rootfs)], work)
-    pins = work / "constraints.txt"
-    ours = ("flyte-auth", "flytekitplugins-auth")
-    pins.write_text("".join(f"{d.metadata['Name']}=={d.version}\n" for d in distributions()
-                            if not d.metadata["Name"].startswith(ours)))
     if spec.wheels:
+        pins = work / "constraints.txt"
+        ours = ("flyte-auth", "flytekitplugins-auth")
+        pins.write_text("".join(f"{d.metadata['Name']}=={d.version}\n" for d in distributions()
+                                if not d.metadata["Name"].startswith(ours)))
         _run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels),
               "-c", str(pins), *spec.wheels], ROOT)
-    env = {"PATH": "/usr/bin:/bin", "PIP_NO_CACHE_DIR": "1", "HOME": "/root",
-           "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    chroot = [shutil.which("chroot") or "/usr/sbin/chroot", str(rootfs)]
-    install = [f"{spec.venv}/bin/pip", "install", "-q", "--no-index", "--find-links",
-               "/wheels", *spec.packages]
-    for argv in (["/usr/bin/python3.11", "-m", "venv", spec.venv],
-                 *([install] if spec.packages else [])):
-        done = subprocess.run(chroot + argv, env=env, capture_output=True, text=True,
-                              check=False)
+
+    def in_root(*argv: str) -> None:
+        done = subprocess.run([shutil.which("chroot") or "/usr/sbin/chroot", str(rootfs), *argv],
+                              env={"PATH": "/usr/bin:/bin", "PIP_NO_CACHE_DIR": "1",
+                                   "HOME": "/root", "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+                              capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} in {spec.name}: {done.stderr[-2000:]}")
+            raise RuntimeError(f"{' '.join(argv)} in {spec.name}: "
+                               f"{(done.stdout + done.stderr)[-2000:]}")
+
+    in_root("/usr/bin/python3.11", "-m", "venv", spec.venv)
+    if spec.packages:
+        in_root(f"{spec.venv}/bin/pip", "install", "-q", "--no-index", "--find-links", "/wheels",
+                *spec.packages)
     shutil.rmtree(wheels)
     for pip in (rootfs / spec.venv.lstrip("/") / "bin").glob("pip*"):
         pip.unlink()
@@ -330,13 +335,9 @@ def python_image(spec: PythonImage) -> Path:
     # (valid whatever the files' times), in place of pip's.
     for cache in list((rootfs / spec.venv.lstrip("/")).rglob("__pycache__")):
         shutil.rmtree(cache, ignore_errors=True)
-    compile_all = ["/usr/bin/python3.11", "-m", "compileall", "-q",  # no -j: no /dev/shm
-                   "--invalidation-mode", "unchecked-hash", "-x", "/tests?/", "/usr/lib/python3.11",
-                   spec.venv]
-    done = subprocess.run(chroot + compile_all, env=env, capture_output=True, text=True,
-                          check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"compileall in {spec.name}: {(done.stdout + done.stderr)[-2000:]}")
+    in_root("/usr/bin/python3.11", "-m", "compileall", "-q",  # no -j: no /dev/shm in the root
+            "--invalidation-mode", "unchecked-hash", "-x", "/tests?/", "/usr/lib/python3.11",
+            spec.venv)
     for target, source in spec.files:
         (rootfs / target.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / source, rootfs / target.lstrip("/"))
