@@ -20,7 +20,7 @@ from flyte_auth_common.client import (
     AgentRefusedError,
     socket_path_from_env,
 )
-from flyte_auth_common.options import add_options, parse_command_line
+from flyte_auth_common.options import add_options, parse_command_line, to_positive_float
 
 DESCRIPTION = """\
 Sidecar that gives a Flyte task a FlyteAdmin access token with no secret in the task.
@@ -57,9 +57,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Exit 0 as soon as the agent holds a token; exit 1 after --timeout "
                     "seconds, printing why it has none. Prints no token.")
     wait.add_argument("--socket", help=socket_help)
-    wait.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+    wait.add_argument("--timeout", type=_seconds, default=300.0, metavar="SECONDS",
                       help="how long to wait (default 300)")
     return parser
+
+
+def _seconds(value: str) -> float:
+    """A finite number of seconds above 0, or argparse's one-line usage error saying so."""
+    try:
+        return to_positive_float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _fail(message: str, code: int = 1) -> int:

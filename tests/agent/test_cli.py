@@ -279,3 +279,11 @@ async def test_the_token_command_without_a_token_says_why_on_stderr_only(
         await agent.finish()
     assert (printed.returncode, printed.stdout) == (1, "")
     assert printed.stderr.startswith("flyte-auth-token: ") and "does not exist" in printed.stderr
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "0", "inf", "nan"])
+def test_wait_with_a_bad_timeout_says_so_in_one_line(value: str, short_dir: Path) -> None:
+    out = run("wait", "--socket", str(short_dir / "agent.sock"), "--timeout", value)
+    assert out.returncode == 2
+    assert f"argument --timeout: {value!r}" in out.stderr
+    assert "Traceback" not in out.stderr
