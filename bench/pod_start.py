@@ -214,5 +214,9 @@ async def main(pods: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pods", type=int, default=12, help="pods of each kind")
-    asyncio.run(main(parser.parse_args().pods))
+    parser.add_argument("--pods", type=int, default=12,
+                        help="pods of each kind (2 or more: the p90 needs two)")
+    pods = parser.parse_args().pods
+    if pods < 2:  # statistics.quantiles needs two points
+        parser.error(f"--pods {pods}: give 2 or more (the p90 needs two pods of each kind)")
+    asyncio.run(main(pods))
