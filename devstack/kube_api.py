@@ -15,6 +15,8 @@ keep `make test` fast; `make e2e` runs the real kube-apiserver and checks this a
 - GET /apis/flyte.lyft.com/v1alpha1/namespaces/NS/flyteworkflows/NAME: the FlyteWorkflow
   custom object (flytepropeller's CRD keeps unknown fields; `executionId` is
   {project, domain, name}), or 404.
+- GET /apis/flyte.org/v1/namespaces/NS/taskactions/NAME: Flyte 2's TaskAction (its spec
+  names project, domain, runName and actionName), or 404.
 - GET /apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/NAME and
   .../validatingadmissionpolicybindings/NAME, or 404. The stand-in stores them and does not
   enforce them: admission is the real API server's job, and the e2e suite tests it there.
@@ -59,6 +61,7 @@ class StubKubeAPI:
     secrets: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     webhooks: dict[str, dict[str, Any]] = field(default_factory=dict)
     workflows: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    taskactions: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     #: ("validatingadmissionpolicies" | "validatingadmissionpolicybindings", name) -> object
     admission: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     #: When set, every JWKS request after the first waits for it: an issuer that answers
@@ -84,6 +87,8 @@ class StubKubeAPI:
         app.router.add_get("/api/v1/namespaces/{name}", self._namespace)
         app.router.add_get("/apis/flyte.lyft.com/v1alpha1/namespaces/{ns}/flyteworkflows/{name}",
                            self._workflow)
+        app.router.add_get("/apis/flyte.org/v1/namespaces/{ns}/taskactions/{name}",
+                           self._taskaction)
         app.router.add_get("/apis/admissionregistration.k8s.io/v1/"
                            "{kind:validatingadmissionpolic(?:ies|ybindings)}/{name}",
                            self._admission)
@@ -161,6 +166,24 @@ class StubKubeAPI:
               "executionId": {"project": project, "domain": domain, "name": name}}
         self.workflows[(namespace, name)] = wf
         return wf
+
+    def add_taskaction(self, namespace: str, project: str, domain: str, run: str,
+                       action: str) -> dict[str, Any]:
+        """The TaskAction Flyte 2's runs service creates for an action of a run (named
+        <run>-a0 for the root action, as actions/k8s/client.go names it)."""
+        name = f"{run}-a0" if action == run else f"{run}-{action}"
+        ta = {"apiVersion": "flyte.org/v1", "kind": "TaskAction",
+              "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()),
+                           "labels": {"flyte.org/project": project, "flyte.org/domain": domain,
+                                      "flyte.org/run": run, "flyte.org/action": action}},
+              "spec": {"project": project, "domain": domain, "runName": run,
+                       "actionName": action}}
+        self.taskactions[(namespace, name)] = ta
+        return ta
+
+    async def _taskaction(self, request: web.Request) -> web.Response:
+        key = (request.match_info["ns"], request.match_info["name"])
+        return self._one(request, self.taskactions.get(key), "taskactions.flyte.org")
 
     async def _namespace(self, request: web.Request) -> web.Response:
         return self._one(request, self.namespaces.get(request.match_info["name"]), "namespaces")

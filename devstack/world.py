@@ -1,6 +1,7 @@
 """The stand-in world the exchange server lives in: a Kubernetes API server (issuer, pods,
-TokenReview), FlyteAdmin (with its token_rsa_key.pem), and Flyte task pods with their
-executions. Used by the tests, the benchmark and `make run`."""
+TokenReview), FlyteAdmin (with its token_rsa_key.pem), Flyte 2's runs service, and Flyte
+task pods with their executions (Flyte 1) or runs (Flyte 2). Used by the tests, the benchmark
+and `make run`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from devstack.admin_metadata import AuthMetadata
 from devstack.flyteadmin import FlyteAdmin, start_flyteadmin
 from devstack.kube_api import StubKubeAPI
-from flyte_auth_common.contract import NAMESPACE_LABEL, NAMESPACE_LABEL_VALUE
+from devstack.runs_v2 import StubRuns
+from flyte_auth_common.contract import (
+    DEFAULT_V2_NAMESPACE,
+    NAMESPACE_LABEL,
+    NAMESPACE_LABEL_VALUE,
+)
 
 ADMIN_URL = "http://flyteadmin.flyte.svc.cluster.local:80"
 NAMESPACE = "flytesnacks-development"
@@ -47,6 +53,7 @@ def write_signing_key(path: Path) -> bytes:
 class World:
     workdir: Path
     kube: StubKubeAPI = field(default_factory=StubKubeAPI)
+    runs: StubRuns = field(default_factory=StubRuns)
     admin: FlyteAdmin = field(init=False)
     metadata: AuthMetadata = field(init=False)
     admin_target: str = ""
@@ -64,11 +71,13 @@ class World:
         self.admin = FlyteAdmin(public, authorized_uris=[ADMIN_URL])
         self.metadata = AuthMetadata(token_endpoint="", audience=ADMIN_URL)
         self._admin_server, self.admin_target = await start_flyteadmin(self.admin, self.metadata)
+        await self.runs.start()
         return self
 
     async def stop(self) -> None:
         if self._admin_server is not None:
             await self._admin_server.stop(None)
+        await self.runs.stop()
         await self.kube.stop()
 
     def exchange_args(self, *extra: str) -> list[str]:
@@ -77,7 +86,7 @@ class World:
                 "--admin-audience", ADMIN_URL, "--subject-issuer", self.kube.url,
                 "--subject-discovery", self.kube.url, "--subject-audience", "flyte-auth",
                 "--admin-endpoint", self.admin_target, "--admin-insecure",
-                "--kubeconfig", str(self.kubeconfig), *extra]
+                "--runs-url", self.runs.url, "--kubeconfig", str(self.kubeconfig), *extra]
 
     def task_pod(self, name: str = "f3a1b2c4d5e6-n0-0", *, execution: str = "f3a1b2c4d5e6",
                  principal: str | None = EXECUTOR, namespace: str = NAMESPACE,
@@ -98,6 +107,25 @@ class World:
             self.kube.add_workflow(namespace, project, domain, execution)
         return self.kube.add_pod(namespace, name, labels=labels, phase=phase,
                                  owners=[owner_reference(workflow)])
+
+
+    def flyte2_task_pod(self, run: str = "r8k2m4p6q1", *, action: str = "a0",
+                        launcher: str | None = EXECUTOR, project: str = "flytesnacks",
+                        domain: str = "development",
+                        namespace: str = DEFAULT_V2_NAMESPACE) -> dict[str, Any]:
+        """A Flyte 2 task pod as its executor creates it: labelled with its run and action,
+        controlled by the TaskAction the runs service created, in Flyte 2's one (injected)
+        namespace; the run launched by `launcher`."""
+        self.runs.runs[(project, domain, run)] = launcher
+        if namespace not in self.kube.namespaces:
+            self.kube.set_namespace(namespace, labels={NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE})
+        ta = self.kube.add_taskaction(namespace, project, domain, run, action)
+        labels = {"run": run, "action": action, "attempt": "1", "project": project,
+                  "domain": domain, "task-name": "main"}
+        meta = ta["metadata"]
+        return self.kube.add_pod(namespace, f"{meta['name']}-0", labels=labels, owners=[{
+            "apiVersion": "flyte.org/v1", "kind": "TaskAction", "name": meta["name"],
+            "uid": meta["uid"], "controller": True}])
 
 
 def owner_reference(workflow: dict[str, Any]) -> dict[str, Any]:

@@ -85,13 +85,23 @@ LABEL_V2_ACTION: Final = "action"
 FLYTEWORKFLOW_GROUP: Final = "flyte.lyft.com"
 FLYTEWORKFLOW_VERSION: Final = "v1alpha1"
 FLYTEWORKFLOW_PLURAL: Final = "flyteworkflows"
+#: Flyte 2's runs service creates one TaskAction per action, in one namespace
+#: (actions.kubernetes.namespace, default "flyte"); the executor makes it each pod's controller.
+TASKACTION_GROUP: Final = "flyte.org"
+TASKACTION_VERSION: Final = "v1"
+TASKACTION_PLURAL: Final = "taskactions"
+TASKACTION_KIND: Final = "TaskAction"
+DEFAULT_V2_NAMESPACE: Final = "flyte"
+#: Flyte 2's run service, over Connect's unary protocol (POST, body the protobuf message).
+V2_GET_RUN_DETAILS_PATH: Final = "/flyteidl2.workflow.RunService/GetRunDetails"
 #: FlyteAdmin's namespace_mapping.template default: where an execution's objects live.
 DEFAULT_NAMESPACE_TEMPLATE: Final = "{{ project }}-{{ domain }}"
 #: Namespace label an operator sets to enable injection (and the guard).
 NAMESPACE_LABEL: Final = "flyte-auth.flyte.org/inject"
 NAMESPACE_LABEL_VALUE: Final = "enabled"
 #: The ValidatingAdmissionPolicy (and its binding) that lets only Flyte's identities write
-#: the guarded labels and FlyteWorkflow owner references in injected namespaces.
+#: the guarded labels and Flyte's owner references (FlyteWorkflow, TaskAction) in injected
+#: namespaces.
 GUARD_NAME: Final = "flyte-auth-execution-labels"
 
 # --- OAuth 2.0 names: RFC 8693 (token exchange), RFC 7523 (JWT client assertion) -------

@@ -26,9 +26,11 @@ SELF_SUBJECT = "flyte-auth-exchange"
 
 @dataclass(frozen=True)
 class ExecutionRef:
+    """A Flyte 1 execution, or (flyte=2) a Flyte 2 run: both are project/domain/name."""
     project: str
     domain: str
     name: str
+    flyte: int = 1
 
     def __str__(self) -> str:
         return f"{self.project}/{self.domain}/{self.name}"

@@ -13,6 +13,15 @@ them proof:
     owner       the pod's controller is the FlyteWorkflow FlyteAdmin created for the
                 execution (same uid), and that object's executionId names the execution.
 
+Flyte 2 pods are bound by their owner alone: the executor makes the TaskAction the runs
+service created for the action each pod's controller, and that object's spec names the run
+(project, domain, runName). Its labels (`run`, `action`) are generic names and prove nothing.
+
+    namespace   the pod runs in the one namespace Flyte 2 runs actions in
+                (actions.kubernetes.namespace);
+    guard       as above: only Flyte's identities may put a flyte.org owner on a pod there;
+    owner       the pod's controller is a TaskAction of that name and uid.
+
 Each refusal is a Refusal whose `check` names the check that failed.
 """
 
@@ -28,10 +37,10 @@ from flyte_auth_common.contract import (
     LABEL_DOMAIN,
     LABEL_EXECUTION_ID,
     LABEL_PROJECT,
-    LABEL_V2_ACTION,
-    LABEL_V2_RUN,
     NAMESPACE_LABEL,
     NAMESPACE_LABEL_VALUE,
+    TASKACTION_GROUP,
+    TASKACTION_KIND,
 )
 from flyte_auth_exchange.admin import ExecutionRef
 from flyte_auth_exchange.errors import ACCESS_DENIED, Refusal
@@ -62,20 +71,17 @@ def refuse(check: str, message: str) -> Refusal:
 
 
 def is_flyte_claim(meta: Mapping[str, Any]) -> bool:
-    """Whether the pod claims to be Flyte's: any guarded label or a FlyteWorkflow owner."""
+    """Whether the pod claims to be Flyte's: any guarded label, or a FlyteWorkflow or
+    TaskAction owner."""
     labels = meta.get("labels") or {}
-    return any(k in labels for k in GUARDED_LABELS) or bool(_flyte_owners(meta))
+    return any(k in labels for k in GUARDED_LABELS) or bool(_flyte_owners(meta)) \
+        or bool(_owners(meta, TASKACTION_GROUP, TASKACTION_KIND.lower()))
 
 
 def claimed_execution(where: str, meta: Mapping[str, Any]) -> ExecutionRef:
     labels = meta.get("labels") or {}
     missing = [k for k in (LABEL_EXECUTION_ID, LABEL_PROJECT, LABEL_DOMAIN)
                if not isinstance(labels.get(k), str) or not labels.get(k)]
-    if missing and all(k in labels for k in (LABEL_V2_RUN, LABEL_V2_ACTION)):
-        raise refuse(CHECK_LABELS, f"pod {where} is a Flyte 2 task pod ({LABEL_V2_RUN} and "
-                     f"{LABEL_V2_ACTION} labels): executor identity does not map Flyte 2 runs "
-                     "yet; serve it with service-account identity (a policy rule with "
-                     "identity: service-account)")
     if missing:
         raise refuse(CHECK_LABELS, f"pod {where} is not a Flyte task pod (no "
                      f"{', '.join(missing)} label)")
@@ -143,8 +149,51 @@ def check_workflow(where: str, owner: Owner, workflow: Mapping[str, Any] | None,
                      f"FlyteWorkflow {owner.name!r} runs execution {found}")
 
 
+def taskaction_owner(where: str, meta: Mapping[str, Any]) -> Owner | None:
+    """The TaskAction controlling a Flyte 2 pod; None if the pod names no TaskAction."""
+    refs = _owners(meta, TASKACTION_GROUP, TASKACTION_KIND.lower())
+    if not refs:
+        return None
+    controllers = [r for r in refs if r.get("controller") is True]
+    if len(controllers) != 1:
+        raise refuse(CHECK_OWNER, f"pod {where} names a TaskAction owner but is not controlled "
+                     f"by exactly one ({TASKACTION_GROUP}/*, kind {TASKACTION_KIND}, "
+                     "controller: true)")
+    return Owner(str(controllers[0].get("name", "")), str(controllers[0].get("uid", "")))
+
+
+def check_v2_namespace(where: str, namespace: str, v2_namespace: str) -> None:
+    if namespace != v2_namespace:
+        raise refuse(CHECK_NAMESPACE, f"pod {where} names a TaskAction owner, but Flyte 2 runs "
+                     f"actions only in namespace {v2_namespace!r} (--v2-namespace, Flyte's "
+                     "actions.kubernetes.namespace)")
+
+
+def run_of(where: str, owner: Owner, taskaction: Mapping[str, Any] | None) -> ExecutionRef:
+    """The run a pod's TaskAction belongs to, from the object's spec."""
+    if taskaction is None:
+        raise refuse(CHECK_OWNER, f"pod {where} names TaskAction {owner.name!r} as its "
+                     "controller, which does not exist")
+    if (taskaction.get("metadata") or {}).get("uid") != owner.uid:
+        raise refuse(CHECK_OWNER, f"pod {where} names TaskAction {owner.name!r} with another "
+                     "uid than the object of that name (it was re-created, or the reference "
+                     "is forged)")
+    spec = taskaction.get("spec")
+    fields = [spec.get(k) for k in ("project", "domain", "runName")] \
+        if isinstance(spec, dict) else []
+    if len(fields) != 3 or not all(isinstance(f, str) and f for f in fields):
+        raise refuse(CHECK_OWNER, f"TaskAction {owner.name!r} of pod {where} has no spec "
+                     "project, domain and runName")
+    project, domain, name = (str(f) for f in fields)
+    return ExecutionRef(project, domain, name, flyte=2)
+
+
 def _flyte_owners(meta: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return _owners(meta, FLYTEWORKFLOW_GROUP, FLYTEWORKFLOW_KIND)
+
+
+def _owners(meta: Mapping[str, Any], group: str, kind: str) -> list[Mapping[str, Any]]:
     refs = meta.get("ownerReferences") or []
     return [r for r in refs if isinstance(r, dict)
-            and str(r.get("apiVersion", "")).startswith(FLYTEWORKFLOW_GROUP + "/")
-            and str(r.get("kind", "")).lower() == FLYTEWORKFLOW_KIND]
+            and str(r.get("apiVersion", "")).startswith(group + "/")
+            and str(r.get("kind", "")).lower() == kind]

@@ -11,7 +11,11 @@ from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from flyte_auth_common.admin import AdminEndpoint, parse_admin_endpoint
-from flyte_auth_common.contract import DEFAULT_NAMESPACE_TEMPLATE, GUARD_NAME
+from flyte_auth_common.contract import (
+    DEFAULT_NAMESPACE_TEMPLATE,
+    DEFAULT_V2_NAMESPACE,
+    GUARD_NAME,
+)
 from flyte_auth_common.options import (
     LOG_OPTIONS,
     Option,
@@ -71,8 +75,14 @@ OPTIONS = (
     Option("--admin-endpoint", "FlyteAdmin gRPC HOST:PORT, for GetExecution (executor identity)",
            metavar="HOST"),
     Option("--admin-insecure", "talk to FlyteAdmin without TLS", is_switch=True),
-    Option("--ca-cert-file", "PEM bundle trusted for FlyteAdmin and the issuer discovery URL",
-           metavar="FILE"),
+    Option("--runs-url", "Flyte 2: the runs service's URL (the v2 backend's port, in-cluster "
+           "or behind its auth proxy), for GetRunDetails (executor identity of Flyte 2 pods)",
+           metavar="URL"),
+    Option("--v2-namespace", "Flyte 2: the namespace its actions and their pods run in "
+           "(actions.kubernetes.namespace); a pod elsewhere never gets a run's identity",
+           DEFAULT_V2_NAMESPACE, metavar="NAME"),
+    Option("--ca-cert-file", "PEM bundle trusted for FlyteAdmin, the runs service and the "
+           "issuer discovery URL", metavar="FILE"),
     Option("--policy", "YAML policy: who may exchange, identity, lifetime cap, scopes "
            "(default: any namespace, --identity, --token-lifetime)", metavar="FILE"),
     Option("--kubeconfig", "kubeconfig for the Kubernetes API (default: in-cluster config)",
@@ -107,6 +117,8 @@ class ExchangeConfig:
     namespace_template: str
     guard: str
     admin: AdminEndpoint | None
+    runs_url: str | None
+    v2_namespace: str
     ca_cert_file: Path | None
     policy: Path | None
     kubeconfig: Path | None
@@ -148,9 +160,12 @@ class ExchangeConfig:
         s.get("identity", str)  # reports a value outside the choices
         insecure = s.flag("admin_insecure")
         admin = s.get("admin_endpoint", lambda v: parse_admin_endpoint(v, insecure))
-        if identity == IDENTITY_EXECUTOR and admin is None and not s.given("policy"):
+        runs_url = _strip_slash(s.get("runs_url", to_http_url))
+        if identity == IDENTITY_EXECUTOR and admin is None and runs_url is None \
+                and not s.given("policy"):
             s.problem("admin_endpoint", "required with --identity executor: FlyteAdmin's gRPC "
-                      "endpoint, to look up who launched each execution")
+                      "endpoint, to look up who launched each execution (or, for Flyte 2 "
+                      "only, --runs-url)")
         config = cls(
             serving=serving,
             namespace=s.value("namespace", str),
@@ -164,7 +179,8 @@ class ExchangeConfig:
             subject_jwks=jwks, subject_discovery=discovery, token_review=token_review,
             identity=identity,
             namespace_template=s.value("namespace_template", str),
-            guard=s.value("guard", str), admin=admin,
+            guard=s.value("guard", str), admin=admin, runs_url=runs_url,
+            v2_namespace=s.value("v2_namespace", str),
             ca_cert_file=s.get("ca_cert_file", to_path),
             policy=s.get("policy", to_path), kubeconfig=s.get("kubeconfig", to_path),
             cache_ttl=s.value("cache_ttl", to_non_negative_float),

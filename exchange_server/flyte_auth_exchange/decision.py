@@ -134,13 +134,14 @@ def identity(subject: Subject, rule: Rule, binding: Binding | None,
     if binding.execution is None:
         if rule.non_flyte_pods == REFUSE:
             raise refuse(CHECK_LABELS, f"pod {subject.namespace}/{subject.pod_name} claims "
-                         "no Flyte execution (no Flyte label, no FlyteWorkflow owner) and "
+                         "no Flyte execution (no Flyte label, no FlyteWorkflow or TaskAction "
+                         "owner) and "
                          f"policy rule {rule.name!r} refuses such pods (non_flyte_pods: "
                          "refuse)")
         return subject.username, {}
-    execution = {"execution_id": {"project": binding.execution.project,
-                                  "domain": binding.execution.domain,
-                                  "name": binding.execution.name}}
+    ref = binding.execution
+    execution = {"run_id" if ref.flyte == 2 else "execution_id": {
+        "project": ref.project, "domain": ref.domain, "name": ref.name}}
     label = binding.identity_label
     if label is not None and label != sanitize_label_value(binding.principal):
         raise refuse(CHECK_IDENTITY_LABEL, f"the pod's {contract.LABEL_EXECUTION_IDENTITY} "
@@ -149,7 +150,8 @@ def identity(subject: Subject, rule: Rule, binding: Binding | None,
     if binding.principal:
         return binding.principal, execution
     if rule.no_principal == REFUSE:
-        raise Refusal(ACCESS_DENIED, f"execution {binding.execution} has no principal and "
+        what = "run" if ref.flyte == 2 else "execution"
+        raise Refusal(ACCESS_DENIED, f"{what} {ref} has no principal and "
                       f"policy rule {rule.name!r} refuses such executions (no_principal: "
                       f"refuse)")
     return subject.username, execution

@@ -18,6 +18,9 @@ from flyte_auth_common.contract import (
     FLYTEWORKFLOW_GROUP,
     FLYTEWORKFLOW_PLURAL,
     FLYTEWORKFLOW_VERSION,
+    TASKACTION_GROUP,
+    TASKACTION_PLURAL,
+    TASKACTION_VERSION,
 )
 from flyte_auth_common.errors import ConfigError
 from flyte_auth_exchange.config import setting
@@ -102,6 +105,11 @@ class Kube:
     async def flyteworkflow(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._get("get flyteworkflow", self._custom.get_namespaced_custom_object(
             FLYTEWORKFLOW_GROUP, FLYTEWORKFLOW_VERSION, namespace, FLYTEWORKFLOW_PLURAL, name,
+            **self._opts()))
+
+    async def taskaction(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._get("get taskaction", self._custom.get_namespaced_custom_object(
+            TASKACTION_GROUP, TASKACTION_VERSION, namespace, TASKACTION_PLURAL, name,
             **self._opts()))
 
     async def admission_policy(self, name: str) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ from flyte_auth_exchange.config import ExchangeConfig, setting
 from flyte_auth_exchange.kube import Kube
 from flyte_auth_exchange.mint import Minter
 from flyte_auth_exchange.policy import Policy
+from flyte_auth_exchange.runs import Runs
 from flyte_auth_exchange.server import ExchangeAPI, app
 from flyte_auth_exchange.service import ExchangeService
 from flyte_auth_exchange.subject import IssuerKeys
@@ -54,9 +55,10 @@ def _policy_loader(config: ExchangeConfig, kube_connected: list[bool]) -> Callab
     def load() -> Policy:
         policy = Policy.load(config.policy, config.identity) if config.policy \
             else Policy.default(config.identity)
-        if policy.uses_executor and config.admin is None:
+        if policy.uses_executor and config.admin is None and config.runs_url is None:
             raise ConfigError([f"{setting('admin_endpoint')}: required: the policy uses "
-                               "the executor identity, which FlyteAdmin supplies"])
+                               "the executor identity, which FlyteAdmin (or, for Flyte 2, "
+                               f"the runs service: {setting('runs_url')}) supplies"])
         if policy.uses_executor and kube_connected and not kube_connected[0]:
             raise ConfigError([f"--policy {config.policy}: the executor identity needs the "
                                "Kubernetes API, which this server started without; restart it"])
@@ -64,11 +66,8 @@ def _policy_loader(config: ExchangeConfig, kube_connected: list[bool]) -> Callab
     return load
 
 
-def _admin(config: ExchangeConfig, minter: Minter, ca_pem: bytes | None) -> Admin | None:
-    """FlyteAdmin, asked with tokens this server mints for itself (also built when the policy
-    does not use the executor yet: a reloaded one may)."""
-    if config.admin is None:
-        return None
+def _self_token(config: ExchangeConfig, minter: Minter) -> SelfToken:
+    """The token this server sends FlyteAdmin and the Flyte 2 runs service (or its proxy)."""
     audience = list(config.admin_audiences)
 
     def mint_self(now: float) -> tuple[str, float]:
@@ -76,7 +75,7 @@ def _admin(config: ExchangeConfig, minter: Minter, ca_pem: bytes | None) -> Admi
                              lifetime=SELF_TOKEN_LIFETIME, now=now)
         return minted.token, now + minted.expires_in
 
-    return Admin(config.admin, SelfToken(mint_self), ca_pem=ca_pem)
+    return SelfToken(mint_self)
 
 
 async def _issuer_keys(config: ExchangeConfig, session: aiohttp.ClientSession,
@@ -127,10 +126,15 @@ async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExcha
             webhook=None, who="exchange server", named=setting("tls_bootstrap"))
         if bootstrap is not None and serving is not None:
             watchers.append(asyncio.create_task(renew_forever(bootstrap, serving.check)))
-        admin = _admin(config, minter, ca_pem)
+        # FlyteAdmin and the runs service are built even when the policy does not use the
+        # executor identity yet: a reloaded one may.
+        self_token = _self_token(config, minter)
+        admin = Admin(config.admin, self_token, ca_pem=ca_pem) if config.admin else None
+        runs = Runs(config.runs_url, self_token, session, ssl_ctx=client_ssl) \
+            if config.runs_url else None
         keys = await _issuer_keys(config, session, client_ssl)
         service = ExchangeService(config, policy=policy, keys=keys, minter=minter, kube=kube,
-                                  admin=admin)
+                                  admin=admin, runs=runs)
         policy_files.apply = service.set_policy
         watchers += [asyncio.create_task(files.watch()) for files in (key_file, policy_files,
                                                                       serving) if files]

@@ -1,7 +1,8 @@
 """One exchange, start to finish: the I/O steps around the pure decisions in decision.py.
 
     form ─► grant checks ─► subject token (signature / TokenReview) ─► policy rule
-         ─► identity: executor (pod → execution → principal) or service account
+         ─► identity: executor (pod → execution → principal in FlyteAdmin, or for Flyte 2
+            pod → TaskAction → run → executed_by in the runs service) or service account
          ─► audience / scope / lifetime ─► minted token
 
 Every step that refuses raises a Refusal naming the check. What the decision was about
@@ -24,12 +25,18 @@ from flyte_auth_common.jwt import jwt_claims, redact
 from flyte_auth_exchange import decision
 from flyte_auth_exchange.admin import Admin
 from flyte_auth_exchange.binding import (
+    CHECK_OWNER,
+    Owner,
     check_guard,
     check_namespace,
+    check_v2_namespace,
     check_workflow,
     claimed_execution,
     controller_owner,
     is_flyte_claim,
+    refuse,
+    run_of,
+    taskaction_owner,
 )
 from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.decision import Binding, Form
@@ -38,6 +45,7 @@ from flyte_auth_exchange.kube import Kube
 from flyte_auth_exchange.memo import Memo
 from flyte_auth_exchange.mint import Minter
 from flyte_auth_exchange.policy import Policy
+from flyte_auth_exchange.runs import Runs
 from flyte_auth_exchange.subject import IssuerKeys, Subject, check_claims, subject_from_claims
 
 FINISHED_PHASES = ("Succeeded", "Failed")
@@ -46,13 +54,14 @@ FINISHED_PHASES = ("Succeeded", "Failed")
 class ExchangeService:
     def __init__(self, config: ExchangeConfig, *, policy: Policy, keys: IssuerKeys | None,
                  minter: Minter, kube: Kube | None, admin: Admin | None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 runs: Runs | None = None, clock: Callable[[], float] = time.time) -> None:
         self._config = config
         self._policy = policy
         self._keys = keys
         self._minter = minter
         self._kube = kube
         self._admin = admin
+        self._runs = runs
         self._clock = clock
         self.bindings: Memo[Binding] = Memo(config.cache_ttl)
         self.guards: Memo[None] = Memo(config.cache_ttl)
@@ -118,7 +127,6 @@ class ExchangeService:
     async def _bind(self, subject: Subject) -> Binding:
         """Pod → execution, by the checks in binding.py, then execution → principal."""
         assert self._kube is not None
-        assert self._admin is not None
         namespace, where = subject.namespace, f"{subject.namespace}/{subject.pod_name}"
         pod = await self._kube.pod(namespace, subject.pod_name)
         if pod is None:
@@ -132,6 +140,12 @@ class ExchangeService:
             raise Refusal(INVALID_GRANT, f"pod {where} has finished (phase {phase})")
         if not is_flyte_claim(meta):
             return Binding(None, "", None)
+        taskaction = taskaction_owner(where, meta)
+        if taskaction is not None:
+            return await self._bind_v2(where, namespace, taskaction)
+        if self._admin is None:
+            raise refuse(CHECK_OWNER, f"pod {where} is a Flyte 1 task pod, and this server has "
+                         "no FlyteAdmin to ask who launched it (--admin-endpoint)")
         execution = claimed_execution(where, meta)
         check_namespace(self._config.namespace_template, namespace, execution)
         await self.guards.get(namespace, lambda: self._check_guard(namespace))
@@ -141,6 +155,18 @@ class ExchangeService:
         principal = await self._admin.principal(execution)
         return Binding(execution, principal, (meta.get("labels") or {}).get(
             LABEL_EXECUTION_IDENTITY))
+
+    async def _bind_v2(self, where: str, namespace: str, owner: Owner) -> Binding:
+        """Flyte 2: pod → its TaskAction → run, then run → executed_by."""
+        assert self._kube is not None
+        if self._runs is None:
+            raise refuse(CHECK_OWNER, f"pod {where} is a Flyte 2 task pod (a TaskAction "
+                         "controls it), and this server has no runs service to ask who "
+                         "launched its run (--runs-url)")
+        check_v2_namespace(where, namespace, self._config.v2_namespace)
+        await self.guards.get(namespace, lambda: self._check_guard(namespace))
+        run = run_of(where, owner, await self._kube.taskaction(namespace, owner.name))
+        return Binding(run, await self._runs.launcher(run), None)
 
     async def _check_guard(self, namespace: str) -> None:
         assert self._kube is not None

@@ -213,8 +213,8 @@ REFUSALS: list[Any] = [
                  "access_denied", "claims no Flyte execution", id="not-a-flyte-pod"),
     pytest.param(lambda w: form(w.kube.token_for(w.kube.add_pod(NAMESPACE, "v2-pod", labels={
         "run": "r8x2k", "action": "a0", "project": "flytesnacks", "domain": "development"}))),
-                 "access_denied", "is a Flyte 2 task pod (run and action labels): executor "
-                 "identity does not map Flyte 2 runs yet", id="flyte2-pod"),
+                 "access_denied", "labels check: pod flytesnacks-development/v2-pod is not a "
+                 "Flyte task pod (no execution-id label)", id="flyte2-labels-without-owner"),
     # Binding: a pod's creator writes its labels and owner references; only what RBAC
     # controls (namespace, the FlyteWorkflow object, the guard) makes them proof.
     pytest.param(lambda w: form(_cross_project_repro(w)), "access_denied",

@@ -1,0 +1,70 @@
+"""Flyte 2's runs service, for one question: who launched this run (the root action's
+`metadata.executed_by`)?
+
+Asked over Connect's unary protocol (the v2 backend serves Connect, gRPC and gRPC-Web on one
+port): POST /flyteidl2.workflow.RunService/GetRunDetails with the protobuf message as the
+body. An error is an HTTP status with a JSON body {"code": "not_found", "message": ...}. The
+request carries a token this server mints for itself, so it passes an auth proxy that trusts
+this issuer; the runs service itself authenticates nobody.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+
+import aiohttp
+from flyteidl2.common import identifier_pb2
+from flyteidl2.workflow import run_service_pb2
+from google.protobuf.message import DecodeError
+
+from flyte_auth_common.contract import V2_GET_RUN_DETAILS_PATH
+from flyte_auth_exchange.admin import ExecutionRef
+from flyte_auth_exchange.errors import INVALID_GRANT, TEMPORARILY_UNAVAILABLE, Refusal
+
+PROTO = "application/proto"
+
+
+class Runs:
+    def __init__(self, url: str, token: Callable[[], str], session: aiohttp.ClientSession, *,
+                 ssl_ctx: ssl.SSLContext | bool = True, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self._token = token
+        self._session = session
+        self._ssl = ssl_ctx
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def launcher(self, run: ExecutionRef) -> str:
+        """The subject of the run's `executed_by` ('' if it has none); Refusal if the run
+        cannot be read."""
+        request = run_service_pb2.GetRunDetailsRequest(run_id=identifier_pb2.RunIdentifier(
+            project=run.project, domain=run.domain, name=run.name))
+        where = f"the Flyte 2 runs service at {self.url}"
+        try:
+            async with self._session.post(
+                    self.url + V2_GET_RUN_DETAILS_PATH, data=request.SerializeToString(),
+                    headers={"Content-Type": PROTO, "Authorization": f"Bearer {self._token()}"},
+                    ssl=self._ssl, timeout=self._timeout, allow_redirects=False) as resp:
+                body = await resp.read()
+                status, content_type = resp.status, resp.content_type
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Refusal(TEMPORARILY_UNAVAILABLE, f"GetRunDetails failed: {where} is "
+                          f"unreachable ({type(exc).__name__})") from None
+        if status == 404:
+            raise Refusal(INVALID_GRANT, f"run {run} of the pod's TaskAction does not exist in "
+                          f"{where}")
+        if status != 200 or content_type != PROTO:
+            raise Refusal(TEMPORARILY_UNAVAILABLE, f"GetRunDetails failed at {where}: HTTP "
+                          f"{status} {content_type or 'without a content type'}")
+        try:
+            details = run_service_pb2.GetRunDetailsResponse.FromString(body).details
+        except DecodeError:
+            raise Refusal(TEMPORARILY_UNAVAILABLE, f"GetRunDetails at {where} answered with "
+                          "a body that is not a GetRunDetailsResponse") from None
+        identity = details.action.metadata.executed_by
+        principal = identity.WhichOneof("principal")
+        if principal == "user":
+            return str(identity.user.id.subject)
+        if principal == "application":
+            return str(identity.application.id.subject)
+        return ""
