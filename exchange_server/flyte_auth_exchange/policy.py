@@ -11,7 +11,7 @@
         identity: executor             # executor | service-account (default: --identity)
         no_principal: refuse           # refuse | service-account: when the execution has none
         non_flyte_pods: refuse         # refuse | service-account: pods that claim no
-                                       # execution (no Flyte label, no FlyteWorkflow owner)
+                                       # execution (no Flyte label, no Flyte owner)
         max_lifetime: 3600             # seconds; caps --token-lifetime
         scopes: ["all"]                # scopes minted tokens may carry (default ["all"])
 

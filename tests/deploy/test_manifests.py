@@ -170,6 +170,7 @@ def test_rbac_is_exactly_what_each_component_needs(rendering: str) -> None:
              "verbs": ["create"]},
             {"apiGroups": ["flyte.lyft.com"], "resources": ["flyteworkflows"],
              "verbs": ["get"]},
+            {"apiGroups": ["flyte.org"], "resources": ["taskactions"], "verbs": ["get"]},
             {"apiGroups": ["admissionregistration.k8s.io"],
              "resources": ["validatingadmissionpolicies", "validatingadmissionpolicybindings"],
              "resourceNames": [contract.GUARD_NAME], "verbs": ["get"]}],

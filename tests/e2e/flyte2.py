@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
+from flyteidl2.common import identifier_pb2 as common_ids
+from flyteidl2.core import identifier_pb2 as core_ids
+from flyteidl2.core import tasks_pb2
+from flyteidl2.task import task_definition_pb2
+from flyteidl2.workflow import run_service_pb2
+from google.protobuf.message import Message
 
 from devstack.real import peers
 from devstack.real.cluster import ADMIN_TOKEN, Cluster, free_port
@@ -34,6 +41,8 @@ from tests.e2e.flyte import Postgres
 
 #: Where Flyte 2 runs its TaskActions and their pods (actions.kubernetes.namespace).
 NAMESPACE = "flyte"
+#: The project the backend seeds (runs.seedProjects), and a domain.
+PROJECT, DOMAIN = "flytesnacks", "development"
 CRD_IN_ARCHIVE = "charts/flyte-binary/templates/crds/flyte.org_taskactions.yaml"
 
 
@@ -57,11 +66,14 @@ class Flyte2:
 
 
 @contextlib.asynccontextmanager
-async def running_flyte2(workdir: Path, cluster: Cluster) -> AsyncIterator[Flyte2]:
+async def running_flyte2(workdir: Path, cluster: Cluster,
+                         kubeconfig: Path | None = None) -> AsyncIterator[Flyte2]:
+    """The v2 backend, acting on the API server with `kubeconfig` (default: the admin's)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    await cluster.namespace(NAMESPACE, {})
+    if kubeconfig is None:
+        await cluster.namespace(NAMESPACE, {})
+        kubeconfig = cluster.kubeconfig(workdir / "admin.kubeconfig", ADMIN_TOKEN)
     await cluster.crd(taskaction_crd())
-    kubeconfig = cluster.kubeconfig(workdir / "admin.kubeconfig", ADMIN_TOKEN)
     postgres = Postgres()
     postgres.start()
     port = free_port()
@@ -77,7 +89,7 @@ async def running_flyte2(workdir: Path, cluster: Cluster) -> AsyncIterator[Flyte
                  "database": {"postgres": {"host": "127.0.0.1", "port": postgres.port,
                                            "dbname": "postgres", "username": "postgres",
                                            "options": "sslmode=disable"}},
-                 "storagePrefix": f"file://{workdir}/blob", "seedProjects": ["flytesnacks"],
+                 "storagePrefix": "file://flyte/data", "seedProjects": ["flytesnacks"],
                  "identityHeaders": {"claimsJwtHeader": "", "subjectHeader": "X-Forwarded-User",
                                      "emailHeader": "X-Forwarded-Email"}},
         "storage": {"type": "stow", "container": "flyte",
@@ -103,3 +115,48 @@ async def running_flyte2(workdir: Path, cluster: Cluster) -> AsyncIterator[Flyte
     finally:
         stop(proc, 20)
         postgres.stop()
+
+
+# --- the runs service over Connect's unary protocol (what the `flyte` SDK sends) -----------
+
+async def connect(http: aiohttp.ClientSession, base: str, method: str, request: Message,
+                  answer: type[Message], token: str | None = None) -> tuple[int, Any]:
+    """POST one Connect unary call; (200, the answer message) or (status, the error body)."""
+    headers = {"Content-Type": "application/proto"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    async with http.post(f"{base}/flyteidl2.workflow.RunService/{method}",
+                         data=request.SerializeToString(), headers=headers,
+                         allow_redirects=False) as resp:
+        body = await resp.read()
+        if resp.status == 200:
+            return 200, answer.FromString(body)
+        return resp.status, body.decode(errors="replace")
+
+
+def task_spec(name: str, image: str, args: list[str]) -> task_definition_pb2.TaskSpec:
+    """A container task as the `flyte` SDK deploys one: a template with an image and args."""
+    return task_definition_pb2.TaskSpec(task_template=tasks_pb2.TaskTemplate(
+        id=core_ids.Identifier(resource_type=core_ids.TASK, project=PROJECT, domain=DOMAIN,
+                               name=name, version="v1"),
+        type="python-task", container=tasks_pb2.Container(image=image, args=args)))
+
+
+async def create_run(http: aiohttp.ClientSession, base: str, spec: task_definition_pb2.TaskSpec,
+                     token: str | None = None) -> tuple[int, Any]:
+    """CreateRun for `spec` in PROJECT/DOMAIN: (200, the run's name) or the error."""
+    status, answer = await connect(http, base, "CreateRun", run_service_pb2.CreateRunRequest(
+        project_id=common_ids.ProjectIdentifier(name=PROJECT, domain=DOMAIN), task_spec=spec),
+        run_service_pb2.CreateRunResponse, token)
+    return (200, answer.run.action.id.run.name) if status == 200 else (status, answer)
+
+
+async def executed_by(http: aiohttp.ClientSession, base: str, run: str) -> str | None:
+    """The subject the runs service recorded as the run's executed_by (None: no identity)."""
+    request = run_service_pb2.GetRunDetailsRequest(
+        run_id=common_ids.RunIdentifier(project=PROJECT, domain=DOMAIN, name=run))
+    status, answer = await connect(http, base, "GetRunDetails", request,
+                                   run_service_pb2.GetRunDetailsResponse)
+    assert status == 200, answer
+    who = answer.details.action.metadata.executed_by
+    return str(who.user.id.subject) if who.HasField("user") else None
