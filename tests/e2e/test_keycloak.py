@@ -8,68 +8,24 @@ standard client sends, while Keycloak's path is plain RFC 7523."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from devstack.real import peers
-from devstack.real.cluster import Cluster, free_port, running_cluster
-from devstack.real.process import stop, until_ok
+from devstack.real.cluster import running_cluster
+from devstack.real.keycloak import admin_api, running_keycloak
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.runtime import running_agent
 from flyte_auth_common.jwt import jwt_claims
 from tests.helpers import H
 
 pytestmark = [pytest.mark.timeout(600)]
-ADMIN_USER, ADMIN_PASSWORD = "admin", "e2e-admin-password"
 NAMESPACE, CLIENT = "flytesnacks-development", "flyte-task"
 
 
-@contextlib.asynccontextmanager
-async def running_keycloak(workdir: Path, cluster: Cluster) -> AsyncIterator[str]:
-    """Keycloak in dev mode on loopback, trusting the API server's CA; yields its URL."""
-    java = peers.java21()
-    port, management = free_port(), free_port()
-    env = {**os.environ, "JAVA_HOME": str(java), "PATH": f"{java}/bin:{os.environ['PATH']}",
-           "KC_BOOTSTRAP_ADMIN_USERNAME": ADMIN_USER,
-           "KC_BOOTSTRAP_ADMIN_PASSWORD": ADMIN_PASSWORD,
-           # Java 24+ needs this for Keycloak's thread pool (its own log says so).
-           "JAVA_OPTS_APPEND": "--add-opens java.base/java.lang=ALL-UNNAMED"}
-    log = (workdir / "keycloak.log").open("wb")
-    proc = subprocess.Popen(
-        [str(peers.keycloak() / "bin/kc.sh"), "start-dev", "--http-host=127.0.0.1",
-         f"--http-port={port}", f"--http-management-port={management}", "--db=dev-mem",
-         "--features=client-auth-federated,kubernetes-service-accounts",
-         f"--truststore-paths={cluster.ca_file}"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        # Keycloak's first start builds its runtime.
-        await until_ok(proc, url + "/realms/master", workdir / "keycloak.log", "Keycloak",
-                       300, 1)
-        yield url
-    finally:
-        stop(proc, 30)
-        log.close()
-
-
 async def configure(url: str, issuer: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(url + "/realms/master/protocol/openid-connect/token", data={
-                "grant_type": "password", "client_id": "admin-cli", "username": ADMIN_USER,
-                "password": ADMIN_PASSWORD}) as resp:
-            admin = (await resp.json())["access_token"]
-        headers = {"Authorization": f"Bearer {admin}"}
-
-        async def post(path: str, body: object) -> None:
-            async with session.post(url + "/admin/realms" + path, json=body,
-                                    headers=headers) as resp:
-                assert resp.status in (201, 204), f"{path}: {resp.status} {await resp.text()}"
-
+    async with admin_api(url) as post:
         await post("", {"realm": "flyte", "enabled": True})
         await post("/flyte/identity-provider/instances", {
             "alias": "kubernetes", "providerId": "kubernetes", "enabled": True,
