@@ -16,7 +16,7 @@ help:
 	@echo "make manifests / make chart   render the kustomize overlay / the Helm chart"
 	@echo "make images build the container images (needs a running docker or podman)"
 	@echo "make test   lint (ruff, mypy --strict) and run every test"
-	@echo "make e2e    end to end against real kube-apiserver, etcd, Keycloak, FlyteAdmin and flytepropeller"
+	@echo "make e2e    end to end against real kube-apiserver, a node, Keycloak, Flyte 1 and 2, oauth2-proxy"
 	@echo "make e2e-long  the end-to-end cases that wait minutes of real time (token rotation)"
 	@echo "make bench  run the benchmarks (prints figures and ratios)"
 	@echo "make bench-pod-start  pod start latency on the real node, injected vs not (root)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import aiohttp
 
 
 async def until_ok(proc: subprocess.Popen[bytes], url: str, log: Path, what: str,
-                   timeout: float, pause: float = 0.2) -> None:
+                   timeout: float, pause: float = 0.2, *,
+                   ssl_ctx: ssl.SSLContext | bool = True) -> None:
     """Until GET `url` answers 200; fails with the end of `log` if the process exits first.
     Polls: the program is not ours to signal readiness (`pause` suits its start-up)."""
     async with asyncio.timeout(timeout), aiohttp.ClientSession() as http:
@@ -20,7 +22,7 @@ async def until_ok(proc: subprocess.Popen[bytes], url: str, log: Path, what: str
                 raise RuntimeError(f"{what} exited at start-up:\n"
                                    f"{log.read_text(errors='replace')[-4000:]}")
             with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(url) as resp:
+                async with http.get(url, ssl=ssl_ctx) as resp:
                     if resp.status == 200:
                         return
             await asyncio.sleep(pause)

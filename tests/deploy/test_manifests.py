@@ -587,3 +587,53 @@ def test_a_private_ca_for_flyteadmin_reaches_the_exchange_server_and_the_agents(
 def test_each_value_has_a_schema_error_naming_it(tmp_path: Path, values: str,
                                                  where: str) -> None:
     assert where in helm_refusal(tmp_path, values + "\n")
+
+
+FLYTE2 = ("flyte2.enabled=true", "flyte2.runsUrl=http://oauth2-proxy.flyte:4180")
+
+
+def test_flyte2_values_give_the_exchange_server_its_runs_and_fence_the_backend(
+        tmp_path: Path) -> None:
+    objs = helm(*FLYTE2)
+    for obj in objs:
+        if obj["kind"] not in CRD_KINDS:
+            for version in K8S_VERSIONS:
+                kubernetes_validate.validate(obj, version, strict=True)
+    keyed = by_key(objs)
+    container = keyed[("Deployment", "flyte-auth-exchange")]["spec"]["template"]["spec"][
+        "containers"][0]
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(keyed[("ConfigMap", "flyte-auth-exchange-policy")]["data"][
+        "policy.yaml"])
+    argv = [a for a in container["args"] if not a.startswith("--policy=")]
+    config = exchange_config.ExchangeConfig.from_args(
+        _parse(exchange_config.OPTIONS, exchange_config.ENV_PREFIX,
+               [*argv, f"--policy={policy_file}"]), {})
+    assert (config.runs_url, config.v2_namespace) == ("http://oauth2-proxy.flyte:4180", "flyte")
+    # Flyte 2's task pods live in "flyte", which the default policy refuses for Flyte 1: the
+    # chart puts a rule for them first, the rest of the policy unchanged after it.
+    rules = Policy.load(policy_file, config.identity).rules
+    assert [r.name for r in rules] == ["flyte2-actions", "no-system", "flyte-projects"]
+    assert rules[0].namespaces == ("flyte",) and rules[0].allow
+    assert rules[0].identity == "executor" and rules[0].no_principal == "refuse"
+
+    fence = keyed[("NetworkPolicy", "flyte-auth-flyte2-runs")]
+    assert fence["metadata"]["namespace"] == "flyte"
+    assert fence["spec"]["podSelector"] == {"matchLabels": {
+        "app.kubernetes.io/name": "flyte-binary"}}
+    assert fence["spec"]["ingress"] == [
+        {"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "oauth2-proxy"}}}],
+         "ports": [{"protocol": "TCP", "port": 8090}]},
+        {"ports": [{"protocol": "TCP", "port": 9443}]}]  # the webhook, for the API server
+
+
+def test_flyte2_is_off_by_default_and_needs_the_runs_url(tmp_path: Path) -> None:
+    objs = helm()
+    assert not [o for o in objs if o["metadata"].get("namespace") == "flyte"]
+    exchange = by_key(objs)[("Deployment", "flyte-auth-exchange")]
+    assert not [a for a in exchange["spec"]["template"]["spec"]["containers"][0]["args"]
+                if a.startswith("--runs-url")]
+    assert "flyte2.runsUrl: the auth proxy in front of Flyte 2's runs service" in \
+        helm_refusal(tmp_path, "", "flyte2.enabled=true")
+    assert "/flyte2/networkPolicy/runsPort" in helm_refusal(
+        tmp_path, "", *FLYTE2, "flyte2.networkPolicy.runsPort=0")

@@ -22,6 +22,7 @@ import subprocess
 import tarfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,15 @@ import aiohttp
 import yaml
 from flyteidl2.common import identifier_pb2 as common_ids
 from flyteidl2.core import identifier_pb2 as core_ids
-from flyteidl2.core import tasks_pb2
-from flyteidl2.task import task_definition_pb2
+from flyteidl2.core import literals_pb2, tasks_pb2
+from flyteidl2.task import task_definition_pb2, task_service_pb2
 from flyteidl2.workflow import run_service_pb2
 from google.protobuf.message import Message
 
 from devstack.real import peers
 from devstack.real.cluster import ADMIN_TOKEN, Cluster, free_port
+from devstack.real.images import AGENT_DEBS, PythonImage
+from devstack.real.node import TOLERATION
 from devstack.real.process import stop, until_ok
 from tests.e2e.flyte import Postgres
 
@@ -43,7 +46,35 @@ from tests.e2e.flyte import Postgres
 NAMESPACE = "flyte"
 #: The project the backend seeds (runs.seedProjects), and a domain.
 PROJECT, DOMAIN = "flytesnacks", "development"
+TASK_IMAGE = "flyte-auth.e2e/flyte2-task:1"
+#: A Flyte 2 task image as a user builds one: the `flyte` SDK (the version the suite tests),
+#: the task's script, a non-root user; nothing of ours.
+TASK = PythonImage(
+    TASK_IMAGE, "/opt/task", (f"flyte=={version('flyte')}",), (f"flyte=={version('flyte')}",),
+    (), [], ["python"], "1000:1000", debs=(*AGENT_DEBS, "libstdc++6"),
+    # The SDK's HTTP client loads the system's CA certificates even for plain HTTP; this
+    # image's system has none, so it is pointed at certifi's (which the SDK installs).
+    env=("HOME=/tmp", "SSL_CERT_FILE=/opt/task/lib/python3.11/site-packages/certifi/cacert.pem"),
+    files=(("/opt/task/launch.py", "tests/e2e/flyte2_task.py"),))
+#: Flyte 2's default pod template (plugins.k8s.default-pod-template-name), in its namespace.
+POD_TEMPLATE = "flyte-auth-e2e-v2"
 CRD_IN_ARCHIVE = "charts/flyte-binary/templates/crds/flyte.org_taskactions.yaml"
+
+
+def task_pod_template(ca: Path) -> dict[str, Any]:
+    """What an operator would give every Flyte 2 task pod on this machine's node: its
+    network, its toleration, and trust in the CA of the proxy tasks dial (`ca`, mounted from
+    the host; the SDK's HTTP client reads SSL_CERT_FILE). The image is a placeholder the API
+    server requires."""
+    return {"apiVersion": "v1", "kind": "PodTemplate",
+            "metadata": {"name": POD_TEMPLATE, "namespace": NAMESPACE},
+            "template": {"spec": {
+                "hostNetwork": True, "tolerations": [TOLERATION],
+                "containers": [{"name": "default", "image": TASK_IMAGE,
+                                "env": [{"name": "SSL_CERT_FILE", "value": "/etc/e2e/ca.pem"}],
+                                "volumeMounts": [{"name": "ca", "mountPath": "/etc/e2e/ca.pem",
+                                                  "readOnly": True}]}],
+                "volumes": [{"name": "ca", "hostPath": {"path": str(ca), "type": "File"}}]}}}
 
 
 def taskaction_crd() -> dict[str, Any]:
@@ -66,9 +97,12 @@ class Flyte2:
 
 
 @contextlib.asynccontextmanager
-async def running_flyte2(workdir: Path, cluster: Cluster,
-                         kubeconfig: Path | None = None) -> AsyncIterator[Flyte2]:
-    """The v2 backend, acting on the API server with `kubeconfig` (default: the admin's)."""
+async def running_flyte2(workdir: Path, cluster: Cluster, kubeconfig: Path | None = None,
+                         tasks_dial: str | None = None) -> AsyncIterator[Flyte2]:
+    """The v2 backend, acting on the API server with `kubeconfig` (default: the admin's).
+    With `tasks_dial` (HOST:PORT, HTTPS), task pods are told to reach the control plane there
+    (`_U_EP_OVERRIDE`, as the chart's default-env-vars set it) and are based on
+    task_pod_template()."""
     workdir.mkdir(parents=True, exist_ok=True)
     if kubeconfig is None:
         await cluster.namespace(NAMESPACE, {})
@@ -94,6 +128,11 @@ async def running_flyte2(workdir: Path, cluster: Cluster,
                                      "emailHeader": "X-Forwarded-Email"}},
         "storage": {"type": "stow", "container": "flyte",
                     "stow": {"kind": "local", "config": {"path": str(workdir / "blob")}}},
+        # A list of one-key maps, as Flyte's own chart writes it: a plain map's keys come
+        # out lowercased (the config loader is case-insensitive), and the SDK reads
+        # _U_EP_OVERRIDE. No _U_INSECURE: over plain HTTP the SDK sends no token at all.
+        "plugins": {"k8s": {"default-pod-template-name": POD_TEMPLATE, "default-env-vars": [
+            {"_U_EP_OVERRIDE": tasks_dial}]}} if tasks_dial else {},
         "webhook": {"localCert": True, "certDir": str(workdir / "certs"),
                     "serviceName": "flyte-webhook", "servicePort": 9443},
         "logger": {"level": 4},
@@ -134,12 +173,29 @@ async def connect(http: aiohttp.ClientSession, base: str, method: str, request: 
         return resp.status, body.decode(errors="replace")
 
 
-def task_spec(name: str, image: str, args: list[str]) -> task_definition_pb2.TaskSpec:
+def task_spec(name: str, image: str, args: list[str],
+              env: dict[str, str] | None = None) -> task_definition_pb2.TaskSpec:
     """A container task as the `flyte` SDK deploys one: a template with an image and args."""
     return task_definition_pb2.TaskSpec(task_template=tasks_pb2.TaskTemplate(
         id=core_ids.Identifier(resource_type=core_ids.TASK, project=PROJECT, domain=DOMAIN,
                                name=name, version="v1"),
-        type="python-task", container=tasks_pb2.Container(image=image, args=args)))
+        type="python-task", container=tasks_pb2.Container(image=image, args=args, env=[
+            literals_pb2.KeyValuePair(key=k, value=v) for k, v in (env or {}).items()])))
+
+
+async def deploy_task(http: aiohttp.ClientSession, base: str,
+                      spec: task_definition_pb2.TaskSpec, token: str) -> None:
+    """TaskService.DeployTask: `spec` becomes a task others can run by name (version v1)."""
+    template = spec.task_template.id
+    request = task_service_pb2.DeployTaskRequest(spec=spec, task_id=task_definition_pb2.
+                                                 TaskIdentifier(project=PROJECT, domain=DOMAIN,
+                                                                name=template.name,
+                                                                version=template.version))
+    async with http.post(f"{base}/flyteidl2.task.TaskService/DeployTask",
+                         data=request.SerializeToString(), allow_redirects=False,
+                         headers={"Content-Type": "application/proto",
+                                  "Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 200, await resp.text()
 
 
 async def create_run(http: aiohttp.ClientSession, base: str, spec: task_definition_pb2.TaskSpec,

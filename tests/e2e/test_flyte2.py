@@ -1,7 +1,12 @@
 """End to end with Flyte 2: the v2 backend (tests/e2e/flyte2.py) on the suite's
 kube-apiserver and PostgreSQL, behind the real oauth2-proxy, which trusts two issuers: the
 organisation's IdP (real Keycloak), whose users launch runs, and our exchange server, whose
-tokens task pods bring. The guard and RBAC are what deploy/ renders.
+tokens task pods bring. The guard and RBAC are what deploy/ renders; our injector mutates
+the pods the v2 executor creates, and the suite's real node runs them.
+
+0. On the node: alice's run's task uses the real `flyte` SDK, with nothing but the pod's
+   env (the backend's `_U_EP_OVERRIDE` naming the proxy, our injected FLYTE_AUTH_TYPE and
+   FLYTE_AUTH_COMMAND), to launch a child run; the runs service records it as alice's.
 
 1. alice launches a run through the proxy; the runs service creates its TaskAction and the
    executor its pod; the exchange server maps a token bound to that pod to alice (pod →
@@ -17,6 +22,7 @@ tokens task pods bring. The guard and RBAC are what deploy/ renders.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,10 +32,14 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+import trustme
 
 from devstack.real.cluster import Cluster, KubeError, free_port, running_cluster
+from devstack.real.images import AGENT_IMAGE, python_image
 from devstack.real.keycloak import admin_api, running_keycloak
+from devstack.real.node import NODE_USERS, Node, running_node
 from devstack.real.proxy import running_oauth2_proxy
+from devstack.real.webhook import injecting
 from devstack.runs_v2 import StubRuns
 from devstack.world import write_signing_key
 from flyte_auth_common import contract
@@ -43,9 +53,13 @@ from tests.e2e.flyte2 import (
     DOMAIN,
     NAMESPACE,
     PROJECT,
+    TASK,
+    TASK_IMAGE,
     create_run,
+    deploy_task,
     executed_by,
     running_flyte2,
+    task_pod_template,
     task_spec,
 )
 from tests.e2e.manifests import rendered_manifests
@@ -57,7 +71,10 @@ TASK_AUDIENCE, USER_AUDIENCE = "https://flyte.example.com", "flyte"
 ALICE, PASSWORD = "alice", "e2e-alice-password"
 BACKEND = "system:serviceaccount:flyte:flyte-binary"  # the v2 backend's identity
 MALLORY = "mallory@example.com"  # may create pods in Flyte 2's namespace
-SPEC = task_spec("main", "python:3.11-slim", ["python", "-c", "print('hello')"])
+#: A run whose pod stays Pending (its image is never pulled: the node has no registry), so
+#: it is alive whenever a test exchanges a token for it.
+SPEC = task_spec("main", "flyte-auth.e2e/absent:1", ["python", "-c", "print('hello')"])
+PYTHON = "/opt/task/bin/python"  # the task image's interpreter
 
 
 @dataclass
@@ -68,6 +85,7 @@ class V2:
     exchange_url: str
     alice: str  # alice's access token from Keycloak
     http: aiohttp.ClientSession
+    node: Node
 
     @property
     def alice_sub(self) -> str:
@@ -120,9 +138,10 @@ async def login_realm(url: str) -> str:
         return str(body["access_token"])
 
 
-async def install(cluster: Cluster, workdir: Path) -> tuple[Path, Path]:
+async def install(cluster: Cluster, workdir: Path, ca: Path) -> tuple[Path, Path, Path]:
     """deploy/'s RBAC and guard, with the v2 backend among the guard's creators; Flyte 2's
-    namespace labelled for injection; kubeconfigs of the backend and the exchange server."""
+    namespace labelled for injection, with the pod template for this machine's node;
+    kubeconfigs of the backend, the exchange server and the injector."""
     for name, labels in (("flyte-auth", {}), (NAMESPACE, {contract.NAMESPACE_LABEL:
                                                           contract.NAMESPACE_LABEL_VALUE})):
         await cluster.namespace(name, labels)
@@ -148,37 +167,85 @@ async def install(cluster: Cluster, workdir: Path) -> tuple[Path, Path]:
         token = await cluster.token(namespace, account, audience=cluster.url)
         return cluster.kubeconfig(workdir / f"{account}.kubeconfig", token)
 
+    await cluster.apply(task_pod_template(ca))
     return (await kubeconfig(NAMESPACE, "flyte-binary"),
-            await kubeconfig("flyte-auth", "flyte-auth-exchange"))
+            await kubeconfig("flyte-auth", "flyte-auth-exchange"),
+            await kubeconfig("flyte-auth", "flyte-auth-injector"))
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def v2(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[V2]:
     workdir = tmp_path_factory.mktemp("flyte2")
-    async with running_cluster(workdir / "cluster") as cluster:
-        backend_kc, exchange_kc = await install(cluster, workdir)
+    async with running_cluster(workdir / "cluster", users=NODE_USERS) as cluster, \
+            running_node(cluster, (python_image(TASK),)) as node:
+        # The proxy serves tasks over TLS (the SDK authenticates only over TLS); the task
+        # pods trust its CA, the exchange server and the tests trust it and the cluster's.
+        ca = trustme.CA()
+        ca.cert_pem.write_to_path(str(workdir / "proxy-ca.pem"))
+        leaf = ca.issue_cert("127.0.0.1")
+        leaf.cert_chain_pems[0].write_to_path(str(workdir / "proxy.crt"))
+        leaf.private_key_pem.write_to_path(str(workdir / "proxy.key"))
+        bundle = workdir / "trusted.pem"
+        bundle.write_bytes(cluster.ca_file.read_bytes() + ca.cert_pem.bytes())
+        backend_kc, exchange_kc, injector_kc = await install(cluster, workdir,
+                                                             workdir / "proxy-ca.pem")
         write_signing_key(workdir / "signing.pem")
         exchange_port, proxy_port = free_port(), free_port()
-        proxy_url = f"http://127.0.0.1:{proxy_port}"
+        proxy_url = f"https://127.0.0.1:{proxy_port}"
         config = ExchangeConfig.load([
             "--listen", f"127.0.0.1:{exchange_port}", "--signing-key",
             str(workdir / "signing.pem"), "--admin-audience", TASK_AUDIENCE,
             "--subject-issuer", cluster.url, "--subject-discovery", cluster.url,
-            "--ca-cert-file", str(cluster.ca_file), "--subject-audience", "flyte-auth",
+            "--ca-cert-file", str(bundle), "--subject-audience", "flyte-auth",
             "--token-review", "--cache-ttl", "0", "--runs-url", proxy_url,
             "--kubeconfig", str(exchange_kc)], {})
-        async with running_flyte2(workdir / "flyte2", cluster, backend_kc) as flyte2, \
+        async with running_flyte2(workdir / "flyte2", cluster, backend_kc,
+                                  tasks_dial=f"127.0.0.1:{proxy_port}") as flyte2, \
                 running_keycloak(workdir, cluster) as keycloak:
             alice = await login_realm(keycloak)  # before the proxy discovers the realm
             async with running_exchange(config) as exchange, running_oauth2_proxy(
                     workdir, exchange.url, TASK_AUDIENCE, flyte2.url + "/", port=proxy_port,
-                    users=(keycloak + "/realms/people", USER_AUDIENCE)), \
-                    aiohttp.ClientSession() as http:
+                    users=(keycloak + "/realms/people", USER_AUDIENCE),
+                    tls=(workdir / "proxy.crt", workdir / "proxy.key", bundle)), injecting(
+                    cluster, workdir, [
+                        "--token-endpoint", exchange.url + "/oauth2/token",
+                        "--agent-image", AGENT_IMAGE, "--agent-image-pull-policy", "Never",
+                        "--kubeconfig", str(injector_kc)]), \
+                    aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+                        ssl=ssl.create_default_context(cafile=bundle))) as http:
                 try:
-                    yield V2(cluster, flyte2.url, proxy_url, exchange.url, alice, http)
+                    yield V2(cluster, flyte2.url, proxy_url, exchange.url, alice, http, node)
                 except BaseException:
-                    print(cluster.logs(), flyte2.logs())
+                    print(cluster.logs(), node.logs(), flyte2.logs())
                     raise
+
+
+async def test_alices_task_launches_a_child_run_with_the_flyte_sdk_and_no_api_key(
+        v2: V2) -> None:
+    await deploy_task(v2.http, v2.proxy, task_spec("child", TASK_IMAGE, [
+        PYTHON, "-c", "print('child')"]), v2.alice)
+    parent = task_spec("parent", TASK_IMAGE, [PYTHON, "/opt/task/launch.py", "child"],
+                       {"FLYTE_PROJECT": PROJECT, "FLYTE_DOMAIN": DOMAIN})
+    status, run = await create_run(v2.http, v2.proxy, parent, v2.alice)
+    assert status == 200, run
+    pod = await v2.task_pod(run)
+    assert pod["spec"]["initContainers"][0]["name"] == "flyte-auth-agent"  # injected
+    task = pod["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in task.get("env", [])}
+    assert env[contract.ENV_V2_AUTH_TYPE] == contract.V2_AUTH_TYPE
+    assert not {"EAGER_API_KEY", "_UNION_EAGER_API_KEY"} & env.keys()  # no API key
+
+    name = pod["metadata"]["name"]
+    done = await v2.node.wait_phase(NAMESPACE, name, {"Succeeded", "Failed"}, 300)
+    main = done["status"]["containerStatuses"][0]["name"]
+    log = (await v2.cluster.request(
+        "GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/log?container={main}"))["message"]
+    assert done["status"]["phase"] == "Succeeded", log[-4000:]
+    assert "eyJ" not in log
+    words = log.split()
+    child = words[words.index("child-run") + 1]
+    assert words[words.index("uid") + 1] == "1000"  # the task ran as the image's user
+    assert await executed_by(v2.http, v2.runs_url, child) == v2.alice_sub
 
 
 async def test_a_task_pod_of_alices_run_launches_child_runs_as_alice(v2: V2) -> None:

@@ -117,3 +117,16 @@ allowed_scopes: {{ toJson . }}
 agent_image_pull_policy: {{ .Values.injector.sidecar.imagePullPolicy }}
 resources: {{ toJson .Values.injector.sidecar.resources }}
 {{- end }}
+
+{{- /* The exchange server's policy file: exchange.policy; with flyte2.enabled, a first rule
+that gives Flyte 2's namespace its runs' launchers (the default policy refuses "flyte", where
+Flyte 1 keeps its own components). */ -}}
+{{- define "flyte-auth.exchangePolicy" -}}
+{{- if .Values.flyte2.enabled -}}
+{{- $doc := fromYaml .Values.exchange.policy -}}
+{{- $rule := dict "name" "flyte2-actions" "namespaces" (list .Values.flyte2.namespace) "identity" "executor" "no_principal" "refuse" -}}
+{{- toYaml (dict "rules" (prepend ($doc.rules | default list) $rule)) -}}
+{{- else -}}
+{{- .Values.exchange.policy -}}
+{{- end -}}
+{{- end }}
