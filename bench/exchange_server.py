@@ -6,7 +6,9 @@ sign + verify measured in the same run.
 The server runs as its own process (pinned to one core with taskset when available) in
 executor mode with full validation — signature and claims of the service-account token,
 policy, pod -> execution -> principal (a warm cache: one pod), minting — against the
-stand-in Kubernetes API and FlyteAdmin in this process. 16 keep-alive clients post
+stand-in Kubernetes API and FlyteAdmin in this process. With --flyte2, a Flyte 2 pod (pod ->
+TaskAction -> run -> executed_by, the stand-in runs service); with --cache-ttl 0, every
+exchange does that lookup. 16 keep-alive clients post
 RFC 8693 requests. The baseline is one RS256 sign plus one RS256 verify of a token of the
 same shape with the same library, in a process of its own on the same core.
 """
@@ -84,16 +86,21 @@ async def main(tmp: Path) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="load duration")
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--flyte2", action="store_true",
+                        help="a Flyte 2 task pod: pod -> TaskAction -> run -> executed_by, "
+                             "asked of the runs service (stand-in) over Connect")
+    parser.add_argument("--cache-ttl", default="60", metavar="SECONDS",
+                        help="the server's --cache-ttl; 0: every exchange does the lookup")
     args = parser.parse_args()
     pin_self(0)  # stand-ins and clients on core 0, the server on core 1
     world = await World(tmp).start()
-    subject = world.kube.token_for(world.task_pod())
+    subject = world.kube.token_for(world.flyte2_task_pod() if args.flyte2 else world.task_pod())
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLYTE_")}
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = await asyncio.create_subprocess_exec(
         *pinned(1), str(Path(sys.executable).parent / "flyte-auth-exchange"), "serve",
-        *world.exchange_args("--cache-ttl", "60", "--log-level", "warning"),
+        *world.exchange_args("--cache-ttl", args.cache_ttl, "--log-level", "warning"),
         "--listen", f"127.0.0.1:{port}", env=env,
         stderr=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL)
     try:
@@ -106,7 +113,8 @@ async def main(tmp: Path) -> None:
         proc.terminate()
         await proc.wait()
         await world.stop()
-    print(f"exchange server, {args.clients} clients, {args.seconds:g} s, pinned="
+    print(f"exchange server ({'Flyte 2' if args.flyte2 else 'Flyte 1'} pod, cache-ttl "
+          f"{args.cache_ttl}), {args.clients} clients, {args.seconds:g} s, pinned="
           f"{bool(pinned(1))}: {rate:.0f} exchanges/s, p50 {ms(latencies, 50):.1f} ms, "
           f"p99 {ms(latencies, 99):.1f} ms, failures {failures}")
     print(f"raw RS256 sign + verify (same key, same library, one core): {raw_rate:.0f}/s")
