@@ -37,6 +37,8 @@ from flyte_auth_common.contract import (
     LABEL_DOMAIN,
     LABEL_EXECUTION_ID,
     LABEL_PROJECT,
+    LABEL_V2_ACTION,
+    LABEL_V2_RUN,
     NAMESPACE_LABEL,
     NAMESPACE_LABEL_VALUE,
     TASKACTION_GROUP,
@@ -82,6 +84,10 @@ def claimed_execution(where: str, meta: Mapping[str, Any]) -> ExecutionRef:
     labels = meta.get("labels") or {}
     missing = [k for k in (LABEL_EXECUTION_ID, LABEL_PROJECT, LABEL_DOMAIN)
                if not isinstance(labels.get(k), str) or not labels.get(k)]
+    if missing and all(k in labels for k in (LABEL_V2_RUN, LABEL_V2_ACTION)):
+        raise refuse(CHECK_OWNER, f"pod {where} has Flyte 2's {LABEL_V2_RUN} and "
+                     f"{LABEL_V2_ACTION} labels but no TaskAction controls it; only pods the "
+                     "v2 executor creates for a run's action get its launcher's identity")
     if missing:
         raise refuse(CHECK_LABELS, f"pod {where} is not a Flyte task pod (no "
                      f"{', '.join(missing)} label)")

@@ -380,8 +380,9 @@ async def test_a_flyte2_pod_runs_the_injected_token_command_with_nothing_of_ours
     """A pod shaped as Flyte 2's executor makes it (run and action labels), created as Flyte,
     with a task image holding only a Python: the injected FLYTE_AUTH_COMMAND, run as the SDK
     runs it, reaches the agent through the script the agent wrote into the socket volume.
-    The exchange server refuses Flyte 2 pods in executor mode for now, and that reason is
-    what the command reports (lazy mode, so the task starts without a token)."""
+    No TaskAction controls this pod (the v2 executor did not create it), so the exchange
+    server refuses it, and that reason is what the command reports (lazy mode, so the task
+    starts without a token). tests/e2e/test_flyte2.py runs the real executor's pods."""
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": "flyte2-task", "namespace": LABELED,
                         "annotations": {"flyte-auth.flyte.org/token-wait": "0"},
@@ -401,7 +402,7 @@ async def test_a_flyte2_pod_runs_the_injected_token_command_with_nothing_of_ours
     code, token, reason = log.strip().split(" ", 2)
     assert (code, token) == ("1", "no-token"), log
     assert reason.startswith("flyte-auth-token: agent answered HTTP 503"), log
-    assert "is a Flyte 2 task pod" in reason, log
+    assert "has Flyte 2's run and action labels but no TaskAction controls it" in reason, log
 
 
 async def test_an_opted_out_pod_runs_untouched_on_the_real_node(e2e: E2E) -> None:

@@ -213,8 +213,9 @@ REFUSALS: list[Any] = [
                  "access_denied", "claims no Flyte execution", id="not-a-flyte-pod"),
     pytest.param(lambda w: form(w.kube.token_for(w.kube.add_pod(NAMESPACE, "v2-pod", labels={
         "run": "r8x2k", "action": "a0", "project": "flytesnacks", "domain": "development"}))),
-                 "access_denied", "labels check: pod flytesnacks-development/v2-pod is not a "
-                 "Flyte task pod (no execution-id label)", id="flyte2-labels-without-owner"),
+                 "access_denied", "owner check: pod flytesnacks-development/v2-pod has Flyte "
+                 "2's run and action labels but no TaskAction controls it",
+                 id="flyte2-labels-without-owner"),
     # Binding: a pod's creator writes its labels and owner references; only what RBAC
     # controls (namespace, the FlyteWorkflow object, the guard) makes them proof.
     pytest.param(lambda w: form(_cross_project_repro(w)), "access_denied",
