@@ -30,6 +30,14 @@ def rendered() -> str:
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True).stdout
 
 
+def chart(*sets: str) -> list[dict[str, Any]]:
+    """The Helm chart rendered with `sets` (NAME=VALUE), as `helm install` would apply it."""
+    argv = [renderer("helm"), "template", "flyte-auth", "deploy/helm/flyte-auth", "--namespace",
+            "flyte-auth", "--kube-version", "1.30.0", *(a for s in sets for a in ("--set", s))]
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
 def rendered_exchange_args(workdir: Path, **machine: list[str]) -> list[str]:
     """The exchange server's flags as deploy/ renders them (cert-manager overlay), with its
     mounted files written under `workdir` (the policy from its ConfigMap) and the flags named

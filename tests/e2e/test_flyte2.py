@@ -17,6 +17,8 @@ the pods the v2 executor creates, and the suite's real node runs them.
    `run`/`action` labels gets no identity.
 3. The stand-in runs service (devstack/runs_v2.py) answers the exchange server's question as
    the real one does.
+4. The chart's NetworkPolicy for the backend is one the API server accepts. Nothing here
+   enforces it: the node runs pods on the host's network with no CNI plugin.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ from tests.e2e.flyte2 import (
     task_pod_template,
     task_spec,
 )
-from tests.e2e.manifests import rendered_manifests
+from tests.e2e.manifests import chart, rendered_manifests
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
 #: What the proxy expects in `aud`: of our tokens (the exchange server's --admin-audience),
@@ -316,3 +318,12 @@ async def test_the_runs_stand_in_answers_as_the_real_runs_service(v2: V2) -> Non
     assert verdicts["real", "nobodys"] == ""
     assert verdicts["real", "unknown"] == "invalid_grant"
     assert {c: verdicts["stand-in", c] for c in cases} == {c: verdicts["real", c] for c in cases}
+
+
+async def test_the_charts_network_policy_for_the_backend_is_accepted(v2: V2) -> None:
+    fence = next(o for o in chart("flyte2.enabled=true", f"flyte2.runsUrl={v2.proxy}")
+                 if o["kind"] == "NetworkPolicy" and o["metadata"]["namespace"] == NAMESPACE)
+    created = await v2.cluster.request(
+        "POST", f"/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/networkpolicies", fence)
+    assert created["spec"]["podSelector"] == fence["spec"]["podSelector"]
+    assert created["spec"]["ingress"] == fence["spec"]["ingress"]
