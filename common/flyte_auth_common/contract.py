@@ -58,6 +58,9 @@ ENV_EXECUTION_DOMAIN: Final = "FLYTE_INTERNAL_EXECUTION_DOMAIN"
 ENV_V2_AUTH_TYPE: Final = "FLYTE_AUTH_TYPE"
 ENV_V2_AUTH_COMMAND: Final = "FLYTE_AUTH_COMMAND"
 V2_AUTH_TYPE: Final = "ExternalCommand"
+#: With this set true ("true", "t" or "1", any case), the SDK talks plain HTTP to the control
+#: plane and installs no authenticator at all: the token command is never run.
+ENV_V2_INSECURE: Final = "_U_INSECURE"
 #: The agent writes a stdlib-only token command beside its socket, so that a task image
 #: needs nothing of ours: `python3 <socket dir>/TOKEN_COMMAND` prints the token. Its library
 #: (this package's stdlib-only client) sits in TOKEN_COMMAND_LIB beside it.

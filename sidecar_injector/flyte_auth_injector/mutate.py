@@ -85,6 +85,22 @@ def flyte_version(labels: Mapping[str, Any]) -> int | None:
     return None
 
 
+def plain_http_warning(pod: Json) -> str | None:
+    """Why the token will never be used: a Flyte 2 pod whose task talks plain HTTP to the
+    control plane (the SDK then sends no credentials at all). None otherwise."""
+    meta = as_object(pod.get("metadata"))
+    if flyte_version(as_object(meta.get("labels"))) != 2:
+        return None
+    for c in as_list(as_object(pod.get("spec")).get("containers")):
+        env = [as_object(e) for e in as_list(as_object(c).get("env"))]
+        if any(e.get("name") == contract.ENV_V2_INSECURE and
+               str(e.get("value", "")).lower() in ("true", "t", "1") for e in env):
+            return (f"flyte-auth: container {str(as_object(c).get('name'))[:63]!r} sets "
+                    f"{contract.ENV_V2_INSECURE}: the flyte SDK sends no token over plain "
+                    "HTTP; point _U_EP_OVERRIDE at the auth proxy's TLS port instead")
+    return None
+
+
 def skip_reason(pod: Json, namespace: str, own_namespace: str) -> str | None:
     """Why this pod is not injected, or None to inject."""
     meta = as_object(pod.get("metadata"))

@@ -18,6 +18,7 @@ from flyte_auth_injector.mutate import (
     Refused,
     as_object,
     inject,
+    plain_http_warning,
     resolve,
     shape_problem,
     skip_reason,
@@ -110,4 +111,7 @@ def decide(request: Mapping[str, Any], config: InjectorConfig,
     if not patch:
         return outcome("unchanged", "already injected")
     encoded = base64.b64encode(json.dumps(patch).encode()).decode()
-    return outcome("injected", "", patchType="JSONPatch", patch=encoded)
+    # Injected all the same; a warning tells the pod's creator why the token won't be used.
+    warning = plain_http_warning(pod)
+    extra = {"warnings": [warning]} if warning else {}
+    return outcome("injected", warning or "", patchType="JSONPatch", patch=encoded, **extra)

@@ -326,6 +326,29 @@ async def test_a_flyte2_pods_own_auth_settings_win(call: Call) -> None:
     assert env["FLYTE_AUTH_TYPE"] == "Pkce"
 
 
+@pytest.mark.parametrize(("value", "warned"), [("true", True), ("T", True), ("1", True),
+                                               ("false", False), ("", False)])
+async def test_a_flyte2_pod_on_plain_http_is_injected_with_a_warning(
+        call: Call, value: str, warned: bool) -> None:
+    """The flyte SDK installs no authenticator with _U_INSECURE set (its str2bool: true, t,
+    1): the token command would never run. The pod is still injected, and the API server
+    shows its creator the warning."""
+    pod = flyte2_pod()
+    pod["spec"]["containers"][0]["env"].append({"name": "_U_INSECURE", "value": value})
+    _, answer = await call(review(pod))
+    assert "patch" in answer["response"]
+    warnings = answer["response"].get("warnings", [])
+    assert bool(warnings) is warned
+    if warned:
+        assert warnings == ["flyte-auth: container 'r8x2k-a0-1' sets _U_INSECURE: the flyte "
+                            "SDK sends no token over plain HTTP; point _U_EP_OVERRIDE at the "
+                            "auth proxy's TLS port instead"]
+    flyte1 = propeller_pod()
+    flyte1["spec"]["containers"][0].setdefault("env", []).append(
+        {"name": "_U_INSECURE", "value": "true"})
+    assert "warnings" not in (await call(review(flyte1)))[1]["response"]
+
+
 @pytest.mark.parametrize("labels", [{"run": "r8x2k"}, {"action": "a0"}], ids=["run", "action"])
 async def test_half_of_flyte2s_labels_is_not_a_task_pod(call: Call, labels: Json) -> None:
     pod = variant(flyte2_pod(), metadata__labels=labels)
