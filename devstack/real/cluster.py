@@ -52,6 +52,8 @@ class Cluster:
     session: aiohttp.ClientSession | None = None
     #: More static-token users (tokens.csv lines), e.g. a node's kubelet and scheduler.
     users: tuple[str, ...] = ()
+    #: The `Warning` headers of the last request's answer.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ca_file(self) -> Path:
@@ -166,13 +168,15 @@ class Cluster:
     async def request(self, method: str, path: str, body: Any = None,
                       content_type: str = "application/json", *,
                       as_user: str | None = None) -> Any:
-        """One API call as the harness's admin, or impersonating `as_user`."""
+        """One API call as the harness's admin, or impersonating `as_user`. The `Warning`
+        headers of its answer (admission warnings among them) are kept in `warnings`."""
         assert self.session is not None
         headers = {"Content-Type": content_type}
         if as_user is not None:
             headers["Impersonate-User"] = as_user
         async with self.session.request(method, self.url + path, json=body,
                                         headers=headers) as resp:
+            self.warnings = resp.headers.getall("Warning", [])
             text = await resp.text()
             try:
                 doc = json.loads(text)

@@ -405,6 +405,21 @@ async def test_a_flyte2_pod_runs_the_injected_token_command_with_nothing_of_ours
     assert "has Flyte 2's run and action labels but no TaskAction controls it" in reason, log
 
 
+async def test_a_flyte2_pod_on_plain_http_reaches_its_creator_with_our_warning(
+        e2e: E2E) -> None:
+    """The injector's admission warning comes back to whoever created the pod (the API
+    server's `Warning` header), so the executor's log or kubectl shows it."""
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "flyte2-plain-http", "namespace": LABELED,
+                        "labels": {"run": "r8x2k", "action": "a1"}},
+           "spec": {"containers": [{"name": "task", "image": PYTHON.name,
+                                    "env": [{"name": "_U_INSECURE", "value": "true"}]}]}}
+    created = await e2e.create(pod)
+    assert created["spec"]["initContainers"][0]["name"] == "flyte-auth-agent"
+    assert any("flyte-auth: container 'task' sets _U_INSECURE: the flyte SDK sends no token "
+               "over plain HTTP" in w for w in e2e.cluster.warnings), e2e.cluster.warnings
+
+
 async def test_an_opted_out_pod_runs_untouched_on_the_real_node(e2e: E2E) -> None:
     """Opted out: no agent, no socket; the kubelet runs the task alone, which finds nothing
     to ask for a token."""
