@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -637,3 +638,23 @@ def test_flyte2_is_off_by_default_and_needs_the_runs_url(tmp_path: Path) -> None
         helm_refusal(tmp_path, "", "flyte2.enabled=true")
     assert "/flyte2/networkPolicy/runsPort" in helm_refusal(
         tmp_path, "", *FLYTE2, "flyte2.networkPolicy.runsPort=0")
+
+
+def test_the_kustomize_flyte2_component_renders_what_helms_flyte2_values_do(
+        tmp_path: Path) -> None:
+    """An overlay with components/flyte2 and the chart with flyte2.enabled give the same
+    objects; the policy files hold the same rules (the chart's is re-serialised YAML)."""
+    deploy = Path(os.path.relpath(ROOT / "deploy/kustomize", tmp_path))
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [str(deploy / "overlays/cert-manager")],
+        "components": [str(deploy / "components/flyte2")]}))
+    out = run(renderer("kustomize"), "build", str(tmp_path))
+    k = by_key(tuple(d for d in yaml.safe_load_all(out) if d))
+    h = {key: without_helm_bookkeeping(obj) for key, obj in by_key(helm(*FLYTE2)).items()}
+    k.pop(("Namespace", "flyte-auth"))
+    assert sorted(k) == sorted(h)
+    policy = ("ConfigMap", "flyte-auth-exchange-policy")
+    for objs in (k, h):
+        objs[policy]["data"]["policy.yaml"] = yaml.safe_load(objs[policy]["data"]["policy.yaml"])
+    for key, obj in k.items():
+        assert obj == h[key], key
