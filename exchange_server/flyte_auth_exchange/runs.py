@@ -53,6 +53,11 @@ class Runs:
         if status == 404:
             raise Refusal(INVALID_GRANT, f"run {run} of the pod's TaskAction does not exist in "
                           f"{where}")
+        if status in (401, 403):
+            raise Refusal(TEMPORARILY_UNAVAILABLE, f"GetRunDetails was refused (HTTP {status}) "
+                          f"by {where}: its auth proxy must trust this exchange server as an "
+                          "issuer (oauth2-proxy: --extra-jwt-issuers=<--public-url>=<an "
+                          "--admin-audience>)")
         if status != 200 or content_type != PROTO:
             raise Refusal(TEMPORARILY_UNAVAILABLE, f"GetRunDetails failed at {where}: HTTP "
                           f"{status} {content_type or 'without a content type'}")

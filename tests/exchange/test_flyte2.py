@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from devstack.world import ADMIN_URL, EXECUTOR, World
 from flyte_auth_common.contract import GUARD_NAME
@@ -153,3 +154,30 @@ async def test_flyte2_alone_needs_no_flyteadmin(world: World, http: aiohttp.Clie
     assert (jwt_claims(str(v2[1]["access_token"])) or {})["sub"] == EXECUTOR
     assert (v1[0], v1[1]["error"]) == (400, "access_denied")
     assert "no FlyteAdmin to ask" in str(v1[1]["error_description"])
+
+
+async def test_a_proxy_that_refuses_the_servers_own_token_is_named_with_the_fix(
+        world: World, http: aiohttp.ClientSession) -> None:
+    """The runs URL is usually the auth proxy: if it does not trust this server as an issuer,
+    the refusal says so, and how to fix it (a 503: the pod is not at fault)."""
+    async def refuse(_: web.Request) -> web.Response:
+        return web.Response(status=403, text="<html>sign in</html>", content_type="text/html")
+
+    application = web.Application()
+    application.router.add_post("/{tail:.*}", refuse)
+    runner = web.AppRunner(application, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    args = world.exchange_args()
+    args[args.index("--runs-url") + 1] = f"http://127.0.0.1:{port}"
+    token = world.kube.token_for(world.flyte2_task_pod())
+    try:
+        async with running_exchange(ExchangeConfig.load(args, {})) as ex:
+            status, body = await post(http, ex.url, form(token))
+    finally:
+        await runner.cleanup()
+    assert (status, body["error"]) == (503, "temporarily_unavailable")
+    assert "was refused (HTTP 403)" in str(body["error_description"])
+    assert "--extra-jwt-issuers" in str(body["error_description"])
