@@ -77,7 +77,7 @@ def is_flyte_claim(meta: Mapping[str, Any]) -> bool:
     TaskAction owner."""
     labels = meta.get("labels") or {}
     return any(k in labels for k in GUARDED_LABELS) or bool(_flyte_owners(meta)) \
-        or bool(_owners(meta, TASKACTION_GROUP, TASKACTION_KIND.lower()))
+        or bool(_taskaction_owners(meta))
 
 
 def claimed_execution(where: str, meta: Mapping[str, Any]) -> ExecutionRef:
@@ -127,26 +127,18 @@ def check_guard(namespace: str, ns_labels: Mapping[str, Any] | None,
 
 
 def controller_owner(where: str, meta: Mapping[str, Any]) -> Owner:
-    controllers = [r for r in _flyte_owners(meta) if r.get("controller") is True]
-    if len(controllers) != 1:
+    owner = _sole_controller(_flyte_owners(meta))
+    if owner is None:
         raise refuse(CHECK_OWNER, f"pod {where} is not controlled by a FlyteWorkflow "
                      f"(ownerReferences with apiVersion {FLYTEWORKFLOW_GROUP}/*, kind "
                      "FlyteWorkflow, controller: true); only pods flytepropeller creates for "
                      "an execution get its launcher's identity")
-    ref = controllers[0]
-    return Owner(str(ref.get("name", "")), str(ref.get("uid", "")))
+    return owner
 
 
 def check_workflow(where: str, owner: Owner, workflow: Mapping[str, Any] | None,
                    execution: ExecutionRef) -> None:
-    if workflow is None:
-        raise refuse(CHECK_OWNER, f"pod {where} names FlyteWorkflow {owner.name!r} as its "
-                     "controller, which does not exist")
-    meta = workflow.get("metadata") or {}
-    if meta.get("uid") != owner.uid:
-        raise refuse(CHECK_OWNER, f"pod {where} names FlyteWorkflow {owner.name!r} with "
-                     "another uid than the object of that name (it was re-created, or the "
-                     "reference is forged)")
+    workflow = _owner_object(where, "FlyteWorkflow", owner, workflow)
     exec_id = workflow.get("executionId") or {}
     found = ExecutionRef(str(exec_id.get("project", "")), str(exec_id.get("domain", "")),
                          str(exec_id.get("name", ""))) if isinstance(exec_id, dict) else None
@@ -157,15 +149,15 @@ def check_workflow(where: str, owner: Owner, workflow: Mapping[str, Any] | None,
 
 def taskaction_owner(where: str, meta: Mapping[str, Any]) -> Owner | None:
     """The TaskAction controlling a Flyte 2 pod; None if the pod names no TaskAction."""
-    refs = _owners(meta, TASKACTION_GROUP, TASKACTION_KIND.lower())
+    refs = _taskaction_owners(meta)
     if not refs:
         return None
-    controllers = [r for r in refs if r.get("controller") is True]
-    if len(controllers) != 1:
+    owner = _sole_controller(refs)
+    if owner is None:
         raise refuse(CHECK_OWNER, f"pod {where} names a TaskAction owner but is not controlled "
                      f"by exactly one ({TASKACTION_GROUP}/*, kind {TASKACTION_KIND}, "
                      "controller: true)")
-    return Owner(str(controllers[0].get("name", "")), str(controllers[0].get("uid", "")))
+    return owner
 
 
 def check_v2_namespace(where: str, namespace: str, v2_namespace: str) -> None:
@@ -177,14 +169,7 @@ def check_v2_namespace(where: str, namespace: str, v2_namespace: str) -> None:
 
 def run_of(where: str, owner: Owner, taskaction: Mapping[str, Any] | None) -> ExecutionRef:
     """The run a pod's TaskAction belongs to, from the object's spec."""
-    if taskaction is None:
-        raise refuse(CHECK_OWNER, f"pod {where} names TaskAction {owner.name!r} as its "
-                     "controller, which does not exist")
-    if (taskaction.get("metadata") or {}).get("uid") != owner.uid:
-        raise refuse(CHECK_OWNER, f"pod {where} names TaskAction {owner.name!r} with another "
-                     "uid than the object of that name (it was re-created, or the reference "
-                     "is forged)")
-    spec = taskaction.get("spec")
+    spec = _owner_object(where, TASKACTION_KIND, owner, taskaction).get("spec")
     fields = [spec.get(k) for k in ("project", "domain", "runName")] \
         if isinstance(spec, dict) else []
     if len(fields) != 3 or not all(isinstance(f, str) and f for f in fields):
@@ -194,8 +179,33 @@ def run_of(where: str, owner: Owner, taskaction: Mapping[str, Any] | None) -> Ex
     return ExecutionRef(project, domain, name, flyte=2)
 
 
+def _sole_controller(refs: list[Mapping[str, Any]]) -> Owner | None:
+    """The one reference among `refs` marked controller, or None if none or several are."""
+    controllers = [r for r in refs if r.get("controller") is True]
+    if len(controllers) != 1:
+        return None
+    return Owner(str(controllers[0].get("name", "")), str(controllers[0].get("uid", "")))
+
+
+def _owner_object(where: str, kind: str, owner: Owner,
+                  obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The object the pod's controller reference names, once it exists with that uid."""
+    if obj is None:
+        raise refuse(CHECK_OWNER, f"pod {where} names {kind} {owner.name!r} as its "
+                     "controller, which does not exist")
+    if (obj.get("metadata") or {}).get("uid") != owner.uid:
+        raise refuse(CHECK_OWNER, f"pod {where} names {kind} {owner.name!r} with another uid "
+                     "than the object of that name (it was re-created, or the reference is "
+                     "forged)")
+    return obj
+
+
 def _flyte_owners(meta: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return _owners(meta, FLYTEWORKFLOW_GROUP, FLYTEWORKFLOW_KIND)
+
+
+def _taskaction_owners(meta: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return _owners(meta, TASKACTION_GROUP, TASKACTION_KIND.lower())
 
 
 def _owners(meta: Mapping[str, Any], group: str, kind: str) -> list[Mapping[str, Any]]:
