@@ -32,6 +32,11 @@ class ExecutionRef:
     name: str
     flyte: int = 1
 
+    @property
+    def kind(self) -> str:
+        """What Flyte calls it: "execution" (Flyte 1) or "run" (Flyte 2)."""
+        return "run" if self.flyte == 2 else "execution"
+
     def __str__(self) -> str:
         return f"{self.project}/{self.domain}/{self.name}"
 

@@ -140,8 +140,8 @@ def identity(subject: Subject, rule: Rule, binding: Binding | None,
                          "refuse)")
         return subject.username, {}
     ref = binding.execution
-    execution = {"run_id" if ref.flyte == 2 else "execution_id": {
-        "project": ref.project, "domain": ref.domain, "name": ref.name}}
+    execution = {f"{ref.kind}_id": {"project": ref.project, "domain": ref.domain,
+                                     "name": ref.name}}
     label = binding.identity_label
     if label is not None and label != sanitize_label_value(binding.principal):
         raise refuse(CHECK_IDENTITY_LABEL, f"the pod's {contract.LABEL_EXECUTION_IDENTITY} "
@@ -150,8 +150,7 @@ def identity(subject: Subject, rule: Rule, binding: Binding | None,
     if binding.principal:
         return binding.principal, execution
     if rule.no_principal == REFUSE:
-        what = "run" if ref.flyte == 2 else "execution"
-        raise Refusal(ACCESS_DENIED, f"{what} {ref} has no principal and "
+        raise Refusal(ACCESS_DENIED, f"{ref.kind} {ref} has no principal and "
                       f"policy rule {rule.name!r} refuses such executions (no_principal: "
                       f"refuse)")
     return subject.username, execution
