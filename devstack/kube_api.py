@@ -43,6 +43,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 
 from devstack.cluster import StubIssuer
+from devstack.serving import serve
 
 
 def status(code: int, reason: str, message: str) -> web.Response:
@@ -98,11 +99,7 @@ class StubKubeAPI:
         mwc = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}"
         app.router.add_get(mwc, self._webhook_get)
         app.router.add_patch(mwc, self._webhook_patch)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, port = await serve(app)
         self.url = f"http://127.0.0.1:{port}"
         self.issuer.issuer = self.url  # the issuer serves its own discovery document
         return self.url

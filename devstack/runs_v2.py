@@ -23,6 +23,7 @@ from flyteidl2.common import identifier_pb2, identity_pb2
 from flyteidl2.workflow import run_definition_pb2, run_service_pb2
 from google.protobuf.message import DecodeError
 
+from devstack.serving import serve
 from flyte_auth_common.contract import V2_GET_RUN_DETAILS_PATH
 
 
@@ -43,11 +44,7 @@ class StubRuns:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_post(V2_GET_RUN_DETAILS_PATH, self._get_run_details)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, port = await serve(app)
         self.url = f"http://127.0.0.1:{port}"
         return self.url
 

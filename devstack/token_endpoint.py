@@ -30,6 +30,7 @@ from joserfc import jwk, jwt
 from joserfc.errors import JoseError
 
 from devstack.cluster import StubIssuer
+from devstack.serving import serve
 from flyte_auth_common import contract
 
 TOKEN_EXCHANGE = contract.GRANT_TYPE_TOKEN_EXCHANGE
@@ -91,11 +92,8 @@ class TokenEndpoint:
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, ssl_context: Any = None) -> str:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, bound = await serve(self.app(), host=host, port=port,
+                                          ssl_context=ssl_context)
         scheme = "https" if ssl_context else "http"
         self.base = f"{scheme}://{'localhost' if ssl_context else host}:{bound}"
         self.port = bound

@@ -25,8 +25,9 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 from joserfc.jws import JWSRegistry
 
-from devstack.real.cluster import free_port, running_cluster
+from devstack.real.cluster import running_cluster
 from devstack.real.proxy import running_oauth2_proxy
+from devstack.serving import serve
 from devstack.world import ADMIN_URL, EXECUTOR, World
 from flyte_auth_common import contract
 from flyte_auth_exchange.config import ExchangeConfig
@@ -48,10 +49,7 @@ async def recording_upstream() -> AsyncIterator[tuple[str, list[dict[str, str]]]
 
     application = web.Application()
     application.router.add_get("/{tail:.*}", record)
-    runner = web.AppRunner(application, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve(application)
     try:
         yield f"http://127.0.0.1:{port}/", seen
     finally:

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from devstack.serving import serve
 from devstack.world import ADMIN_URL, EXECUTOR, World
 from flyte_auth_common.contract import GUARD_NAME
 from flyte_auth_common.jwt import jwt_claims
@@ -165,11 +166,7 @@ async def test_a_proxy_that_refuses_the_servers_own_token_is_named_with_the_fix(
 
     application = web.Application()
     application.router.add_post("/{tail:.*}", refuse)
-    runner = web.AppRunner(application, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve(application)
     args = world.exchange_args()
     args[args.index("--runs-url") + 1] = f"http://127.0.0.1:{port}"
     token = world.kube.token_for(world.flyte2_task_pod())
