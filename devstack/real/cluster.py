@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devstack.real import peers
+from devstack.real.process import stop_all
 
 ADMIN_TOKEN = "e2e-admin-token"
 RBAC_GROUP = "rbac.authorization.k8s.io"
@@ -155,13 +156,7 @@ class Cluster:
     async def stop(self) -> None:
         if self.session is not None:
             await self.session.close()
-        for p in reversed(self.processes):
-            p.terminate()
-        for p in self.processes:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(self.processes, 15)
 
     # --- the API -----------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ import yaml
 
 from devstack.real import images, peers
 from devstack.real.cluster import ADMIN_TOKEN, Cluster, free_port
+from devstack.real.process import stop_all
 
 NODE = "e2e-node"
 #: The node's IP: the kubelet refuses a loopback one (127/8), and this machine has no dummy
@@ -193,13 +194,7 @@ class Node:
                 await asyncio.sleep(0.5)  # the kubelet registers and reports its runtime
 
     async def stop(self) -> None:
-        for p in reversed(self.processes):
-            p.terminate()
-        for p in self.processes:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(self.processes, 30)
         await asyncio.to_thread(self._unmount)
 
     def _unmount(self) -> None:

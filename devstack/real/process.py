@@ -36,3 +36,15 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 20) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
+    """SIGTERM to every process at once (the last started first), then wait for each; one
+    still running `grace` seconds into its wait gets SIGKILL."""
+    for proc in reversed(procs):
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
