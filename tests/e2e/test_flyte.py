@@ -49,6 +49,7 @@ from flyte_auth_exchange.mint import Minter
 from flyte_auth_exchange.runtime import running_exchange
 from tests.e2e.flyte import TASK_IMAGE, Flyte, running_flyte, task_image, task_pod_template
 from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests
+from tests.exchange.helpers import form, post
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
 PROJECT, DOMAIN = "flytesnacks", "development"
@@ -301,12 +302,9 @@ async def test_a_real_execution_launched_by_alice(real: RealFlyte) -> None:
 
     await real.cluster.request("DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods/"
                                          f"{meta['name']}")
-    form = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-            "subject_token": bound, "subject_token_type": "urn:ietf:params:oauth:token-type:jwt"}
-    async with aiohttp.ClientSession() as session, session.post(
-            real.exchange_url + "/oauth2/token", data=form) as resp:
-        refused = await resp.json()
-    assert (resp.status, refused["error"]) == (400, "invalid_grant")
+    async with aiohttp.ClientSession() as session:
+        status, refused = await post(session, real.exchange_url, form(bound))
+    assert (status, refused["error"]) == (400, "invalid_grant")
 
 
 # --- 3. discovery -----------------------------------------------------------------------------

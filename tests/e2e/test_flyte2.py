@@ -65,6 +65,7 @@ from tests.e2e.flyte2 import (
     task_spec,
 )
 from tests.e2e.manifests import chart, rendered_manifests
+from tests.exchange.helpers import form, post
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
 #: What the proxy expects in `aud`: of our tokens (the exchange server's --admin-audience),
@@ -108,10 +109,7 @@ class V2:
     async def exchange(self, pod: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         subject = await self.cluster.token(NAMESPACE, pod["spec"]["serviceAccountName"],
                                            audience="flyte-auth", pod=pod)
-        form = {"grant_type": contract.GRANT_TYPE_TOKEN_EXCHANGE, "subject_token": subject,
-                "subject_token_type": contract.TOKEN_TYPE_JWT}
-        async with self.http.post(self.exchange_url + "/oauth2/token", data=form) as resp:
-            return resp.status, dict(await resp.json())
+        return await post(self.http, self.exchange_url, form(subject))
 
 
 async def login_realm(url: str) -> str:

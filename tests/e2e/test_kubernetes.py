@@ -42,6 +42,7 @@ from tests.e2e.manifests import (
     rendered_manifests,
     sidecar_env,
 )
+from tests.exchange.helpers import form
 from tests.helpers import H
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(600)]
@@ -481,12 +482,10 @@ async def test_propellers_pod_is_exchanged_for_the_launcher_and_refused_once_gon
     assert reply.subject == EXECUTOR
 
     await e2e.cluster.request("DELETE", f"/api/v1/namespaces/{LABELED}/pods/task-f")
-    form = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-            "subject_token": token_file.read_text(),
-            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt"}
     tls = ssl.create_default_context(cafile=str(e2e.workdir / "ca.crt"))
     async with aiohttp.ClientSession() as session, session.post(
-            e2e.exchange_url + "/oauth2/token", data=form, ssl=tls) as resp:
+            e2e.exchange_url + "/oauth2/token", data=form(token_file.read_text()),
+            ssl=tls) as resp:
         refused = await resp.json()
     assert resp.status == 400
     assert refused["error"] == "invalid_grant"

@@ -29,10 +29,10 @@ from devstack.real.cluster import running_cluster
 from devstack.real.proxy import running_oauth2_proxy
 from devstack.serving import serve
 from devstack.world import ADMIN_URL, EXECUTOR, World
-from flyte_auth_common import contract
 from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.runtime import running_exchange
 from tests.e2e.flyte2 import running_flyte2
+from tests.exchange.helpers import form, post
 
 pytestmark = [pytest.mark.timeout(300)]
 CLAIMED = "ceo@example.com"  # whom a forged or unsigned token claims
@@ -93,11 +93,8 @@ def forge(token: str) -> str:
 
 async def minted_token(world: World, exchange_url: str, http: aiohttp.ClientSession) -> str:
     """What the exchange server gives a task pod of `world` (naming EXECUTOR)."""
-    form = {"grant_type": contract.GRANT_TYPE_TOKEN_EXCHANGE,
-            "subject_token": world.kube.token_for(world.task_pod()),
-            "subject_token_type": contract.TOKEN_TYPE_JWT}
-    async with http.post(exchange_url + "/oauth2/token", data=form) as resp:
-        return str((await resp.json())["access_token"])
+    _, body = await post(http, exchange_url, form(world.kube.token_for(world.task_pod())))
+    return str(body["access_token"])
 
 
 def unsigned(claims: dict[str, object]) -> str:
