@@ -44,10 +44,8 @@ async def running_oauth2_proxy(workdir: Path, issuer: str, audience: str, upstre
             "--cookie-secure=false", "--email-domain=*", "--skip-jwt-bearer-tokens=true",
             "--extra-jwt-issuers=" + ",".join(issuers),
             f"--redirect-url={scheme}://127.0.0.1:{port}/oauth2/callback"]
-    argv = [str(peers.oauth2_proxy()), *served, *rest]
-    if tls:
-        argv = [str(peers.oauth2_proxy()), f"--alpha-config={_alpha_config(workdir, served)}",
-                *rest]
+    configured = [f"--alpha-config={_alpha_config(workdir, served)}"] if tls else served
+    argv = [str(peers.oauth2_proxy()), *configured, *rest]
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     try:

@@ -158,13 +158,17 @@ async def running_flyte2(workdir: Path, cluster: Cluster, kubeconfig: Path | Non
 
 # --- the runs service over Connect's unary protocol (what the `flyte` SDK sends) -----------
 
+RUNS, TASKS = "flyteidl2.workflow.RunService", "flyteidl2.task.TaskService"
+
+
 async def connect(http: aiohttp.ClientSession, base: str, method: str, request: Message,
                   answer: type[Message], token: str | None = None) -> tuple[int, Any]:
-    """POST one Connect unary call; (200, the answer message) or (status, the error body)."""
+    """POST one Connect unary call (`method`: SERVICE/Method); (200, the answer message) or
+    (status, the error body)."""
     headers = {"Content-Type": "application/proto"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    async with http.post(f"{base}/flyteidl2.workflow.RunService/{method}",
+    async with http.post(f"{base}/{method}",
                          data=request.SerializeToString(), headers=headers,
                          allow_redirects=False) as resp:
         body = await resp.read()
@@ -191,19 +195,18 @@ async def deploy_task(http: aiohttp.ClientSession, base: str,
                                                  TaskIdentifier(project=PROJECT, domain=DOMAIN,
                                                                 name=template.name,
                                                                 version=template.version))
-    async with http.post(f"{base}/flyteidl2.task.TaskService/DeployTask",
-                         data=request.SerializeToString(), allow_redirects=False,
-                         headers={"Content-Type": "application/proto",
-                                  "Authorization": f"Bearer {token}"}) as resp:
-        assert resp.status == 200, await resp.text()
+    status, answer = await connect(http, base, f"{TASKS}/DeployTask", request,
+                                   task_service_pb2.DeployTaskResponse, token)
+    assert status == 200, answer
 
 
 async def create_run(http: aiohttp.ClientSession, base: str, spec: task_definition_pb2.TaskSpec,
                      token: str | None = None) -> tuple[int, Any]:
     """CreateRun for `spec` in PROJECT/DOMAIN: (200, the run's name) or the error."""
-    status, answer = await connect(http, base, "CreateRun", run_service_pb2.CreateRunRequest(
-        project_id=common_ids.ProjectIdentifier(name=PROJECT, domain=DOMAIN), task_spec=spec),
-        run_service_pb2.CreateRunResponse, token)
+    request = run_service_pb2.CreateRunRequest(
+        project_id=common_ids.ProjectIdentifier(name=PROJECT, domain=DOMAIN), task_spec=spec)
+    status, answer = await connect(http, base, f"{RUNS}/CreateRun", request,
+                                   run_service_pb2.CreateRunResponse, token)
     return (200, answer.run.action.id.run.name) if status == 200 else (status, answer)
 
 
@@ -211,7 +214,7 @@ async def executed_by(http: aiohttp.ClientSession, base: str, run: str) -> str |
     """The subject the runs service recorded as the run's executed_by (None: no identity)."""
     request = run_service_pb2.GetRunDetailsRequest(
         run_id=common_ids.RunIdentifier(project=PROJECT, domain=DOMAIN, name=run))
-    status, answer = await connect(http, base, "GetRunDetails", request,
+    status, answer = await connect(http, base, f"{RUNS}/GetRunDetails", request,
                                    run_service_pb2.GetRunDetailsResponse)
     assert status == 200, answer
     who = answer.details.action.metadata.executed_by
