@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 PYPROJECTS := common/pyproject.toml pyproject.toml flytekit_plugin/pyproject.toml
 
 .PHONY: help venv test unit lint fmt run bench bench-agent bench-exchange bench-injector \
-        bench-plugin bench-pod-start tools kustomize-path helm-path manifests chart images e2e e2e-long \
+        bench-plugin bench-pod-start tools e2e-peers kustomize-path helm-path manifests chart images e2e e2e-long \
         e2e-deps clean
 
 help:
@@ -38,10 +38,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-# No Go and no root needed: the manifest tests build kustomize and helm (with Go) on first
-# use, through the *-path targets below, and say so when Go is missing.
-unit: $(STAMP)
-	$(VENV)/bin/pytest --ignore=tests/e2e $(PYTEST_ARGS)
+# No root needed. The manifest tests render with kustomize and helm, Go programs built once
+# per machine (below) before pytest starts, never inside a test's timeout; without Go, make
+# says what is missing before any test runs.
+unit: $(STAMP) tools
+	FLYTE_AUTH_KUSTOMIZE=$(KUSTOMIZE) FLYTE_AUTH_HELM=$(HELM) \
+	    $(VENV)/bin/pytest --ignore=tests/e2e $(PYTEST_ARGS)
 
 # End to end against real peers (kube-apiserver + etcd, Keycloak, Flyte on PostgreSQL). The
 # first run on a machine builds kube-apiserver and Flyte from Go sources (about 20 minutes);
@@ -58,14 +60,20 @@ e2e-deps:
 	@test -z "$(strip $(E2E_PACKAGES))" || { apt-get update -qq && \
 	    apt-get install -y -qq $(E2E_PACKAGES) >/dev/null; }
 
-e2e: $(STAMP) tools e2e-deps
+# Peers and images are built (or found in the cache) before pytest starts: no test's timeout
+# covers a build.
+e2e-peers: $(STAMP) tools e2e-deps
 	$(PY) -m devstack.real.peers
-	$(VENV)/bin/pytest tests/e2e -m "not long" $(PYTEST_ARGS)
+	$(PY) -m tests.e2e.images
+
+e2e: e2e-peers
+	FLYTE_AUTH_KUSTOMIZE=$(KUSTOMIZE) FLYTE_AUTH_HELM=$(HELM) \
+	    $(VENV)/bin/pytest tests/e2e -m "not long" $(PYTEST_ARGS)
 
 # The same suite's cases that wait on real time (the kubelet's token rotation: ~8 minutes).
-e2e-long: $(STAMP) tools e2e-deps
-	$(PY) -m devstack.real.peers
-	$(VENV)/bin/pytest tests/e2e -m long $(PYTEST_ARGS)
+e2e-long: e2e-peers
+	FLYTE_AUTH_KUSTOMIZE=$(KUSTOMIZE) FLYTE_AUTH_HELM=$(HELM) \
+	    $(VENV)/bin/pytest tests/e2e -m long $(PYTEST_ARGS)
 
 test: lint unit
 
@@ -100,8 +108,7 @@ bench-plugin: $(STAMP)
 	$(PY) bench/plugin_overhead.py
 
 # On the real node (root, and make e2e's peers); not part of `make bench`.
-bench-pod-start: $(STAMP) tools e2e-deps
-	$(PY) -m devstack.real.peers
+bench-pod-start: e2e-peers
 	$(PY) bench/pod_start.py
 
 # Renderers, built from the Go module proxy into a cache outside the repo (once per machine).
@@ -118,19 +125,23 @@ golang), then run make again; it is built once into $(TOOLS)"; exit 1; }
 
 $(KUSTOMIZE):
 	$(NEED_GO)
+	@echo "make: building kustomize $(KUSTOMIZE_VERSION) from the Go module proxy into $(TOOLS)"
+	@echo "      (the manifest tests render deploy/kustomize with it; once per machine, a few minutes)"
 	GOBIN=$(dir $@) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 
 $(HELM):
 	$(NEED_GO)
+	@echo "make: building helm $(HELM_VERSION) from the Go module proxy into $(TOOLS)"
+	@echo "      (the chart tests render and lint deploy/helm with it; once per machine, a few minutes)"
 	GOBIN=$(dir $@) go install -ldflags "-X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION)" \
 	    helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 tools: $(KUSTOMIZE) $(HELM)
 
-# The tests ask for a renderer through these: built on first use, then its path printed.
-kustomize-path: $(KUSTOMIZE)
+# Where the renderers are (built by make tools); for running pytest by hand.
+kustomize-path:
 	@echo $(KUSTOMIZE)
-helm-path: $(HELM)
+helm-path:
 	@echo $(HELM)
 
 manifests: $(KUSTOMIZE)

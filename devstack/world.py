@@ -26,16 +26,21 @@ from flyte_auth_common.contract import (
 ADMIN_URL = "http://flyteadmin.flyte.svc.cluster.local:80"
 NAMESPACE = "flytesnacks-development"
 EXECUTOR = "alice@example.com"
-#: The guard objects exactly as deploy/ ships them.
+#: The guard objects exactly as deploy/ ships them: the policies and the injector's webhook
+#: configuration, whose connect webhook is part of the guard.
 GUARD_MANIFEST = Path(__file__).resolve().parents[1] / "deploy/kustomize/guard/guard.yaml"
+WEBHOOK_MANIFEST = Path(__file__).resolve().parents[1] / "deploy/kustomize/base/webhook.yaml"
 PLURALS = {"ValidatingAdmissionPolicy": "validatingadmissionpolicies",
            "ValidatingAdmissionPolicyBinding": "validatingadmissionpolicybindings"}
 
 
 def install_guard(kube: StubKubeAPI) -> None:
-    """The ValidatingAdmissionPolicy and its binding, as `deploy/` renders them."""
+    """The guard's policies and bindings, and the injector's webhook configuration, as
+    `deploy/` renders them."""
     for obj in yaml.safe_load_all(GUARD_MANIFEST.read_text()):
         kube.admission[(PLURALS[obj["kind"]], obj["metadata"]["name"])] = obj
+    webhook = yaml.safe_load(WEBHOOK_MANIFEST.read_text())
+    kube.webhooks.setdefault(webhook["metadata"]["name"], webhook)
 
 
 def write_signing_key(path: Path) -> bytes:

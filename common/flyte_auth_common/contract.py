@@ -106,6 +106,26 @@ NAMESPACE_LABEL_VALUE: Final = "enabled"
 #: the guarded labels and Flyte's owner references (FlyteWorkflow, TaskAction) in injected
 #: namespaces.
 GUARD_NAME: Final = "flyte-auth-execution-labels"
+#: The injector's webhook that refuses exec, attach, port-forward and proxy on a pod that
+#: carries Flyte's claims (the CEL of a policy cannot see the pod of a CONNECT request).
+CONNECT_WEBHOOK_NAME: Final = "connect.flyte-auth.flyte.org"
+CONNECT_SUBRESOURCES: Final = ("pods/exec", "pods/attach", "pods/portforward", "pods/proxy")
+#: Who may still act as any pod (the guard lets them debug; they could remove it anyway).
+CLUSTER_ADMINS_GROUP: Final = "system:masters"
+
+
+def flyte_claims(meta: object) -> list[str]:
+    """The claims a pod's metadata carries, as the guard policy counts them: its guarded
+    labels (`label=value`) and its flyte.lyft.com or flyte.org owner references."""
+    if not isinstance(meta, dict):
+        return []
+    labels, owners = meta.get("labels"), meta.get("ownerReferences")
+    labels = labels if isinstance(labels, dict) else {}
+    owners = owners if isinstance(owners, list) else []
+    found = [f"{k}={labels[k]}" for k in GUARDED_LABELS if k in labels]
+    return found + [f"owner={r.get('kind')}/{r.get('name')}" for r in owners
+                    if isinstance(r, dict) and str(r.get("apiVersion", "")).split("/")[0]
+                    in (FLYTEWORKFLOW_GROUP, TASKACTION_GROUP)]
 
 # --- OAuth 2.0 names: RFC 8693 (token exchange), RFC 7523 (JWT client assertion) -------
 

@@ -29,6 +29,8 @@ from devstack.real.process import stop_all
 
 ADMIN_TOKEN = "e2e-admin-token"
 RBAC_GROUP = "rbac.authorization.k8s.io"
+#: Who `Cluster.token()` asks as by default: a node's kubelet (node.NODE).
+KUBELET_USER = "system:node:e2e-node"
 
 
 def free_port() -> int:
@@ -121,6 +123,10 @@ class Cluster:
                              "system:service-account-issuer-discovery",
                              {"apiGroup": RBAC_GROUP, "kind": "Group",
                               "name": "system:unauthenticated"})
+        # Nodes' rights (with no Node authorizer here): the kubelet's, and `token()`'s,
+        # which asks for pod-bound tokens as a kubelet does (the guard admits only nodes).
+        await self.bind_role("e2e-node", "system:node",
+                             {"apiGroup": RBAC_GROUP, "kind": "Group", "name": "system:nodes"})
 
     async def bind_role(self, name: str, cluster_role: str, subject: dict[str, str],
                         namespace: str | None = None) -> None:
@@ -162,13 +168,15 @@ class Cluster:
 
     async def request(self, method: str, path: str, body: Any = None,
                       content_type: str = "application/json", *,
-                      as_user: str | None = None) -> Any:
-        """One API call as the harness's admin, or impersonating `as_user`. The `Warning`
-        headers of its answer (admission warnings among them) are kept in `warnings`."""
+                      as_user: str | None = None, as_groups: tuple[str, ...] = ()) -> Any:
+        """One API call as the harness's admin, or impersonating `as_user` (in `as_groups`).
+        The `Warning` headers of its answer (admission warnings among them) are kept in
+        `warnings`."""
         assert self.session is not None
-        headers = {"Content-Type": content_type}
+        headers: Any = {"Content-Type": content_type}
         if as_user is not None:
-            headers["Impersonate-User"] = as_user
+            headers = [*headers.items(), ("Impersonate-User", as_user),
+                       *(("Impersonate-Group", g) for g in as_groups)]
         async with self.session.request(method, self.url + path, json=body,
                                         headers=headers) as resp:
             self.warnings = resp.headers.getall("Warning", [])
@@ -211,8 +219,12 @@ class Cluster:
                           "metadata": {"name": "default", "namespace": name}})
 
     async def token(self, namespace: str, service_account: str, *, audience: str,
-                    pod: dict[str, Any] | None = None, seconds: int = 3600) -> str:
-        """A token from the TokenRequest API, bound to `pod` as the kubelet binds it."""
+                    pod: dict[str, Any] | None = None, seconds: int = 3600,
+                    as_user: str = KUBELET_USER, as_groups: tuple[str, ...] = ("system:nodes",),
+                    ) -> str:
+        """A token from the TokenRequest API, bound to `pod` as the kubelet binds it, asked
+        for as a node's kubelet (by default: the guard admits only nodes for the exchange
+        server's audience)."""
         spec: dict[str, Any] = {"audiences": [audience], "expirationSeconds": seconds}
         if pod is not None:
             spec["boundObjectRef"] = {"kind": "Pod", "apiVersion": "v1",
@@ -220,7 +232,8 @@ class Cluster:
                                       "uid": pod["metadata"]["uid"]}
         doc = await self.request(
             "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token",
-            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec})
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
+            as_user=as_user, as_groups=as_groups)
         return str(doc["status"]["token"])
 
     def kubeconfig(self, path: Path, token: str) -> Path:

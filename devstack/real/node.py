@@ -29,7 +29,7 @@ import yaml
 
 from devstack.real import images, peers
 from devstack.real.cluster import ADMIN_TOKEN, Cluster, free_port
-from devstack.real.process import stop_all
+from devstack.real.process import kill_trees, processes_with, stop_all
 
 NODE = "e2e-node"
 #: The node's IP: the kubelet refuses a loopback one (127/8), and this machine has no dummy
@@ -144,9 +144,6 @@ class Node:
         await self._until(self.containerd_sock.exists, "containerd's socket")
         for tarball in [*images.tool_images(), images.agent_image(), *self.images]:
             self.ctr("images", "import", "--no-unpack=false", str(tarball))
-        await self.cluster.bind_role("e2e-node", "system:node",
-                                     {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
-                                      "name": "system:nodes"})
         kubelet_yaml = self.workdir / "kubelet.yaml"
         kubelet_yaml.write_text(yaml.safe_dump(kubelet_config(
             self.containerd_sock, free_port(), free_port(), self.cluster.ca_file)))
@@ -195,6 +192,9 @@ class Node:
 
     async def stop(self) -> None:
         stop_all(self.processes, 30)
+        # containerd starts a shim per pod that outlives it (by design: containers survive a
+        # containerd restart); ours name our containerd's socket, and go with what they run.
+        kill_trees(processes_with(str(self.containerd_sock)))
         await asyncio.to_thread(self._unmount)
 
     def _unmount(self) -> None:

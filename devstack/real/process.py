@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import ssl
 import subprocess
 from pathlib import Path
@@ -48,3 +50,38 @@ def stop_all(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _parents() -> dict[int, int]:
+    """Every live process's parent, from /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def processes_with(argument: str) -> list[int]:
+    """The processes whose command line has `argument` as one of its words."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if argument.encode() in cmdline.read_bytes().split(b"\0"):
+                found.append(int(cmdline.parent.name))
+    return found
+
+
+def kill_trees(pids: list[int]) -> None:
+    """SIGKILL each of `pids` and every process below it (daemons the harness's programs
+    started and no longer own, such as containerd's shims and their containers)."""
+    parents = _parents()
+    doomed, frontier = set(pids), list(pids)
+    while frontier:
+        pid = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == pid]
+        doomed.update(children)
+        frontier.extend(children)
+    for pid in doomed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

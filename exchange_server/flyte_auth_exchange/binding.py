@@ -44,8 +44,10 @@ from flyte_auth_common.contract import (
     TASKACTION_GROUP,
     TASKACTION_KIND,
 )
+from flyte_auth_exchange import guard as guard_spec
 from flyte_auth_exchange.admin import ExecutionRef
 from flyte_auth_exchange.errors import ACCESS_DENIED, Refusal
+from flyte_auth_exchange.guard import GuardObjects
 
 CHECK_NAMESPACE = "namespace"
 CHECK_GUARD = "guard"
@@ -103,27 +105,26 @@ def check_namespace(template: str, namespace: str, execution: ExecutionRef) -> N
                      "to another namespace")
 
 
-def check_guard(namespace: str, ns_labels: Mapping[str, Any] | None,
-                binding: Mapping[str, Any] | None, policy: Mapping[str, Any] | None,
-                guard: str) -> None:
-    """The namespace is labelled for injection and the guard policy is bound, denying, and
-    failing closed; otherwise anyone who may create pods there could forge Flyte's labels."""
+def check_guard(namespace: str, ns_labels: Mapping[str, Any] | None, found: GuardObjects, *,
+                guard: str, audience: str, webhook: str) -> None:
+    """The namespace is labelled for injection and the guard that protects its pods is the
+    one deploy/ ships (guard.py), bound to it and failing closed; otherwise anyone who may
+    create pods there could forge Flyte's claims, or act as a pod that carries them."""
     fix = "label it and install the guard from deploy/ (README: trust model)"
     if ns_labels is None or ns_labels.get(NAMESPACE_LABEL) != NAMESPACE_LABEL_VALUE:
         raise refuse(CHECK_GUARD, f"namespace {namespace!r} is not labelled "
                      f"{NAMESPACE_LABEL}={NAMESPACE_LABEL_VALUE}, so the admission guard "
                      f"{guard!r} does not protect its pods' Flyte labels; {fix}")
-    if binding is None or policy is None:
-        what = "ValidatingAdmissionPolicyBinding" if binding is None \
-            else "ValidatingAdmissionPolicy"
-        raise refuse(CHECK_GUARD, f"the {what} {guard!r} does not exist, so nothing stops a "
-                     f"pod's creator from writing Flyte's labels; {fix}")
-    spec, policy_spec = binding.get("spec") or {}, policy.get("spec") or {}
-    if spec.get("policyName") != guard or "Deny" not in (spec.get("validationActions") or []) \
-            or policy_spec.get("failurePolicy", "Fail") != "Fail":
-        raise refuse(CHECK_GUARD, f"the admission guard {guard!r} is not enforcing (its "
-                     "binding must name the policy with validationActions [Deny] and the "
-                     f"policy must have failurePolicy Fail); {fix}")
+    missing = guard_spec.missing(found, guard, webhook)
+    if missing:
+        raise refuse(CHECK_GUARD, f"{' and '.join(missing)} does not exist, so nothing stops "
+                     f"a pod's creator from writing Flyte's labels or acting as its pods; {fix}")
+    differences = guard_spec.differences(found, guard=guard, audience=audience, webhook=webhook,
+                                         namespace=namespace, labels=ns_labels)
+    if differences:
+        raise refuse(CHECK_GUARD, f"the admission guard {guard!r} is not enforcing what "
+                     f"deploy/ ships on namespace {namespace!r}: {'; '.join(differences)}; "
+                     f"{fix}")
 
 
 def controller_owner(where: str, meta: Mapping[str, Any]) -> Owner:

@@ -69,9 +69,13 @@ OPTIONS = (
            "namespace_mapping.template ({{ project }} and {{ domain }} are replaced); a pod "
            "elsewhere never gets an execution's identity", DEFAULT_NAMESPACE_TEMPLATE,
            metavar="TEMPLATE"),
-    Option("--guard", "name of the ValidatingAdmissionPolicy and its binding that let only "
-           "Flyte write execution labels (deploy/); executor identity is refused in "
-           "namespaces it does not protect", GUARD_NAME, metavar="NAME"),
+    Option("--guard", "name of the guard's ValidatingAdmissionPolicy and binding that let "
+           "only Flyte write execution labels and change Flyte's pods (NAME-token: only "
+           "kubelets get tokens of --subject-audience); executor identity is refused in "
+           "namespaces the guard deploy/ ships does not protect", GUARD_NAME, metavar="NAME"),
+    Option("--injector-webhook", "the injector's MutatingWebhookConfiguration, whose connect "
+           "webhook refuses exec/attach on Flyte's pods (part of the guard)",
+           "flyte-auth-injector", metavar="NAME"),
     Option("--admin-endpoint", "FlyteAdmin gRPC HOST:PORT, for GetExecution (executor identity)",
            metavar="HOST"),
     Option("--admin-insecure", "talk to FlyteAdmin without TLS", is_switch=True),
@@ -116,6 +120,7 @@ class ExchangeConfig:
     identity: Identity
     namespace_template: str
     guard: str
+    injector_webhook: str
     admin: AdminEndpoint | None
     runs_url: str | None
     v2_namespace: str
@@ -179,7 +184,8 @@ class ExchangeConfig:
             subject_jwks=jwks, subject_discovery=discovery, token_review=token_review,
             identity=identity,
             namespace_template=s.value("namespace_template", str),
-            guard=s.value("guard", str), admin=admin, runs_url=runs_url,
+            guard=s.value("guard", str), injector_webhook=s.value("injector_webhook", str),
+            admin=admin, runs_url=runs_url,
             v2_namespace=s.value("v2_namespace", str),
             ca_cert_file=s.get("ca_cert_file", to_path),
             policy=s.get("policy", to_path), kubeconfig=s.get("kubeconfig", to_path),

@@ -6,6 +6,7 @@ and never a typed round trip of objects we do not own.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from flyte_auth_common.contract import (
 from flyte_auth_common.errors import ConfigError
 from flyte_auth_exchange.config import setting
 from flyte_auth_exchange.errors import TEMPORARILY_UNAVAILABLE, Refusal
+from flyte_auth_exchange.guard import GuardObjects, token_policy_name
 
 # TokenReview `status.user.extra` keys the API server sets for pod-bound tokens.
 EXTRA_POD_NAME = "authentication.kubernetes.io/pod-name"
@@ -121,6 +123,20 @@ class Kube:
         return await self._get("get validatingadmissionpolicybinding",
                                self._admission.read_validating_admission_policy_binding(
                                    name, **self._opts()))
+
+    async def mutating_webhook(self, name: str) -> dict[str, Any] | None:
+        return await self._get("get mutatingwebhookconfiguration",
+                               self._admission.read_mutating_webhook_configuration(
+                                   name, **self._opts()))
+
+    async def guard(self, guard: str, webhook: str) -> GuardObjects:
+        """The guard's objects (binding.GuardObjects), read at once."""
+        token = token_policy_name(guard)
+        found = await asyncio.gather(
+            self.admission_policy(guard), self.admission_binding(guard),
+            self.admission_policy(token), self.admission_binding(token),
+            self.mutating_webhook(webhook))
+        return GuardObjects(*found)
 
     async def review(self, token: str, audiences: list[str]) -> Review:
         body: Any = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",

@@ -170,9 +170,9 @@ class ExchangeService:
 
     async def _check_guard(self, namespace: str) -> None:
         assert self._kube is not None
-        guard = self._config.guard
-        ns, binding, policy = await asyncio.gather(
-            self._kube.namespace(namespace), self._kube.admission_binding(guard),
-            self._kube.admission_policy(guard))
+        c = self._config
+        ns, found = await asyncio.gather(self._kube.namespace(namespace),
+                                         self._kube.guard(c.guard, c.injector_webhook))
         labels = None if ns is None else (ns.get("metadata") or {}).get("labels") or {}
-        check_guard(namespace, labels, binding, policy, guard)
+        check_guard(namespace, labels, found, guard=c.guard, audience=c.subject_audience,
+                    webhook=c.injector_webhook)

@@ -86,8 +86,12 @@ OPTIONS = (
     Option("--config", "YAML file with these settings and the sidecar's resources and "
            "security context; flags and env vars win over it", metavar="FILE"),
     Option("--namespace", "the injector's own namespace, never injected", "flyte-auth"),
-    Option("--kubeconfig", "kubeconfig for reading namespace annotations (default: in-cluster "
-           "config when in a cluster, else namespace annotations are not read)", metavar="FILE"),
+    Option("--kubeconfig", "kubeconfig for reading namespace annotations and, for the connect "
+           "guard, pods (default: in-cluster config when in a cluster, else neither is read "
+           "and exec/attach on Flyte's pods are refused)", metavar="FILE"),
+    Option("--guard-creators", "comma-separated usernames that, besides cluster admins, may "
+           "exec, attach, port-forward or proxy to a pod carrying Flyte's claims (the guard "
+           "ConfigMap's `creators`: flytepropeller's service account)", "", metavar="USERS"),
     *LOG_OPTIONS,
 )
 
@@ -135,6 +139,8 @@ class InjectorConfig:
     metrics_addr: tuple[str, int] | None
     namespace: str
     kubeconfig: Path | None
+    #: Who besides cluster admins may exec/attach/port-forward/proxy to Flyte's pods.
+    guard_creators: tuple[str, ...]
     sidecar: Sidecar
     agent_ca_files: tuple[Path, ...]
     tokens: TokenSettings
@@ -189,6 +195,8 @@ class InjectorConfig:
             metrics_addr=s.get("metrics_addr", to_host_port),
             namespace=s.value("namespace", str),
             kubeconfig=s.get("kubeconfig", to_path),
+            guard_creators=tuple(c.strip() for c in s.value("guard_creators", str).split(",")
+                                 if c.strip()),
             sidecar=sidecar, tokens=tokens, agent_ca_files=ca_files,
             log_level=s.value("log_level", str), log_format=s.value("log_format", str),
         )

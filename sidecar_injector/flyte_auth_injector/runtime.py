@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from aiohttp import web
 from kubernetes_asyncio import client
 from kubernetes_asyncio import config as kube_config
+from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config import ConfigException
 
 from flyte_auth_common.daemon import app_runner
@@ -22,7 +25,7 @@ from flyte_auth_common.reload import FileReloader, ServingTLS
 from flyte_auth_common.tls_bootstrap import renew_forever, serving_certificate
 from flyte_auth_injector.config import InjectorConfig, read_ca_pem, setting
 from flyte_auth_injector.namespaces import NamespaceAnnotations
-from flyte_auth_injector.server import InjectorAPI, metrics_app, webhook_app
+from flyte_auth_injector.server import InjectorAPI, PodReader, metrics_app, webhook_app
 
 log = structlog.get_logger("flyte_auth_injector")
 
@@ -66,6 +69,26 @@ def _agent_ca(api: InjectorAPI) -> FileReloader[str | None]:
     return FileReloader("agent ca", files, lambda: read_ca_pem(files), apply)
 
 
+def pod_reader(api: client.ApiClient, timeout: float = 5.0) -> PodReader:
+    """GET one pod (the connect guard's question); None for a 404, an error otherwise."""
+    core = client.CoreV1Api(api)
+
+    async def read(namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            resp: Any = await core.read_namespaced_pod(name, namespace, _preload_content=False,
+                                                       _request_timeout=timeout)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        doc = json.loads(await resp.read())
+        if not isinstance(doc, dict):
+            raise ValueError("the API server answered a pod that is not an object")
+        return doc
+
+    return read
+
+
 @contextlib.asynccontextmanager
 async def running_injector(config: InjectorConfig) -> AsyncIterator[RunningInjector]:
     namespaces, kube_api = await _namespace_cache(config)
@@ -86,7 +109,8 @@ async def running_injector(config: InjectorConfig) -> AsyncIterator[RunningInjec
             tasks.append(asyncio.create_task(renew_forever(bootstrap, certs.check),
                                              name="tls-renew"))
         api = InjectorAPI(config, namespaces.get if namespaces else lambda _: {},
-                          namespaces.synced.is_set if namespaces else lambda: True)
+                          namespaces.synced.is_set if namespaces else lambda: True,
+                          pod_reader(kube_api) if kube_api else None)
         agent_ca = _agent_ca(api) if config.agent_ca_files else None
         if agent_ca is not None:
             tasks.append(asyncio.create_task(agent_ca.watch(), name="agent-ca-reload"))

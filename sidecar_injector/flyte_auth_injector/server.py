@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
@@ -15,12 +15,16 @@ from prometheus_client import (
 )
 
 from flyte_auth_common.metrics import metrics_response
+from flyte_auth_injector import connect
 from flyte_auth_injector.config import InjectorConfig
 from flyte_auth_injector.review import BadReview, decide, parse, refusal
+from flyte_auth_injector.webhook_config import CONNECT_PATH
 
 log = structlog.get_logger("flyte_auth_injector")
 #: AdmissionReviews carry whole pods; the API server caps requests at ~3 MiB.
 MAX_REVIEW_BYTES = 4 * 1024 * 1024
+#: Reads a pod (namespace, name) from the API server; None if it does not exist.
+PodReader = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
 
 
 class Metrics:
@@ -31,15 +35,20 @@ class Metrics:
         self.seconds = Histogram("flyte_auth_injector_review_duration_seconds",
                                  "Time to answer one review", registry=self.registry,
                                  buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1))
+        self.connects = Counter("flyte_auth_injector_connect_reviews",
+                                "exec/attach/port-forward/proxy reviews, by outcome",
+                                ["outcome"], registry=self.registry)
 
 
 class InjectorAPI:
     def __init__(self, config: InjectorConfig,
                  namespace_annotations: Callable[[str], Mapping[str, str]],
-                 ready: Callable[[], bool] = lambda: True) -> None:
+                 ready: Callable[[], bool] = lambda: True,
+                 read_pod: PodReader | None = None) -> None:
         self.config = config
         self.namespace_annotations = namespace_annotations
         self.ready = ready
+        self.read_pod = read_pod
         self.metrics = Metrics()
 
     async def mutate(self, request: web.Request) -> web.Response:
@@ -74,6 +83,36 @@ class InjectorAPI:
                  uid=outcome.response["response"]["uid"])
         return web.json_response(outcome.response)
 
+    async def connect(self, request: web.Request) -> web.Response:
+        """exec, attach, port-forward, proxy: refused on a pod with Flyte's claims to all but
+        Flyte and cluster admins. Fails closed: a pod that cannot be read is refused."""
+        try:
+            if (request.content_length or 0) > MAX_REVIEW_BYTES:
+                raise BadReview(f"body larger than {MAX_REVIEW_BYTES} bytes")
+            review = connect.parse_connect(await request.read())
+        except BadReview as exc:
+            self.metrics.connects.labels("bad_review").inc()
+            log.warning("connect_review_rejected", error=str(exc))
+            return web.json_response({"error": "bad_review", "message": str(exc)}, status=400)
+        try:
+            if self.read_pod is None:
+                raise RuntimeError("no Kubernetes client (--kubeconfig, or run in a cluster)")
+            pod = await self.read_pod(review.namespace, review.pod)
+        except Exception as exc:  # any failure to read the pod refuses
+            self.metrics.connects.labels("failed").inc()
+            log.error("connect_review_failed", namespace=review.namespace, pod=review.pod,
+                      error=f"{type(exc).__name__}: {exc}"[:300])
+            return web.json_response(connect.answer(review, False, (
+                f"flyte-auth guard: cannot read pod {review.namespace}/{review.pod} to tell "
+                f"whether it acts for a Flyte user, so {review.subresource} is refused; the "
+                "injector's log has the error (connect_review_failed)")))
+        allowed, why = connect.decide(review, pod, self.config.guard_creators)
+        self.metrics.connects.labels("allowed" if allowed else "refused").inc()
+        log.info("connect_review", allowed=allowed, namespace=review.namespace, pod=review.pod,
+                 subresource=review.subresource, user=review.username,
+                 reason=why if allowed else "flyte claims")
+        return web.json_response(connect.answer(review, allowed, why))
+
     async def healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
@@ -89,6 +128,7 @@ class InjectorAPI:
 def webhook_app(api: InjectorAPI) -> web.Application:
     app = web.Application(client_max_size=MAX_REVIEW_BYTES)
     app.router.add_post("/mutate", api.mutate)
+    app.router.add_post(CONNECT_PATH, api.connect)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/metrics", api.metrics_)

@@ -9,6 +9,7 @@ from flyte_auth_injector import consts
 
 FailurePolicy = Literal["Fail", "Ignore"]
 WEBHOOK_NAME = "inject.flyte-auth.flyte.org"
+CONNECT_PATH = "/connect"
 
 # CEL, evaluated by the API server before it calls us (matchConditions, GA in 1.30).
 MATCH_CONDITIONS = [
@@ -29,11 +30,26 @@ def webhook_configuration(*, service: str = "flyte-auth-injector",
                           failure_policy: FailurePolicy = "Fail", timeout_seconds: int = 10,
                           port: int = 443, name: str = "flyte-auth-injector",
                           url: str | None = None) -> dict[str, Any]:
-    client_config: dict[str, Any] = {"url": url} if url else {
-        "service": {"name": service, "namespace": namespace, "path": "/mutate", "port": port}}
-    if ca_bundle:
-        client_config["caBundle"] = ca_bundle
+    """Two webhooks: `inject` mutates Flyte's task pods at creation; `connect` refuses exec,
+    attach, port-forward and proxy on a pod that carries Flyte's claims (part of the guard,
+    so it always fails closed, whatever `failure_policy` says of injection)."""
+
+    def client(path: str) -> dict[str, Any]:
+        config: dict[str, Any] = {"url": url.removesuffix("/mutate") + path} if url else {
+            "service": {"name": service, "namespace": namespace, "path": path, "port": port}}
+        if ca_bundle:
+            config["caBundle"] = ca_bundle
+        return config
+
     excluded = sorted({*consts.SYSTEM_NAMESPACES, namespace})
+
+    def selector() -> dict[str, Any]:
+        return {"matchExpressions": [
+            {"key": contract.NAMESPACE_LABEL, "operator": "In",
+             "values": [contract.NAMESPACE_LABEL_VALUE]},
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [*excluded]},
+        ]}
+
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
@@ -45,14 +61,22 @@ def webhook_configuration(*, service: str = "flyte-auth-injector",
             "failurePolicy": failure_policy,
             "reinvocationPolicy": "IfNeeded",
             "timeoutSeconds": timeout_seconds,
-            "clientConfig": client_config,
+            "clientConfig": client("/mutate"),
             "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
                        "resources": ["pods"], "scope": "Namespaced"}],
-            "namespaceSelector": {"matchExpressions": [
-                {"key": contract.NAMESPACE_LABEL, "operator": "In",
-                 "values": [contract.NAMESPACE_LABEL_VALUE]},
-                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": excluded},
-            ]},
+            "namespaceSelector": selector(),
             "matchConditions": MATCH_CONDITIONS,
+        }, {
+            "name": contract.CONNECT_WEBHOOK_NAME,
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "reinvocationPolicy": "Never",
+            "timeoutSeconds": timeout_seconds,
+            "clientConfig": client(CONNECT_PATH),
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CONNECT"],
+                       "resources": list(contract.CONNECT_SUBRESOURCES),
+                       "scope": "Namespaced"}],
+            "namespaceSelector": selector(),
         }],
     }

@@ -21,6 +21,7 @@ import yaml
 from flyte_auth_common import contract
 from flyte_auth_common.options import add_options
 from flyte_auth_exchange import config as exchange_config
+from flyte_auth_exchange import guard
 from flyte_auth_exchange.policy import Policy
 from flyte_auth_injector import config as injector_config
 from tests.renderers import renderer
@@ -46,6 +47,13 @@ def kustomize(overlay: str) -> tuple[Obj, ...]:
 def helm(*sets: str) -> tuple[Obj, ...]:
     args = [a for s in sets for a in ("--set", s)]
     out = run(renderer("helm"), "template", "flyte-auth", "deploy/helm/flyte-auth",
+              "--namespace", "flyte-auth", "--kube-version", "1.30.0", *args)
+    return tuple(d for d in yaml.safe_load_all(out) if d)
+
+
+def helm_named(release: str, *sets: str) -> tuple[Obj, ...]:
+    args = [a for s in sets for a in ("--set", s)]
+    out = run(renderer("helm"), "template", release, "deploy/helm/flyte-auth",
               "--namespace", "flyte-auth", "--kube-version", "1.30.0", *args)
     return tuple(d for d in yaml.safe_load_all(out) if d)
 
@@ -164,7 +172,8 @@ def rules_of(objs: tuple[Obj, ...]) -> dict[str, list[Obj]]:
 def test_rbac_is_exactly_what_each_component_needs(rendering: str) -> None:
     assert rules_of(RENDERINGS[rendering]()) == {
         "flyte-auth-injector": [{"apiGroups": [""], "resources": ["namespaces"],
-                                 "verbs": ["get", "list", "watch"]}],
+                                 "verbs": ["get", "list", "watch"]},
+                                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
         "flyte-auth-exchange": [
             {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["get"]},
             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
@@ -174,8 +183,42 @@ def test_rbac_is_exactly_what_each_component_needs(rendering: str) -> None:
             {"apiGroups": ["flyte.org"], "resources": ["taskactions"], "verbs": ["get"]},
             {"apiGroups": ["admissionregistration.k8s.io"],
              "resources": ["validatingadmissionpolicies", "validatingadmissionpolicybindings"],
-             "resourceNames": [contract.GUARD_NAME], "verbs": ["get"]}],
+             "resourceNames": [contract.GUARD_NAME, f"{contract.GUARD_NAME}-token"],
+             "verbs": ["get"]},
+            {"apiGroups": ["admissionregistration.k8s.io"],
+             "resources": ["mutatingwebhookconfigurations"],
+             "resourceNames": ["flyte-auth-injector"], "verbs": ["get"]}],
     }
+
+
+def _key(obj: Obj) -> tuple[str, str]:
+    return obj["kind"], obj["metadata"]["name"]
+
+
+def _decisive(obj: Obj) -> Obj:
+    """An object without what renderings may word differently (labels)."""
+    return {**obj, "metadata": {"name": obj["metadata"]["name"]}}
+
+
+@pytest.mark.parametrize(("rendering", "release"), [
+    ("kustomize-cert-manager", "flyte-auth"), ("helm-default", "flyte-auth")])
+def test_the_guard_deploy_renders_is_the_one_the_exchange_server_checks(
+        rendering: str, release: str) -> None:
+    """guard.py is the guard's home: both renderings hold exactly its objects, which the
+    exchange server compares the live ones with."""
+    rendered = [_decisive(o) for o in RENDERINGS[rendering]()
+                if o["kind"] in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")]
+    shipped = guard.manifests(f"{release}-execution-labels", f"{release}-guard", "flyte-auth",
+                              "flyte-auth")
+    assert sorted(rendered, key=_key) == sorted(map(_decisive, shipped), key=_key)
+
+
+def test_a_renamed_release_renders_the_guard_under_its_names() -> None:
+    objs = [o for o in helm_named("prod", "injector.tokenAudience=flyte-prod")
+            if o["kind"].startswith("ValidatingAdmissionPolicy")]
+    assert sorted(map(_decisive, objs), key=_key) == sorted(map(_decisive, guard.manifests(
+        "prod-flyte-auth-execution-labels", "prod-flyte-auth-guard", "flyte-auth",
+        "flyte-prod")), key=_key)
 
 
 @ALL

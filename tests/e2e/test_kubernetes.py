@@ -28,7 +28,7 @@ from flyteidl.service import identity_pb2, identity_pb2_grpc
 from devstack.admin_metadata import AuthMetadata
 from devstack.flyteadmin import FlyteAdmin, start_flyteadmin
 from devstack.real.cluster import RBAC_GROUP, Cluster, KubeError, running_cluster
-from devstack.real.images import AGENT_IMAGE, TOOL_IMAGE, PythonImage, python_image
+from devstack.real.images import AGENT_IMAGE, TOOL_IMAGE, python_image
 from devstack.real.node import NODE_USERS, TOLERATION, Node, running_node, unlinks
 from devstack.real.webhook import injecting
 from devstack.world import ADMIN_URL, EXECUTOR, write_signing_key
@@ -36,6 +36,7 @@ from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.runtime import running_agent
 from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.runtime import running_exchange
+from tests.e2e.images import PYTHON
 from tests.e2e.manifests import (
     FLYTEWORKFLOW_CRD,
     rendered_exchange_args,
@@ -100,16 +101,13 @@ class E2E:
                 "name": meta["name"], "uid": meta["uid"], "controller": True,
                 "blockOwnerDeletion": True}
 
-    async def patch(self, name: str, change: dict[str, Any], *, as_user: str,
-                    subresource: str = "") -> dict[str, Any]:
+    async def patch(self, name: str, change: Any, *, as_user: str,
+                    subresource: str = "", kind: str = "merge-patch") -> dict[str, Any]:
         return await self.cluster.request(  # type: ignore[no-any-return]
             "PATCH", f"/api/v1/namespaces/{LABELED}/pods/{name}{subresource}", change,
-            "application/merge-patch+json", as_user=as_user)
+            f"application/{kind}+json", as_user=as_user)
 
 
-#: A task image with a Python 3 and nothing of ours, as a Flyte 2 image is to us.
-PYTHON = PythonImage("flyte-auth.e2e/python:1", "/opt/python", (), (), (), ["python3"], [],
-                     "1000:1000")
 #: What Flyte 2's SDK does with FLYTE_AUTH_COMMAND (shell-split, run, stdout is the token),
 #: reporting the exit code, the first line of stderr and whether a JWT came out.
 RUN_AUTH_COMMAND = (
@@ -129,6 +127,16 @@ async def grant_pod_rights(cluster: Cluster) -> None:
     await cluster.bind_role("e2e-propeller", "e2e-pods", {
         "kind": "ServiceAccount", "name": "flytepropeller", "namespace": "flyte"})
     await cluster.bind_role("e2e-mallory", "e2e-pods", {
+        "apiGroup": RBAC_GROUP, "kind": "User", "name": MALLORY}, namespace=LABELED)
+    # ... with Kubernetes' built-in `edit` role there (exec, attach, port-forward, tokens of
+    # the namespace's service accounts), and a debugging role's ephemeral containers.
+    await cluster.bind_role("e2e-mallory-edit", "edit", {
+        "apiGroup": RBAC_GROUP, "kind": "User", "name": MALLORY}, namespace=LABELED)
+    await cluster.apply({"apiVersion": f"{RBAC_GROUP}/v1", "kind": "ClusterRole",
+                         "metadata": {"name": "e2e-debug"}, "rules": [{
+                             "apiGroups": [""], "resources": ["pods/ephemeralcontainers"],
+                             "verbs": ["update", "patch"]}]})
+    await cluster.bind_role("e2e-mallory-debug", "e2e-debug", {
         "apiGroup": RBAC_GROUP, "kind": "User", "name": MALLORY}, namespace=LABELED)
 
 
@@ -187,6 +195,7 @@ async def e2e(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E2E]:
                         "--admin-insecure", "--token-endpoint", exchange.url + "/oauth2/token",
                         "--agent-ca-file", str(workdir / "ca.crt"),
                         "--agent-image", AGENT_IMAGE, "--agent-image-pull-policy", "Never",
+                        "--guard-creators", PROPELLER,
                         "--kubeconfig", str(kube["flyte-auth-injector"])]):
                     yield E2E(cluster, admin, admin_target, exchange.url, workdir, workflow,
                               node)
@@ -556,3 +565,91 @@ async def test_the_guard_refuses_a_label_added_or_changed_later(e2e: E2E) -> Non
         await e2e.patch("task-g", {"metadata": {"labels": {"execution-identity": "mallory"}}},
                         as_user=MALLORY)
     guard_refusal(changed)
+
+
+# --- acting as a pod that carries Flyte's claims (the guard's other half) ----------------
+
+def refused_by_guard(refused: pytest.ExceptionInfo[KubeError], *words: str) -> str:
+    message = str(refused.value.body.get("message", ""))
+    assert refused.value.status in (403, 422), refused.value
+    assert "flyte-auth guard" in message and all(w in message for w in words), message
+    return message
+
+
+async def test_only_a_kubelet_gets_a_pod_bound_token_with_the_exchange_audience(
+        e2e: E2E) -> None:
+    """`edit` grants `create serviceaccounts/token`, and the API server binds such a token
+    to any pod of that service account: indistinguishable from the kubelet's."""
+    pod = await e2e.create(flyte_pod("token-target"))
+    with pytest.raises(KubeError) as bound:
+        await e2e.cluster.token(LABELED, "default", audience=AUDIENCE, pod=pod,
+                                as_user=MALLORY, as_groups=())
+    refused_by_guard(bound, "only a node's kubelet", MALLORY)
+    with pytest.raises(KubeError) as unbound:  # not bound to a pod: refused all the same
+        await e2e.cluster.token(LABELED, "default", audience=AUDIENCE, as_user=MALLORY,
+                                as_groups=())
+    refused_by_guard(unbound, "only a node's kubelet")
+    # Other audiences stay hers to ask for; the node's kubelet gets ours.
+    assert await e2e.cluster.token(LABELED, "default", audience="https://example.com", pod=pod,
+                                   as_user=MALLORY, as_groups=())
+    assert await e2e.cluster.token(LABELED, "default", audience=AUDIENCE, pod=pod)
+
+
+async def test_a_project_user_cannot_change_a_flyte_pods_containers(e2e: E2E) -> None:
+    await e2e.create(flyte_pod("spec-target"))
+    for path in ("/spec/containers/0/image", "/spec/initContainers/0/image"):  # task, agent
+        with pytest.raises(KubeError) as image:
+            await e2e.patch("spec-target", [{"op": "replace", "path": path,
+                                             "value": "evil.example/own:1"}],
+                            as_user=MALLORY, kind="json-patch")
+        refused_by_guard(image, "may change the spec", "spec-target", MALLORY)
+    debug = {"spec": {"ephemeralContainers": [{
+        "name": "debug", "image": "evil.example/own:1", "targetContainerName": "task",
+        "volumeMounts": [{"name": "flyte-auth-socket", "mountPath": "/s"}]}]}}
+    with pytest.raises(KubeError) as ephemeral:
+        await e2e.patch("spec-target", debug, as_user=MALLORY, subresource="/ephemeralcontainers",
+                        kind="strategic-merge-patch")
+    refused_by_guard(ephemeral, "may change the spec")
+    pod = await e2e.cluster.request("GET", f"/api/v1/namespaces/{LABELED}/pods/spec-target")
+    assert pod["spec"]["containers"][0]["image"] == "python:3.11"
+    assert not pod["spec"].get("ephemeralContainers")
+    # Her other labels are hers; Flyte may change its pod; so may a cluster admin.
+    await e2e.patch("spec-target", {"metadata": {"labels": {"note": "seen"}}}, as_user=MALLORY)
+    await e2e.patch("spec-target", [{"op": "replace", "path": "/spec/containers/0/image",
+                                     "value": "python:3.12"}], as_user=PROPELLER,
+                    kind="json-patch")
+    # And a pod without Flyte's claims stays hers to debug.
+    await e2e.create(plain_pod("own-notebook"), as_user=MALLORY)
+    await e2e.patch("own-notebook", [{"op": "replace", "path": "/spec/containers/0/image",
+                                      "value": "python:3.12"}], as_user=MALLORY,
+                    kind="json-patch")
+
+
+CONNECTS = (("POST", "exec?command=true&container=task&stdout=true", "pods/exec"),
+            ("POST", "attach?container=task&stdout=true", "pods/attach"),
+            ("POST", "portforward?ports=9787", "pods/portforward"),
+            ("GET", "proxy/", "pods/proxy"))
+
+
+@pytest.mark.parametrize(("method", "path", "subresource"), CONNECTS)
+async def test_exec_attach_port_forward_and_proxy_on_a_flyte_pod_are_refused(
+        e2e: E2E, method: str, path: str, subresource: str) -> None:
+    """A CONNECT request's object is the exec options, not the pod: the injector's connect
+    webhook reads the pod and refuses a project user (edit grants exec and attach)."""
+    name = f"connect-{subresource.split('/')[1]}"
+    await e2e.create(flyte_pod(name))
+    url = f"/api/v1/namespaces/{LABELED}/pods/{name}/{path}"
+    with pytest.raises(KubeError) as refused:
+        await e2e.cluster.request(method, url, as_user=MALLORY)
+    refused_by_guard(refused, f"{MALLORY} may not use {subresource}", "Read its logs")
+    # A cluster admin passes the guard: what stops it is the API server's own answer (the
+    # pod waits for a node), not ours.
+    with pytest.raises(KubeError) as admin:
+        await e2e.cluster.request(method, url)
+    assert "flyte-auth guard" not in str(admin.value.body), admin.value
+    # A project user's own pod, without Flyte's claims, is hers to exec into.
+    await e2e.create(plain_pod(f"own-{name}"), as_user=MALLORY)
+    with pytest.raises(KubeError) as own:
+        await e2e.cluster.request(method, f"/api/v1/namespaces/{LABELED}/pods/own-{name}/{path}",
+                                  as_user=MALLORY)
+    assert "flyte-auth guard" not in str(own.value.body), own.value

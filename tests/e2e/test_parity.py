@@ -5,16 +5,18 @@ admission-guard cases go to both, and their verdicts must agree."""
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes_asyncio.config import new_client_from_config
 
 from devstack.kube_api import StubKubeAPI
 from devstack.real.cluster import ADMIN_TOKEN, KubeError, running_cluster
-from devstack.world import install_guard
+from devstack.world import WEBHOOK_MANIFEST, install_guard
 from flyte_auth_common.contract import GUARD_NAME, NAMESPACE_LABEL, NAMESPACE_LABEL_VALUE
 from flyte_auth_exchange.admin import ExecutionRef
 from flyte_auth_exchange.binding import Owner, check_guard, check_workflow
@@ -22,6 +24,7 @@ from flyte_auth_exchange.errors import Refusal
 from flyte_auth_exchange.kube import Kube
 from flyte_auth_injector import consts
 from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests
+from tests.exchange.guards import WEAKENED, WEBHOOK, patched
 from tests.support.watching import change_between_list_and_watch
 
 pytestmark = [pytest.mark.timeout(600)]
@@ -114,8 +117,8 @@ async def binding_verdicts(kube: Kube, workflow_uid: str) -> dict[str, str]:
     async def guard(namespace: str) -> None:
         ns = await kube.namespace(namespace)
         labels = None if ns is None else ns["metadata"].get("labels") or {}
-        check_guard(namespace, labels, await kube.admission_binding(GUARD_NAME),
-                    await kube.admission_policy(GUARD_NAME), GUARD_NAME)
+        check_guard(namespace, labels, await kube.guard(GUARD_NAME, WEBHOOK), guard=GUARD_NAME,
+                    audience="flyte-auth", webhook=WEBHOOK)
 
     async def workflow(name: str, uid: str) -> None:
         check_workflow("ns/pod", Owner(name, uid), await kube.flyteworkflow(NS, name),
@@ -140,6 +143,7 @@ async def test_binding_reads_agree_with_the_real_api_server(tmp_path: Path) -> N
         await cluster.namespace("plain-development")
         await cluster.namespace("flyte-auth")
         await cluster.apply_all(rendered_manifests(), "flyte-auth")
+        await cluster.apply(yaml.safe_load(WEBHOOK_MANIFEST.read_text()))
         await cluster.crd(FLYTEWORKFLOW_CRD)
         real_wf = await cluster.apply({
             "apiVersion": "flyte.lyft.com/v1alpha1", "kind": "FlyteWorkflow",
@@ -163,6 +167,62 @@ async def test_binding_reads_agree_with_the_real_api_server(tmp_path: Path) -> N
     assert real == fake
     assert real["guarded namespace"] == real["workflow"] == "ok"
     assert "does not exist" in real["workflow missing"]
+
+
+async def test_a_weakened_guard_is_refused_naming_what_differs(tmp_path: Path) -> None:
+    """Each weakening applied on the real API server (PATCH) and on the stand-in: the
+    exchange server's guard check refuses both, naming the same difference."""
+    stub = StubKubeAPI()
+    async with running_cluster(tmp_path / "cluster") as cluster:
+        await cluster.namespace(NS, {NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE})
+        await cluster.namespace("flyte-auth")
+        await cluster.apply_all(rendered_manifests(), "flyte-auth")
+        await cluster.apply(yaml.safe_load(WEBHOOK_MANIFEST.read_text()))
+        real_kube = await Kube.connect(cluster.kubeconfig(tmp_path / "admin.kubeconfig",
+                                                          ADMIN_TOKEN))
+        await stub.start()
+        stub.set_namespace(NS, labels={NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE})
+        install_guard(stub)
+        stub_kube = await Kube.connect(stub.kubeconfig(tmp_path / "stub.kubeconfig"))
+        shipped = copy.deepcopy(stub.admission), copy.deepcopy(stub.webhooks)
+
+        async def verdict(kube: Kube) -> str:
+            try:
+                ns = await kube.namespace(NS)
+                check_guard(NS, ns["metadata"]["labels"] if ns else None,
+                            await kube.guard(GUARD_NAME, WEBHOOK), guard=GUARD_NAME,
+                            audience="flyte-auth", webhook=WEBHOOK)
+            except Refusal as refusal:
+                return refusal.description
+            return "ok"
+
+        try:
+            verdicts = {"as shipped": (await verdict(real_kube), await verdict(stub_kube))}
+            for case, ((plural, name), patch, _) in WEAKENED.items():
+                group = "apis/admissionregistration.k8s.io/v1"
+                url = f"/{group}/{plural}/{name}"
+                before = await cluster.request("GET", url)
+                await cluster.request("PATCH", url, patch, "application/json-patch+json")
+                stub.admission, stub.webhooks = copy.deepcopy(shipped[0]), copy.deepcopy(
+                    shipped[1])
+                if plural == "mutatingwebhookconfigurations":
+                    stub.webhooks[name] = patched(stub.webhooks[name], patch)
+                else:
+                    stub.admission[(plural, name)] = patched(stub.admission[(plural, name)],
+                                                              patch)
+                verdicts[case] = (await verdict(real_kube), await verdict(stub_kube))
+                before["metadata"].pop("managedFields", None)
+                await cluster.request("PUT", url, {**before, "metadata": {
+                    **before["metadata"], "resourceVersion": (await cluster.request(
+                        "GET", url))["metadata"]["resourceVersion"]}})
+        finally:
+            await real_kube.close()
+            await stub_kube.close()
+            await stub.stop()
+    assert verdicts.pop("as shipped") == ("ok", "ok")
+    for case, (real, fake) in verdicts.items():
+        assert real == fake, case
+        assert "guard check" in real and WEAKENED[case][2] in real, (case, real)
 
 
 async def test_a_watch_from_a_lists_version_agrees_with_the_real_api_server(tmp_path: Path) -> None:

@@ -1,0 +1,79 @@
+"""The guard's CONNECT half: exec, attach, port-forward and proxy on a pod that carries
+Flyte's claims would let anyone with those rights in a project namespace act as the pod (run
+the token command beside the task, or reach what it serves), so they are refused to all but
+Flyte's creators and cluster admins. A ValidatingAdmissionPolicy cannot do this: a CONNECT
+request's object is the exec options, not the pod, so this webhook reads the pod.
+
+Pure: `decide` judges a parsed review and the pod the server read for it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flyte_auth_common.contract import CLUSTER_ADMINS_GROUP, CONNECT_SUBRESOURCES, flyte_claims
+from flyte_auth_injector.review import API_VERSION, BadReview
+
+
+@dataclass(frozen=True)
+class Connect:
+    uid: str
+    namespace: str
+    pod: str
+    subresource: str
+    username: str
+    groups: tuple[str, ...]
+
+
+def parse_connect(body: bytes) -> Connect:
+    """The CONNECT review's fields this webhook decides on; BadReview if it is not one."""
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise BadReview("body is not JSON: expected an admission.k8s.io/v1 AdmissionReview") \
+            from None
+    request = doc.get("request") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or doc.get("apiVersion") != API_VERSION or \
+            not isinstance(request, dict):
+        raise BadReview(f"expected an {API_VERSION} AdmissionReview with a request")
+    sub = f"pods/{request.get('subResource')}"
+    user = request.get("userInfo")
+    user = user if isinstance(user, dict) else {}
+    fields = (request.get("uid"), request.get("namespace"), request.get("name"))
+    if request.get("operation") != "CONNECT" or sub not in CONNECT_SUBRESOURCES or \
+            not all(isinstance(f, str) and f for f in fields):
+        raise BadReview(f"expected a CONNECT review of one of {', '.join(CONNECT_SUBRESOURCES)} "
+                        "with uid, namespace and name; check the connect webhook's rules")
+    groups = user.get("groups")
+    groups = groups if isinstance(groups, list) else []
+    uid, namespace, pod = (str(f) for f in fields)
+    return Connect(uid, namespace, pod, sub, str(user.get("username", "")),
+                   tuple(str(g) for g in groups))
+
+
+def answer(review: Connect, allowed: bool, message: str = "") -> dict[str, Any]:
+    response: dict[str, Any] = {"uid": review.uid, "allowed": allowed}
+    if not allowed:
+        response["status"] = {"code": 403, "reason": "Forbidden", "message": message}
+    return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}
+
+
+def decide(review: Connect, pod: Mapping[str, Any] | None,
+           creators: tuple[str, ...]) -> tuple[bool, str]:
+    """(allowed, why). A pod that does not exist is the API server's 404 to give."""
+    if pod is None:
+        return True, "no such pod"
+    claims = flyte_claims(pod.get("metadata"))
+    if not claims:
+        return True, "the pod carries no Flyte claims"
+    if review.username in creators or CLUSTER_ADMINS_GROUP in review.groups:
+        return True, "Flyte or a cluster admin"
+    return False, (
+        f"flyte-auth guard: pod {review.namespace}/{review.pod} carries Flyte's claims "
+        f"({', '.join(claims)}), so it acts as the user who launched its execution; "
+        f"{review.username} may not use {review.subresource} on it (only Flyte "
+        f"({', '.join(creators) or 'nobody'}) and cluster admins may). Read its logs "
+        "(kubectl logs), or run a copy of the task yourself to debug it.")
