@@ -38,8 +38,7 @@ def verdict(objs: dict[str, Any], labels: dict[str, str] | None = LABELS,
         check_guard(NS, labels, GuardObjects(**objs), guard=GUARD_NAME, audience=audience,
                     webhook=WEBHOOK)
     except Refusal as refusal:
-        assert refusal.check == "guard"
-        return refusal.description
+        return f"{refusal.check}: {refusal.description}"
     return "ok"
 
 

@@ -106,9 +106,9 @@ async def test_a_pod_that_cannot_be_read_is_refused_saying_why(
 
 async def test_without_a_kubernetes_client_every_connect_is_refused(
         tls_files: tuple[Path, Path], ca: trustme.CA) -> None:
-    async with running_injector(injector_config(tls_files)) as injector, _client(ca) as http:
-        async with http.post(injector.url + "/connect", json=review("notebook")) as resp:
-            answer = await resp.json()
+    async with running_injector(injector_config(tls_files)) as injector, _client(ca) as http, \
+            http.post(injector.url + "/connect", json=review("notebook")) as resp:
+        answer = await resp.json()
     assert answer["response"]["allowed"] is False
     assert "cannot read pod" in answer["response"]["status"]["message"]
 
