@@ -128,14 +128,18 @@ async def grant_pod_rights(cluster: Cluster) -> None:
         "kind": "ServiceAccount", "name": "flytepropeller", "namespace": "flyte"})
     await cluster.bind_role("e2e-mallory", "e2e-pods", {
         "apiGroup": RBAC_GROUP, "kind": "User", "name": MALLORY}, namespace=LABELED)
-    # ... with Kubernetes' built-in `edit` role there (exec, attach, port-forward, tokens of
-    # the namespace's service accounts), and a debugging role's ephemeral containers.
-    await cluster.bind_role("e2e-mallory-edit", "edit", {
-        "apiGroup": RBAC_GROUP, "kind": "User", "name": MALLORY}, namespace=LABELED)
+    # ... with what Kubernetes' built-in `edit` role grants there (exec, attach,
+    # port-forward, proxy, tokens of the namespace's service accounts; written out: `edit`
+    # is aggregated by a controller this suite does not run), and a debugging role's
+    # ephemeral containers.
     await cluster.apply({"apiVersion": f"{RBAC_GROUP}/v1", "kind": "ClusterRole",
-                         "metadata": {"name": "e2e-debug"}, "rules": [{
-                             "apiGroups": [""], "resources": ["pods/ephemeralcontainers"],
-                             "verbs": ["update", "patch"]}]})
+                         "metadata": {"name": "e2e-debug"}, "rules": [
+                             {"apiGroups": [""], "resources": ["pods/ephemeralcontainers"],
+                              "verbs": ["update", "patch"]},
+                             {"apiGroups": [""], "verbs": ["create", "get"], "resources": [
+                                 "pods/exec", "pods/attach", "pods/portforward", "pods/proxy"]},
+                             {"apiGroups": [""], "resources": ["serviceaccounts/token"],
+                              "verbs": ["create"]}]})
     await cluster.bind_role("e2e-mallory-debug", "e2e-debug", {
         "apiGroup": RBAC_GROUP, "kind": "User", "name": MALLORY}, namespace=LABELED)
 
