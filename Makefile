@@ -42,8 +42,7 @@ lint: $(STAMP)
 # per machine (below) before pytest starts, never inside a test's timeout; without Go, make
 # says what is missing before any test runs.
 unit: $(STAMP) tools
-	FLYTE_AUTH_KUSTOMIZE=$(KUSTOMIZE) FLYTE_AUTH_HELM=$(HELM) \
-	    $(VENV)/bin/pytest --ignore=tests/e2e $(PYTEST_ARGS)
+	$(RENDERERS) $(VENV)/bin/pytest --ignore=tests/e2e $(PYTEST_ARGS)
 
 # End to end against real peers (kube-apiserver + etcd, Keycloak, Flyte on PostgreSQL). The
 # first run on a machine builds kube-apiserver and Flyte from Go sources (about 20 minutes);
@@ -67,13 +66,11 @@ e2e-peers: $(STAMP) tools e2e-deps
 	$(PY) -m tests.e2e.images
 
 e2e: e2e-peers
-	FLYTE_AUTH_KUSTOMIZE=$(KUSTOMIZE) FLYTE_AUTH_HELM=$(HELM) \
-	    $(VENV)/bin/pytest tests/e2e -m "not long" $(PYTEST_ARGS)
+	$(RENDERERS) $(VENV)/bin/pytest tests/e2e -m "not long" $(PYTEST_ARGS)
 
 # The same suite's cases that wait on real time (the kubelet's token rotation: ~8 minutes).
 e2e-long: e2e-peers
-	FLYTE_AUTH_KUSTOMIZE=$(KUSTOMIZE) FLYTE_AUTH_HELM=$(HELM) \
-	    $(VENV)/bin/pytest tests/e2e -m long $(PYTEST_ARGS)
+	$(RENDERERS) $(VENV)/bin/pytest tests/e2e -m long $(PYTEST_ARGS)
 
 test: lint unit
 
@@ -137,6 +134,8 @@ $(HELM):
 	    helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 tools: $(KUSTOMIZE) $(HELM)
+# How pytest finds them (tests/renderers.py).
+RENDERERS = FLYTE_AUTH_KUSTOMIZE=$(KUSTOMIZE) FLYTE_AUTH_HELM=$(HELM)
 
 # Where the renderers are (built by make tools); for running pytest by hand.
 kustomize-path:

@@ -23,6 +23,7 @@ was weakened, scoped away from a namespace, or made to fail open.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -169,18 +170,12 @@ class GuardObjects:
     webhook: Mapping[str, Any] | None
 
 
-
 def _rule_set(spec: Mapping[str, Any], key: str = "resourceRules") -> set[tuple[str, ...]]:
     """(group, version, operation, resource) for each rule; '*' kept as written."""
-    found: set[tuple[str, ...]] = set()
-    for rule in spec.get(key) or []:
-        if isinstance(rule, Mapping):
-            for g in rule.get("apiGroups") or []:
-                for v in rule.get("apiVersions") or []:
-                    for op in rule.get("operations") or []:
-                        for r in rule.get("resources") or []:
-                            found.add((str(g), str(v), str(op), str(r)))
-    return found
+    fields = ("apiGroups", "apiVersions", "operations", "resources")
+    return {tuple(map(str, combination)) for rule in spec.get(key) or []
+            if isinstance(rule, Mapping)
+            for combination in itertools.product(*(rule.get(f) or [] for f in fields))}
 
 
 def _expressions(items: Any, key: str = "expression") -> list[Any]:
@@ -205,10 +200,9 @@ def policy_differences(live: Mapping[str, Any], shipped: Mapping[str, Any]) -> l
     for key in ("namespaceSelector", "objectSelector"):
         if constraints.get(key) not in (None, {}):
             out.append(f"matchConstraints.{key} narrows what it sees")
-    for key, what in (("variables", "variables"), ("validations", "validations"),
-                      ("matchConditions", "matchConditions")):
+    for key in ("variables", "validations", "matchConditions"):
         if _expressions(spec.get(key)) != _expressions(want.get(key)):
-            out.append(f"its {what} differ from the shipped ones")
+            out.append(f"its {key} differ from the shipped ones")
     if (spec.get("paramKind") or None) != (want.get("paramKind") or None):
         out.append("its paramKind differs")
     return out

@@ -9,13 +9,12 @@ Pure: `decide` judges a parsed review and the pod the server read for it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from flyte_auth_common.contract import CLUSTER_ADMINS_GROUP, CONNECT_SUBRESOURCES, flyte_claims
-from flyte_auth_injector.review import API_VERSION, BadReview
+from flyte_auth_injector.review import API_VERSION, BadReview, parse_request, refusal
 
 
 @dataclass(frozen=True)
@@ -30,23 +29,15 @@ class Connect:
 
 def parse_connect(body: bytes) -> Connect:
     """The CONNECT review's fields this webhook decides on; BadReview if it is not one."""
-    try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise BadReview("body is not JSON: expected an admission.k8s.io/v1 AdmissionReview") \
-            from None
-    request = doc.get("request") if isinstance(doc, dict) else None
-    if not isinstance(doc, dict) or doc.get("apiVersion") != API_VERSION or \
-            not isinstance(request, dict):
-        raise BadReview(f"expected an {API_VERSION} AdmissionReview with a request")
+    request = parse_request(body)
     sub = f"pods/{request.get('subResource')}"
     user = request.get("userInfo")
     user = user if isinstance(user, dict) else {}
-    fields = (request.get("uid"), request.get("namespace"), request.get("name"))
+    fields = (request["uid"], request.get("namespace"), request.get("name"))
     if request.get("operation") != "CONNECT" or sub not in CONNECT_SUBRESOURCES or \
             not all(isinstance(f, str) and f for f in fields):
         raise BadReview(f"expected a CONNECT review of one of {', '.join(CONNECT_SUBRESOURCES)} "
-                        "with uid, namespace and name; check the connect webhook's rules")
+                        "with a namespace and name; check the connect webhook's rules")
     groups = user.get("groups")
     groups = groups if isinstance(groups, list) else []
     uid, namespace, pod = (str(f) for f in fields)
@@ -55,10 +46,10 @@ def parse_connect(body: bytes) -> Connect:
 
 
 def answer(review: Connect, allowed: bool, message: str = "") -> dict[str, Any]:
-    response: dict[str, Any] = {"uid": review.uid, "allowed": allowed}
     if not allowed:
-        response["status"] = {"code": 403, "reason": "Forbidden", "message": message}
-    return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}
+        return refusal({"uid": review.uid}, 403, "Forbidden", message)
+    return {"apiVersion": API_VERSION, "kind": "AdmissionReview",
+            "response": {"uid": review.uid, "allowed": True}}
 
 
 def decide(review: Connect, pod: Mapping[str, Any] | None,

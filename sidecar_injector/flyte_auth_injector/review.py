@@ -41,8 +41,9 @@ class Outcome:
     pod: str
 
 
-def parse(body: bytes) -> dict[str, Any]:
-    """The review's `request`, checked for everything this webhook relies on."""
+def parse_request(body: bytes) -> dict[str, Any]:
+    """The `request` of an admission.k8s.io/v1 AdmissionReview, with its uid; what any of
+    this webhook's reviews must be before its own checks."""
     try:
         doc = json.loads(body)
     except (UnicodeDecodeError, ValueError):
@@ -61,6 +62,12 @@ def parse(body: bytes) -> dict[str, Any]:
         raise BadReview("AdmissionReview has no request object")
     if not isinstance(request.get("uid"), str) or not request["uid"]:
         raise BadReview("request.uid is missing")
+    return request
+
+
+def parse(body: bytes) -> dict[str, Any]:
+    """The review's `request`, checked for everything this webhook relies on."""
+    request = parse_request(body)
     kind = request.get("kind")
     if not isinstance(kind, dict) or (kind.get("group"), kind.get("version"),
                                       kind.get("kind")) != ("", "v1", "Pod"):

@@ -27,6 +27,13 @@ MAX_REVIEW_BYTES = 4 * 1024 * 1024
 PodReader = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
 
 
+async def _body(request: web.Request) -> bytes:
+    """A review's body; BadReview if it says it is larger than any review."""
+    if (request.content_length or 0) > MAX_REVIEW_BYTES:
+        raise BadReview(f"body larger than {MAX_REVIEW_BYTES} bytes")
+    return await request.read()
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -58,9 +65,7 @@ class InjectorAPI:
         started = time.perf_counter()
         review: dict[str, Any] | None = None
         try:
-            if (request.content_length or 0) > MAX_REVIEW_BYTES:
-                raise BadReview(f"body larger than {MAX_REVIEW_BYTES} bytes")
-            review = parse(await request.read())
+            review = parse(await _body(request))
             outcome = decide(review, self.config, self.namespace_annotations)
         except BadReview as exc:
             self.metrics.reviews.labels("bad_review").inc()
@@ -87,9 +92,7 @@ class InjectorAPI:
         """exec, attach, port-forward, proxy: refused on a pod with Flyte's claims to all but
         Flyte and cluster admins. Fails closed: a pod that cannot be read is refused."""
         try:
-            if (request.content_length or 0) > MAX_REVIEW_BYTES:
-                raise BadReview(f"body larger than {MAX_REVIEW_BYTES} bytes")
-            review = connect.parse_connect(await request.read())
+            review = connect.parse_connect(await _body(request))
         except BadReview as exc:
             self.metrics.connects.labels("bad_review").inc()
             log.warning("connect_review_rejected", error=str(exc))

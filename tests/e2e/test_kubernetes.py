@@ -529,11 +529,16 @@ async def test_rbac_from_our_manifests_is_enough_and_no_more(e2e: E2E) -> None:
     assert not await allowed("get", "secrets")
 
 
-def guard_refusal(refused: pytest.ExceptionInfo[KubeError]) -> str:
+def refused_by_guard(refused: pytest.ExceptionInfo[KubeError], *words: str) -> str:
     message = str(refused.value.body.get("message", ""))
-    assert refused.value.status == 403, refused.value
-    assert "flyte-auth guard: only Flyte (system:serviceaccount:flyte:flytepropeller)" in message
+    assert refused.value.status in (403, 422), refused.value
+    assert "flyte-auth guard" in message and all(w in message for w in words), message
     return message
+
+
+def guard_refusal(refused: pytest.ExceptionInfo[KubeError]) -> str:
+    assert refused.value.status == 403, refused.value
+    return refused_by_guard(refused, f"flyte-auth guard: only Flyte ({PROPELLER})")
 
 
 async def test_the_guard_refuses_a_project_user_who_creates_flyte_labels(e2e: E2E) -> None:
@@ -572,13 +577,6 @@ async def test_the_guard_refuses_a_label_added_or_changed_later(e2e: E2E) -> Non
 
 
 # --- acting as a pod that carries Flyte's claims (the guard's other half) ----------------
-
-def refused_by_guard(refused: pytest.ExceptionInfo[KubeError], *words: str) -> str:
-    message = str(refused.value.body.get("message", ""))
-    assert refused.value.status in (403, 422), refused.value
-    assert "flyte-auth guard" in message and all(w in message for w in words), message
-    return message
-
 
 async def test_only_a_kubelet_gets_a_pod_bound_token_with_the_exchange_audience(
         e2e: E2E) -> None:

@@ -100,37 +100,41 @@ async def test_token_review_and_pod_reads_agree_with_the_real_api_server(tmp_pat
             await stub.stop()
 
 
+async def check_verdict(check: Callable[[], Awaitable[None]]) -> str:
+    """"ok", or the description of the refusal `check` raised."""
+    try:
+        await check()
+    except Refusal as refusal:
+        return refusal.description
+    return "ok"
+
+
+async def check_live_guard(kube: Kube, namespace: str) -> None:
+    """The exchange server's guard check on what `kube` answers, through its own client."""
+    ns = await kube.namespace(namespace)
+    labels = None if ns is None else ns["metadata"].get("labels") or {}
+    check_guard(namespace, labels, await kube.guard(GUARD_NAME, WEBHOOK), guard=GUARD_NAME,
+                audience="flyte-auth", webhook=WEBHOOK)
+
+
 async def binding_verdicts(kube: Kube, workflow_uid: str) -> dict[str, str]:
     """The exchange server's binding checks (binding.py) on what `kube` answers, through our
     own client code: the verdict, or the refusal's description."""
-
-    async def verdict(check: Callable[[], Awaitable[None]]) -> str:
-        try:
-            await check()
-        except Refusal as refusal:
-            return refusal.description
-        return "ok"
-
     execution = ExecutionRef("parity", "development", "e1")
     owner = Owner("e1", workflow_uid)
-
-    async def guard(namespace: str) -> None:
-        ns = await kube.namespace(namespace)
-        labels = None if ns is None else ns["metadata"].get("labels") or {}
-        check_guard(namespace, labels, await kube.guard(GUARD_NAME, WEBHOOK), guard=GUARD_NAME,
-                    audience="flyte-auth", webhook=WEBHOOK)
 
     async def workflow(name: str, uid: str) -> None:
         check_workflow("ns/pod", Owner(name, uid), await kube.flyteworkflow(NS, name),
                        execution)
 
     return {
-        "guarded namespace": await verdict(lambda: guard(NS)),
-        "unlabelled namespace": await verdict(lambda: guard("plain-development")),
-        "missing namespace": await verdict(lambda: guard("nowhere")),
-        "workflow": await verdict(lambda: workflow(owner.name, owner.uid)),
-        "workflow, other uid": await verdict(lambda: workflow(owner.name, "u-1")),
-        "workflow missing": await verdict(lambda: workflow("gone", owner.uid)),
+        "guarded namespace": await check_verdict(lambda: check_live_guard(kube, NS)),
+        "unlabelled namespace": await check_verdict(
+            lambda: check_live_guard(kube, "plain-development")),
+        "missing namespace": await check_verdict(lambda: check_live_guard(kube, "nowhere")),
+        "workflow": await check_verdict(lambda: workflow(owner.name, owner.uid)),
+        "workflow, other uid": await check_verdict(lambda: workflow(owner.name, "u-1")),
+        "workflow missing": await check_verdict(lambda: workflow("gone", owner.uid)),
     }
 
 
@@ -186,18 +190,12 @@ async def test_a_weakened_guard_is_refused_naming_what_differs(tmp_path: Path) -
         stub_kube = await Kube.connect(stub.kubeconfig(tmp_path / "stub.kubeconfig"))
         shipped = copy.deepcopy(stub.admission), copy.deepcopy(stub.webhooks)
 
-        async def verdict(kube: Kube) -> str:
-            try:
-                ns = await kube.namespace(NS)
-                check_guard(NS, ns["metadata"]["labels"] if ns else None,
-                            await kube.guard(GUARD_NAME, WEBHOOK), guard=GUARD_NAME,
-                            audience="flyte-auth", webhook=WEBHOOK)
-            except Refusal as refusal:
-                return refusal.description
-            return "ok"
+        async def guard_verdicts() -> tuple[str, str]:
+            return (await check_verdict(lambda: check_live_guard(real_kube, NS)),
+                    await check_verdict(lambda: check_live_guard(stub_kube, NS)))
 
         try:
-            verdicts = {"as shipped": (await verdict(real_kube), await verdict(stub_kube))}
+            verdicts = {"as shipped": await guard_verdicts()}
             for case, ((plural, name), patch, _) in WEAKENED.items():
                 group = "apis/admissionregistration.k8s.io/v1"
                 url = f"/{group}/{plural}/{name}"
@@ -210,7 +208,7 @@ async def test_a_weakened_guard_is_refused_naming_what_differs(tmp_path: Path) -
                 else:
                     stub.admission[(plural, name)] = patched(stub.admission[(plural, name)],
                                                               patch)
-                verdicts[case] = (await verdict(real_kube), await verdict(stub_kube))
+                verdicts[case] = await guard_verdicts()
                 before["metadata"].pop("managedFields", None)
                 await cluster.request("PUT", url, {**before, "metadata": {
                     **before["metadata"], "resourceVersion": (await cluster.request(
