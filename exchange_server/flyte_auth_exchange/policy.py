@@ -31,6 +31,8 @@ from flyte_auth_common.errors import ConfigError
 from flyte_auth_exchange.config import IDENTITY_SERVICE_ACCOUNT, Identity
 
 REFUSE = "refuse"
+_BOOLEAN_KEYS = (" (YAML reads an unquoted no, yes, on, off, true or false as a boolean: quote "
+                 "it, or mean no_principal or non_flyte_pods)")
 _IDENTITIES = ("executor", "service-account")
 _FIELDS = {"name", "namespaces", "service_accounts", "allow", "identity", "no_principal",
            "non_flyte_pods", "max_lifetime", "scopes"}
@@ -78,6 +80,10 @@ class Policy:
             doc = yaml.safe_load(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError([f"{where}: cannot be read ({exc.strerror})"]) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError([f"{where}: not UTF-8 text (byte {exc.start})"]) from None
+        except RecursionError:
+            raise ConfigError([f"{where}: nested too deep to be a policy"]) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f" at line {mark.line + 1}" if mark is not None else ""
@@ -108,11 +114,15 @@ def _rule(raw: Any, index: int, default_identity: Identity, problems: list[str],
         problems.append(f"{label}: must be a mapping")
         return None
     name = raw.get("name", f"rule-{index + 1}")
+    if not isinstance(name, str | int):
+        problems.append(f"{label}: `name` must be a string")
+        name = f"rule-{index + 1}"
     label = f"{where}: rule {name!r}"
-    unknown = sorted(set(raw) - _FIELDS)
+    unknown = sorted(repr(k) if not isinstance(k, str) else k for k in raw if k not in _FIELDS)
     if unknown:
         problems.append(f"{label}: unknown field(s) {', '.join(unknown)}; known: "
-                        f"{', '.join(sorted(_FIELDS))}")
+                        f"{', '.join(sorted(_FIELDS))}" + _BOOLEAN_KEYS * any(
+                            isinstance(k, bool) for k in raw))
     identity = raw.get("identity", default_identity)
     if identity not in _IDENTITIES:
         problems.append(f"{label}: identity must be executor or service-account")

@@ -4,9 +4,11 @@ guide gives refuses no task token."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
+from structlog.typing import EventDict
 
 from devstack.world import World, write_signing_key
 from flyte_auth_exchange.mint import Minter
@@ -35,6 +37,38 @@ async def test_a_changed_policy_applies_without_a_restart_and_a_broken_one_is_ig
     failed = [e for e in logs if e["event"] == "reload_failed"]
     assert failed and failed[0]["what"] == "policy" and "not valid YAML" in failed[0][
         "problems"][0]
+
+
+async def test_the_watcher_outlives_a_policy_its_loader_did_not_expect(
+        world: World, exchange: StartExchange, http: aiohttp.ClientSession,
+        tmp_path: Path) -> None:
+    """A policy that once raised TypeError inside the loader (YAML reads `no` as false) ended
+    the watcher without a word, so the lock-down written after it never applied."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n  - name: open\n")
+    subject = world.kube.token_for(world.task_pod())
+
+    async def until(event: str, logs: list[EventDict]) -> None:
+        while not any(e["event"] == event for e in logs):
+            await asyncio.sleep(0.01)  # the watcher's own period (below) is the clock here
+
+    with logged() as logs:
+        async with exchange("--policy", str(policy)) as ex:
+            watcher = asyncio.create_task(ex.files.policy.watch(every=0.01))
+            try:
+                policy.write_text("rules:\n  - name: open\n    no: refuse\n")
+                async with asyncio.timeout(10):
+                    await until("reload_failed", logs)
+                assert not watcher.done()
+                policy.write_text("rules:\n  - name: closed\n    allow: false\n")
+                async with asyncio.timeout(10):
+                    await until("reloaded", logs)
+                status, body = await post(http, ex.url, form(subject))
+            finally:
+                watcher.cancel()
+    failed = next(e for e in logs if e["event"] == "reload_failed")
+    assert "unknown field(s) False" in failed["problems"][0]
+    assert (status, body["error"]) == (400, "access_denied")
 
 
 async def test_flyteadmin_key_rotation_in_the_guides_order_refuses_no_token(
@@ -109,7 +143,15 @@ async def test_a_rotated_serving_certificate_is_used_without_a_restart(
         issue()  # cert-manager renewed the certificate
         assert ex.files.tls.check() is True
         after = await serial(ex.url)
+        # A certificate for another key (a half-written Secret): the pair served stays whole.
+        cert_file.write_bytes(ca.issue_cert("127.0.0.1").cert_chain_pems[0].bytes())
+        with logged() as logs:
+            assert ex.files.tls.check() is False
+        still = await serial(ex.url)
     assert before != after
+    assert still == after
+    assert [e["event"] for e in logs] == ["reload_failed"]
+    assert "not a PEM certificate and its own key" in logs[0]["problems"][0]
 
 
 async def test_self_signed_bootstrap_serves_https_with_the_secrets_ca(

@@ -61,10 +61,18 @@ rules:
     ("rules:\n  - name: r\n    namespaces: 3", "rule 'r': `namespaces` must be a non-empty"),
     ("rules:\n  - name: r\n    namepsaces: [a]", "rule 'r': unknown field(s) namepsaces"),
     ("rules:\n  - name: r\n    no_principal: allow", "no_principal must be refuse or"),
+    # YAML 1.1 reads `no` as false: once a TypeError that stopped the reload watcher
+    ("rules:\n  - name: r\n    no: refuse", "unknown field(s) False; known: "),
+    ("rules:\n  - name: r\n    no: refuse", "YAML reads an unquoted no, yes"),
+    ("rules:\n  - name: r\n    1: x\n    allow: false", "unknown field(s) 1; known"),
+    ("rules:\n  - name: [r]", "`name` must be a string"),
+    ("rules:\n  - name: r\n    namespaces: " + "[" * 3000 + "]" * 3000, "nested too deep"),
+    (b"rules:\n  - name: caf\xe9\n", "not UTF-8 text (byte 20)"),
 ])
-def test_bad_policy_files_say_what_and_where(tmp_path: Path, text: str, message: str) -> None:
+def test_bad_policy_files_say_what_and_where(tmp_path: Path, text: str | bytes,
+                                             message: str) -> None:
     path = tmp_path / "p.yaml"
-    path.write_text(text)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(ConfigError) as err:
         Policy.load(path, "executor")
     assert any(message in p and str(path) in p for p in err.value.problems), err.value.problems
@@ -116,6 +124,22 @@ def test_cli_unreadable_signing_key_is_a_clear_error(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert f"--signing-key {key}: not an RSA private key in PEM" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("text", [b"rules:\n  - no: refuse\n", b"rules: [\xff]\n",
+                                  b"rules: " + b"[" * 3000 + b"]" * 3000])
+def test_cli_exits_2_in_one_line_on_a_policy_no_loader_expected(tmp_path: Path,
+                                                               text: bytes) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_bytes(text)
+    out = subprocess.run([EXCHANGE, "serve", "--signing-key", str(tmp_path / "key.pem"),
+                          "--admin-audience", "http://admin", "--subject-issuer", "https://k8s",
+                          "--subject-jwks", str(tmp_path / "none.json"), "--identity",
+                          "service-account", "--listen", "127.0.0.1:0", "--policy", str(policy)],
+                         capture_output=True, text=True, env={"PATH": "/usr/bin"}, timeout=60,
+                         check=False)
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr
+    assert out.stderr.startswith(f"flyte-auth-exchange: --policy {policy}: ")
 
 
 async def test_memo_single_flight_ttl_and_no_cached_failures() -> None:
