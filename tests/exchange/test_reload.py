@@ -48,12 +48,23 @@ async def test_the_watcher_outlives_a_policy_its_loader_did_not_expect(
     policy.write_text("rules:\n  - name: open\n")
     subject = world.kube.token_for(world.task_pod())
 
+    checked: asyncio.Queue[None] = asyncio.Queue()
+
     async def until(event: str, logs: list[EventDict]) -> None:
         while not any(e["event"] == event for e in logs):
-            await asyncio.sleep(0.01)  # the watcher's own period (below) is the clock here
+            await checked.get()  # the watcher looked at the files once more
 
     with logged() as logs:
         async with exchange("--policy", str(policy)) as ex:
+            check = ex.files.policy.check
+
+            def counted() -> bool:
+                try:
+                    return check()
+                finally:
+                    checked.put_nowait(None)
+
+            ex.files.policy.check = counted  # type: ignore[method-assign]
             watcher = asyncio.create_task(ex.files.policy.watch(every=0.01))
             try:
                 policy.write_text("rules:\n  - name: open\n    no: refuse\n")
