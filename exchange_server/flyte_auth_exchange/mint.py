@@ -9,7 +9,9 @@ service account that asked, and the execution the pod runs.
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,17 +41,35 @@ class Minter:
     token_rsa_key.pem and token_rsa_key_old.pem. A file name there would be an unknown id,
     and FlyteAdmin would try only its first key."""
 
-    def __init__(self, key: RSAKey, key_id: str | None, issuer: str) -> None:
+    def __init__(self, key: RSAKey, key_id: str | None, issuer: str, *, retain: float = 0.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self._key = key
         self._key_id = key_id
         self.issuer = issuer
+        #: How long a replaced key stays in /jwks: the longest lifetime of a token this
+        #: server mints, plus the time every replica takes to see the new key file.
+        self._retain = retain
+        self._clock = clock
+        self._retired: list[tuple[RSAKey, str, float]] = []  # (key, kid, published until)
 
     @property
     def key_id(self) -> str:
-        return self._key_id or self._key.thumbprint()
+        return self._key_id_of(self._key)
+
+    def _key_id_of(self, key: RSAKey) -> str:
+        return self._key_id or key.thumbprint()
 
     def set_key(self, key: RSAKey) -> None:
-        """Sign with `key` from now on (the mounted key file changed)."""
+        """Sign with `key` from now on (the mounted key file changed). The replaced key stays
+        published until the last token it may have signed has expired: verifiers that find
+        keys through /jwks (Flyte 2's auth proxy) re-fetch it for the new key's first token,
+        and would refuse every older one if the old key were gone from it."""
+        if key.thumbprint() == self._key.thumbprint():
+            return  # the same key written again (a Secret re-synced)
+        now = self._clock()
+        self._retired = [(k, kid, until) for k, kid, until in self._retired
+                         if until > now and k.thumbprint() != key.thumbprint()]
+        self._retired.append((self._key, self.key_id, now + self._retain))
         self._key = key
 
     @staticmethod
@@ -71,8 +91,12 @@ class Minter:
         return key
 
     def jwks(self) -> dict[str, Any]:
-        public = self._key.as_dict(private=False)
-        return {"keys": [public | {"kid": self.key_id, "use": "sig", "alg": "RS256"}]}
+        """The signing key's public half first, then each replaced key still published."""
+        now = self._clock()
+        published = [(self._key, self.key_id)] + [
+            (key, kid) for key, kid, until in self._retired if until > now]
+        return {"keys": [key.as_dict(private=False) | {"kid": kid, "use": "sig", "alg": "RS256"}
+                         for key, kid in published]}
 
     def mint(self, *, subject: str, audience: list[str], scopes: list[str], lifetime: int,
              now: float, extra: dict[str, Any] | None = None) -> Minted:

@@ -31,6 +31,9 @@ from flyte_auth_exchange.subject import IssuerKeys
 
 log = structlog.get_logger("flyte_auth_exchange")
 SELF_TOKEN_LIFETIME = 600
+#: How long every replica may take to see a changed key file: the kubelet's volume sync
+#: (about a minute), its cache, and our own check (reload.CHECK_EVERY).
+KEY_FILE_PROPAGATION = 120.0
 
 
 @dataclass
@@ -110,7 +113,8 @@ async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExcha
     sock = socket.create_server((host, port))  # bound first: the URL needs the real port
     url = f"{'https' if config.serving.https else 'http'}://{host}:{sock.getsockname()[1]}"
     public_url = config.public_url or url
-    minter = Minter(key_file.value, config.key_id, public_url)
+    minter = Minter(key_file.value, config.key_id, public_url,
+                    retain=max(config.token_lifetime, SELF_TOKEN_LIFETIME) + KEY_FILE_PROPAGATION)
     key_file.apply = minter.set_key
     needs_kube = config.token_review or policy.uses_executor or bool(config.serving.tls_bootstrap)
     kube_connected.append(needs_kube)

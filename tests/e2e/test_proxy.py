@@ -28,7 +28,7 @@ from joserfc.jws import JWSRegistry
 from devstack.real.cluster import running_cluster
 from devstack.real.proxy import running_oauth2_proxy
 from devstack.serving import serve
-from devstack.world import ADMIN_URL, EXECUTOR, World
+from devstack.world import ADMIN_URL, EXECUTOR, World, write_signing_key
 from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.runtime import running_exchange
 from tests.e2e.flyte2 import running_flyte2
@@ -81,6 +81,33 @@ async def test_oauth2_proxy_trusts_the_exchange_servers_tokens_and_refuses_forge
     assert seen[0]["X-Forwarded-User"] == EXECUTOR  # the launcher, from `sub`
     assert statuses[1] in (401, 403)
     assert statuses[2] != 200
+
+
+async def test_a_key_rotation_refuses_no_token_at_the_proxy(tmp_path: Path) -> None:
+    """Step 2 of deploy/README's rotation: the exchange server signs with a new key. The first
+    new token makes oauth2-proxy fetch /jwks again; a token of the old key, still valid, must
+    verify with what it fetched (it did not while /jwks held the signing key alone)."""
+    world = await World(tmp_path / "world").start()
+    try:
+        config = ExchangeConfig.load(world.exchange_args(), {})
+        async with running_exchange(config) as ex, recording_upstream() as (upstream, _), \
+                running_oauth2_proxy(tmp_path, ex.url, ADMIN_URL, upstream) as proxy, \
+                aiohttp.ClientSession() as http:
+
+            async def call(token: str) -> int:
+                async with http.get(proxy + "/api/runs", allow_redirects=False,
+                                    headers={"Authorization": f"Bearer {token}"}) as answer:
+                    return answer.status
+
+            before = await minted_token(world, ex.url, http)
+            first = await call(before)  # the proxy now holds the old key
+            write_signing_key(world.key_file)
+            assert ex.files.signing_key.check() is True
+            after = await minted_token(world, ex.url, http)
+            statuses = [first, await call(after), await call(before)]
+    finally:
+        await world.stop()
+    assert statuses == [200, 200, 200]
 
 
 def forge(token: str) -> str:

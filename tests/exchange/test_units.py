@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from joserfc.jwk import RSAKey
 
 from devstack.flyteadmin import public_url_for
 from flyte_auth_common.errors import ConfigError
 from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.decision import sanitize_label_value
 from flyte_auth_exchange.memo import Memo
+from flyte_auth_exchange.mint import Minter
 from flyte_auth_exchange.policy import Policy
 
 EXCHANGE = str(Path(sys.executable).parent / "flyte-auth-exchange")
@@ -220,3 +222,22 @@ def test_the_stand_in_prefers_the_scheme_then_the_port() -> None:
     assert public_url_for("a:81", uris) == "https://a:8443"  # gRPC dials as https
     assert public_url_for("a:81", ["http://a:80", "http://a:81", "http://a:82"]) == "http://a:81"
     assert public_url_for("a:99", ["http://a:80", "http://a:82"]) == "http://a:82"  # the last
+
+
+def test_a_replaced_signing_key_stays_in_jwks_until_its_last_token_expired() -> None:
+    now = [1000.0]
+    old, new = RSAKey.generate_key(2048), RSAKey.generate_key(2048)
+    minter = Minter(old, None, "https://exchange", retain=3600 + 120, clock=lambda: now[0])
+
+    def kids() -> list[str]:
+        return [k["kid"] for k in minter.jwks()["keys"]]
+
+    minter.set_key(new)
+    minter.set_key(new)  # the same file synced again: nothing more retired
+    assert kids() == [new.thumbprint(), old.thumbprint()]  # the signing key first
+    now[0] += 3600 + 119
+    assert kids() == [new.thumbprint(), old.thumbprint()]
+    now[0] += 1
+    assert kids() == [new.thumbprint()]
+    minter.set_key(old)  # rolled back: the key signing now is never also "retired"
+    assert kids() == [old.thumbprint(), new.thumbprint()]
