@@ -18,6 +18,7 @@ from flyte_auth_common.client import (
     AgentClient,
     AgentClientError,
     AgentRefusedError,
+    check_timeout,
     socket_path_from_env,
 )
 from flyte_auth_common.options import add_options, parse_command_line, to_positive_float
@@ -65,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 def _seconds(value: str) -> float:
     """A finite number of seconds above 0, or argparse's one-line usage error saying so."""
     try:
-        return to_positive_float(value)
+        return check_timeout(to_positive_float(value))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import http.client
 import json
+import math
 import os
 import socket
 import time
@@ -19,12 +20,18 @@ from typing import Any, cast
 from flyte_auth_common import contract
 
 __all__ = [
+    "MAX_TIMEOUT",
     "AgentClient",
     "AgentClientError",
     "AgentRefusedError",
     "AgentUnreachableError",
+    "check_timeout",
     "socket_path_from_env",
 ]
+
+#: The longest a caller may wait for one answer: a day (longer ones are a mistake, and the
+#: platform's timers overflow past about 1e9 s).
+MAX_TIMEOUT = 86400.0
 
 
 class AgentClientError(Exception):
@@ -50,10 +57,62 @@ def socket_path_from_env(environ: Mapping[str, str] | None = None) -> str:
     return env.get(contract.SOCKET_ENV) or contract.DEFAULT_SOCKET_PATH
 
 
+def check_timeout(timeout: float) -> float:
+    """`timeout` if it is a usable number of seconds; ValueError saying what is."""
+    if not 0 < timeout <= MAX_TIMEOUT:  # NaN fails this too
+        raise ValueError(f"{timeout!r} is not a number of seconds above 0 and at most "
+                         f"{MAX_TIMEOUT:g} (a day)")
+    return timeout
+
+
+def _seconds(value: object) -> int | None:
+    """The agent's `retry_after`, if it is a usable number of seconds (else None: a caller
+    falls back to its own pause)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or \
+            not 0 <= value <= MAX_TIMEOUT:  # NaN and infinities fail this too
+        return None
+    return math.ceil(value)
+
+
+class _DeadlineSocket(socket.socket):
+    """A Unix socket whose every send and receive ends by one deadline. http.client gives a
+    socket's timeout to each call, so a peer that trickles a byte now and then would keep a
+    reader waiting forever; this gives each call only the time left."""
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.deadline = deadline
+
+    def _arm(self) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        self.settimeout(left)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        self._arm()
+        return super().recv_into(buffer, nbytes, flags)
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        self._arm()
+        return super().recv(bufsize, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        self._arm()
+        super().sendall(data, flags)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        self._arm()
+        return super().send(data, flags)
+
+
 class _UnixConnection(http.client.HTTPConnection):
+    """One request to the agent, all of it (connect, send, read) within `timeout`."""
+
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
+        self._deadline = time.monotonic() + timeout
 
     def connect(self) -> None:
         """Connect within the timeout. A Unix socket with a timeout is non-blocking, and its
@@ -61,12 +120,12 @@ class _UnixConnection(http.client.HTTPConnection):
         agent is busy, not gone): try again until the deadline. While the socket's directory
         exists (the volume the injector mounts) but nobody listens yet, the agent is starting
         or restarting: wait for it too. No directory: no agent here, fail at once."""
-        deadline = time.monotonic() + (self.timeout or 0.0)
+        deadline = self._deadline
         pause = 0.002
         while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
+            sock = _DeadlineSocket(deadline)
             try:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
                 sock.connect(self._path)
             except (FileNotFoundError, ConnectionRefusedError):
                 sock.close()
@@ -79,8 +138,9 @@ class _UnixConnection(http.client.HTTPConnection):
             except BlockingIOError as exc:
                 sock.close()
                 if exc.errno != errno.EAGAIN or time.monotonic() + pause > deadline:
-                    raise TimeoutError(f"the agent's socket {self._path} stayed busy (its "
-                                       f"listen backlog full) for {self.timeout:g} s") from None
+                    raise AgentUnreachableError(
+                        f"the agent's socket {self._path} stayed busy (its listen backlog "
+                        f"full) for {self.timeout:g} s") from None
                 time.sleep(pause)  # back off: the agent drains its backlog meanwhile
                 pause = min(pause * 2, 0.1)
                 continue
@@ -97,7 +157,7 @@ class AgentClient:
 
     def __init__(self, socket_path: str | None = None, timeout: float = 15.0) -> None:
         self.socket_path = socket_path or socket_path_from_env()
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
 
     def _get(self, path: str, accept: str = "application/json") -> tuple[int, bytes]:
         conn = _UnixConnection(self.socket_path, self.timeout)
@@ -116,6 +176,9 @@ class AgentClient:
                         f"enabled for this namespace (label flyte-auth.flyte.org/inject=enabled) "
                         f"and is ${contract.SOCKET_ENV} right?")
             raise AgentUnreachableError(hint) from exc
+        except TimeoutError as exc:
+            raise AgentUnreachableError(f"the agent on {self.socket_path} did not answer "
+                                        f"within {self.timeout:g} s") from exc
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
             raise AgentUnreachableError(
                 f"the agent on {self.socket_path} closed the connection without answering: it "
@@ -141,7 +204,7 @@ class AgentClient:
         if status != 200:
             raise AgentRefusedError(status, str(doc.get("error", "error")),
                                     str(doc.get("error_description", "")),
-                                    doc.get("retry_after"))
+                                    _seconds(doc.get("retry_after")))
         return doc
 
     def token(self) -> contract.TokenBody:

@@ -4,13 +4,17 @@ fails without its fix."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import math
 import os
 import resource
 import socket
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -362,3 +366,78 @@ def test_a_starting_agent_is_waited_for_while_its_socket_directory_exists(
 def test_an_agent_that_never_binds_is_a_clear_error_after_the_timeout(short_dir: Path) -> None:
     with pytest.raises(AgentUnreachableError, match=r"did not start listening within 0\.2 s"):
         AgentClient(str(short_dir / "agent.sock"), timeout=0.2).token()
+
+
+@contextlib.asynccontextmanager
+async def unix_server(path: Path, answer: bytes, trickle: bool) -> AsyncIterator[None]:
+    """Something on the agent's socket that reads a request and writes `answer`: at once, or
+    a byte at a time for ever after (each read of the client gets something, so a timeout
+    per read never fires)."""
+    handlers: set[asyncio.Task[Any]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        await reader.readuntil(b"\r\n\r\n")
+        if not trickle:
+            writer.write(answer)
+            await writer.drain()
+            writer.close()
+            return
+        with contextlib.suppress(ConnectionError):
+            for byte in itertools.cycle(answer):
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.05)  # the trickle's pace, not a wait for anything
+
+    async with await asyncio.start_unix_server(handle, path=str(path)):
+        try:
+            yield
+        finally:
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+
+
+async def run_cli(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "flyte-auth-agent"), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(30):
+        _, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+async def test_a_socket_that_trickles_bytes_ends_the_wait_at_its_timeout(
+        short_dir: Path) -> None:
+    """`wait --timeout 1`, the token command and the plugin share one client: its timeout is
+    a deadline for the whole answer."""
+    path = short_dir / "agent.sock"
+    async with unix_server(path, b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 64, trickle=True):
+        code, err = await run_cli("wait", "--socket", str(path), "--timeout", "1")
+        with pytest.raises(AgentUnreachableError, match=r"did not answer within 0\.5 s"):
+            await asyncio.to_thread(AgentClient(str(path), timeout=0.5).token)
+    assert code == 1
+    assert "did not answer within" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("retry_after", ['"soon"', "NaN", "-1", "1e400", "true"])
+async def test_a_503_with_a_retry_after_nobody_expected_is_asked_again(
+        short_dir: Path, retry_after: str) -> None:
+    path = short_dir / "agent.sock"
+    body = ('{"error": "temporarily_unavailable", "error_description": "no token yet", '
+            f'"retry_after": {retry_after}}}').encode()
+    answer = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body), body)
+    async with unix_server(path, answer, trickle=False):
+        code, err = await run_cli("wait", "--socket", str(path), "--timeout", "1")
+    assert (code, err) == (1, "flyte-auth-agent: no token within 1 s: no token yet\n")
+
+
+@pytest.mark.parametrize("value", ["1e12", "86401"])
+def test_a_timeout_past_a_day_is_a_usage_error(value: str, short_dir: Path) -> None:
+    out = subprocess.run([str(Path(sys.executable).parent / "flyte-auth-agent"), "wait",
+                          "--socket", str(short_dir / "agent.sock"), "--timeout", value],
+                         capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 2
+    assert "at most 86400 (a day)" in out.stderr and "Traceback" not in out.stderr
