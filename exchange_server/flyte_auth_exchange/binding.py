@@ -54,6 +54,8 @@ CHECK_GUARD = "guard"
 CHECK_OWNER = "owner"
 CHECK_LABELS = "labels"
 CHECK_IDENTITY_LABEL = "identity-label"
+CHECK_PRINCIPAL = "principal"
+CHECK_POLICY = "policy"
 #: propeller builds the owner reference from FlyteWorkflowGVK, whose Kind is lowercase
 #: ("flyteworkflow") when the object it read carried no TypeMeta; either spelling is Flyte's.
 FLYTEWORKFLOW_KIND = "flyteworkflow"

@@ -13,10 +13,15 @@ from typing import Any
 from flyte_auth_common import contract
 from flyte_auth_common.jwt import redact
 from flyte_auth_exchange.admin import ExecutionRef
-from flyte_auth_exchange.binding import CHECK_IDENTITY_LABEL, CHECK_LABELS, refuse
+from flyte_auth_exchange.binding import (
+    CHECK_IDENTITY_LABEL,
+    CHECK_LABELS,
+    CHECK_POLICY,
+    CHECK_PRINCIPAL,
+    refuse,
+)
 from flyte_auth_exchange.config import IDENTITY_SERVICE_ACCOUNT
 from flyte_auth_exchange.errors import (
-    ACCESS_DENIED,
     INVALID_REQUEST,
     INVALID_SCOPE,
     INVALID_TARGET,
@@ -90,11 +95,11 @@ def allowing_rule(policy: Policy, subject: Subject) -> Rule:
     """The policy rule for the subject's namespace and service account, if it allows."""
     rule = policy.rule_for(subject.namespace, subject.service_account)
     if rule is None:
-        raise Refusal(ACCESS_DENIED, f"no policy rule allows namespace {subject.namespace!r}"
-                      f" / service account {subject.service_account!r}")
+        raise refuse(CHECK_POLICY, f"no policy rule allows namespace {subject.namespace!r}"
+                     f" / service account {subject.service_account!r}")
     if not rule.allow:
-        raise Refusal(ACCESS_DENIED, f"policy rule {rule.name!r} refuses namespace "
-                      f"{subject.namespace!r} / service account {subject.service_account!r}")
+        raise refuse(CHECK_POLICY, f"policy rule {rule.name!r} refuses namespace "
+                     f"{subject.namespace!r} / service account {subject.service_account!r}")
     return rule
 
 
@@ -150,7 +155,6 @@ def identity(subject: Subject, rule: Rule, binding: Binding | None,
     if binding.principal:
         return binding.principal, execution
     if rule.no_principal == REFUSE:
-        raise Refusal(ACCESS_DENIED, f"{ref.kind} {ref} has no principal and "
-                      f"policy rule {rule.name!r} refuses such executions (no_principal: "
-                      f"refuse)")
+        raise refuse(CHECK_PRINCIPAL, f"{ref.kind} {ref} has no principal and policy rule "
+                     f"{rule.name!r} refuses such executions (no_principal: refuse)")
     return subject.username, execution
