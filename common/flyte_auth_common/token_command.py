@@ -9,6 +9,8 @@ on stderr and exits 1; it never prints anything but the token on stdout.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sys
 
@@ -44,19 +46,58 @@ LIBRARY = ("__init__.py", "contract.py", "client.py", "token_command.py")
 
 def install(directory: str) -> str:
     """Write the script and its library into `directory` (the agent's socket directory), each
-    file replaced atomically and readable by every uid; answers the script's path."""
+    file replaced atomically and readable by every uid; answers the script's path.
+
+    Every name is opened relative to its directory and never through a symbolic link: a
+    link planted in the volume would otherwise send the agent's writes anywhere it may
+    write. A planted link (or file) where a directory belongs is removed first."""
     here = os.path.dirname(os.path.abspath(__file__))
-    package = os.path.join(directory, contract.TOKEN_COMMAND_LIB, "flyte_auth_common")
-    os.makedirs(package, mode=0o755, exist_ok=True)
-    files = {os.path.join(package, name): _read(os.path.join(here, name)) for name in LIBRARY}
-    files[os.path.join(directory, contract.TOKEN_COMMAND)] = SCRIPT
-    for path, text in files.items():
-        temp = f"{path}.tmp"
-        with open(temp, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
+    top = os.open(directory, _DIRECTORY)
+    try:
+        lib = _subdirectory(top, contract.TOKEN_COMMAND_LIB)
+        try:
+            package = _subdirectory(lib, "flyte_auth_common")
+            try:
+                for name in LIBRARY:
+                    _write(package, name, _read(os.path.join(here, name)))
+            finally:
+                os.close(package)
+        finally:
+            os.close(lib)
+        _write(top, contract.TOKEN_COMMAND, SCRIPT)
+    finally:
+        os.close(top)
     return os.path.join(directory, contract.TOKEN_COMMAND)
+
+
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _subdirectory(parent: int, name: str) -> int:
+    """A descriptor of the real directory `name` in `parent`, made if missing."""
+    try:
+        return os.open(name, _DIRECTORY, dir_fd=parent)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        os.unlink(name, dir_fd=parent)  # a link or a file: not ours
+    os.mkdir(name, 0o755, dir_fd=parent)
+    return os.open(name, _DIRECTORY, dir_fd=parent)
+
+
+def _write(parent: int, name: str, text: str) -> None:
+    """`name` in `parent` holds `text`, mode 0644, replaced in one rename (which replaces a
+    link itself, never what it points at)."""
+    temp = f".{name}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp, dir_fd=parent)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with open(os.open(temp, flags, 0o600, dir_fd=parent), "w", encoding="utf-8") as out:
+        os.fchmod(out.fileno(), 0o644)  # whatever the umask: every uid in the pod reads it
+        out.write(text)
+    os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
 
 
 def _read(path: str) -> str:

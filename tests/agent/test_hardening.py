@@ -27,6 +27,7 @@ from devstack.clock import FakeClock
 from devstack.token_endpoint import TokenEndpoint
 from flyte_auth_agent.runtime import running_agent
 from flyte_auth_agent.tokens import MAX_LIFETIME
+from flyte_auth_common import contract, token_command
 from flyte_auth_common.client import AgentClient, AgentUnreachableError
 from tests.helpers import H, outlive_the_token_endpoint_down
 from tests.helpers import agent_config as config
@@ -441,3 +442,28 @@ def test_a_timeout_past_a_day_is_a_usage_error(value: str, short_dir: Path) -> N
                          capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 2
     assert "at most 86400 (a day)" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_links_planted_in_the_socket_volume_redirect_no_write(tmp_path: Path) -> None:
+    """Whoever may write the socket's volume could plant links where the agent writes its
+    token command; the agent must write only its own files, there."""
+    volume, elsewhere = tmp_path / "volume", tmp_path / "elsewhere"
+    volume.mkdir()
+    elsewhere.mkdir()
+    victim = elsewhere / "victim"
+    victim.write_text("untouched")
+    script = volume / contract.TOKEN_COMMAND
+    (volume / f"{contract.TOKEN_COMMAND}.tmp").symlink_to(victim)  # the old temporary name
+    script.symlink_to(victim)
+    (volume / contract.TOKEN_COMMAND_LIB).symlink_to(elsewhere)
+    path = token_command.install(str(volume))
+    assert victim.read_text() == "untouched"
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["victim"]
+    assert path == str(script) and not script.is_symlink()
+    assert not (volume / contract.TOKEN_COMMAND_LIB).is_symlink()
+    assert script.stat().st_mode & 0o777 == 0o644
+    token_command.install(str(volume))  # again, over its own files (an agent restart)
+    ran = subprocess.run([sys.executable, "-S", str(script)], capture_output=True, text=True,
+                         env={"FLYTE_AUTH_AGENT_SOCKET": str(tmp_path / "none.sock")},
+                         timeout=30, check=False)
+    assert ran.returncode == 1 and ran.stderr.startswith("flyte-auth-token: ")
