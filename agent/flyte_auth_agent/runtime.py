@@ -95,6 +95,7 @@ class RunningAgent:
     api: AgentAPI
     source: TokenSource[Upstream]
     exchanger: Exchanger
+    connections: ConnectionGuard
 
 
 @contextlib.asynccontextmanager
@@ -118,16 +119,16 @@ async def running_agent(config: AgentConfig, *, clock: Clock | None = None,
     restore_exception_handler = quiet_accept_errors(asyncio.get_running_loop())
     try:
         source.start()
-        runner = app_runner(socket_app(api), shutdown_timeout=SHUTDOWN_GRACE,
+        guard = ConnectionGuard(Limits(config.max_connections, config.idle_timeout,
+                                       config.allowed_uids),
+                                on_refused=metrics.refused_connection)
+        runner = app_runner(socket_app(api, guard.middleware), shutdown_timeout=SHUTDOWN_GRACE,
                             keepalive_timeout=config.idle_timeout)
         runners.append(runner)
         await runner.setup()
         assert runner.server is not None
-        guard = ConnectionGuard(runner.server, Limits(config.max_connections,
-                                                      config.idle_timeout, config.allowed_uids),
-                                on_refused=metrics.refused_connection)
         listener = await asyncio.get_running_loop().create_unix_server(
-            guard, sock=sock, backlog=BACKLOG)
+            guard.around(runner.server), sock=sock, backlog=BACKLOG)
         if config.health_addr is not None:
             health = app_runner(health_app(api), shutdown_timeout=SHUTDOWN_GRACE)
             runners.append(health)
@@ -139,7 +140,7 @@ async def running_agent(config: AgentConfig, *, clock: Clock | None = None,
                  token_endpoint=display_url(config.token_endpoint),
                  admin_endpoint=config.admin.host_port if config.admin else None,
                  health_addr=config.health_addr and "{}:{}".format(*config.health_addr))
-        yield RunningAgent(config, api, source, exchanger)
+        yield RunningAgent(config, api, source, exchanger, guard)
     finally:
         log.info("agent_stopping")
         if listener is not None:

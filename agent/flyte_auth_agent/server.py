@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.exchange import Exchanger, Upstream
@@ -222,18 +223,19 @@ async def _answer_every_error(request: web.Request, handler: Any) -> web.StreamR
     return response
 
 
-def health_app(api: AgentAPI) -> web.Application:
+def health_app(api: AgentAPI, *middlewares: Middleware) -> web.Application:
     """For kubelet probes and Prometheus over TCP: never any /v1/* route."""
-    app = web.Application(middlewares=[_answer_every_error])
+    app = web.Application(middlewares=[*middlewares, _answer_every_error])
     app.router.add_get(contract.PATH_HEALTHZ, api.healthz)
     app.router.add_get(contract.PATH_READYZ, api.readyz)
     app.router.add_get(contract.PATH_METRICS, api.metrics_)
     return app
 
 
-def socket_app(api: AgentAPI) -> web.Application:
-    """The health routes, and the /v1/* API that only the socket serves."""
-    app = health_app(api)
+def socket_app(api: AgentAPI, *middlewares: Middleware) -> web.Application:
+    """The health routes, and the /v1/* API that only the socket serves; `middlewares` run
+    before the rest (the connection guard's)."""
+    app = health_app(api, *middlewares)
     app.router.add_get(contract.PATH_TOKEN, api.token)
     app.router.add_get(contract.PATH_CONFIG, api.config_)
     app.router.add_get(contract.PATH_STATUS, api.status)

@@ -53,9 +53,10 @@ OPTIONS = (
            "comma-separated (default: any process in the pod)", metavar="UIDS"),
     Option("--wait-timeout", "seconds a request waits for the first token before a 503",
            "5", metavar="SECONDS"),
-    Option("--max-connections", "open socket connections the agent accepts at once; the "
-           "newest beyond it are closed at accept (keeps idle clients from using up its file "
-           "descriptors)", "256", metavar="N"),
+    Option("--max-connections", "open socket connections the agent keeps at once; beyond "
+           "it, the one silent longest with no request in progress is closed to make room "
+           "(only when all are busy is the newest closed at accept): idle clients can neither "
+           "use up its file descriptors nor keep others out", "256", metavar="N"),
     Option("--idle-timeout", "seconds a socket connection may send nothing before it is "
            "closed; must exceed --wait-timeout (default: 30, or --wait-timeout + 10 if more)",
            metavar="SECONDS"),

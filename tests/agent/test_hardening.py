@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -214,10 +214,15 @@ def test_a_busy_agent_past_the_timeout_is_a_clear_error(short_dir: Path) -> None
 async def test_idle_connections_cannot_starve_the_agent(
         sock_path: Path, token_file: Path, endpoint: TokenEndpoint,
         max_connections: str) -> None:
-    """The agent as its own process with 1 024 file descriptors; 1 100 clients connect and
-    send nothing. The log stays a few lines, and once the idle ones are cut off a real
-    client gets its token. With the cap above the fd limit, accept() runs out of descriptors:
-    that is one rate-limited line, not a traceback per attempt."""
+    """The agent as its own process with 1 024 file descriptors; clients connect and send
+    nothing. The log stays a few lines. Under the cap, 600 of them: each new connection
+    pushes out the one silent longest, so a real client gets its token at its first try, long
+    before the idle timeout (30 s) would have freed anything. With the cap above the fd
+    limit, 1 100: accept() runs out of descriptors, which is one rate-limited line, not a
+    traceback per attempt, and the idle ones are cut off after the idle timeout (3 s here).
+    (Past the fd limit asyncio's accept loop keeps trying within one turn, so whatever the
+    cap, a burst larger than the fd limit is served only once the idle timeout frees it.)"""
+    capped = max_connections == "256"
     def low_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(
             resource.RLIMIT_NOFILE)[1]))
@@ -227,7 +232,7 @@ async def test_idle_connections_cannot_starve_the_agent(
     proc = await asyncio.create_subprocess_exec(
         agent_bin, "serve", "--socket", str(sock_path), "--token-file", str(token_file),
         "--token-endpoint", endpoint.url, "--max-connections", max_connections,
-        "--idle-timeout", "3", "--wait-timeout", "1", env=env,
+        "--idle-timeout", "30" if capped else "3", "--wait-timeout", "1", env=env,
         stderr=asyncio.subprocess.PIPE, preexec_fn=low_fd_limit)
     assert proc.stderr is not None
     log = bytearray()
@@ -244,7 +249,7 @@ async def test_idle_connections_cannot_starve_the_agent(
     idle: list[socket.socket] = []
     try:
         await started.wait()
-        for _ in range(1100):
+        for _ in range(600 if capped else 1100):
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.setblocking(False)
             try:
@@ -254,14 +259,14 @@ async def test_idle_connections_cannot_starve_the_agent(
                 continue
             idle.append(s)
         client = AgentClient(str(sock_path), timeout=2)
+        first = await asyncio.to_thread(client.token) if capped else None
         async with asyncio.timeout(60):  # a bound for a broken build
-            while True:
+            while first is None:
                 try:
-                    body = await asyncio.to_thread(client.token)
-                    break
+                    first = await asyncio.to_thread(client.token)
                 except AgentUnreachableError:
                     await asyncio.sleep(0.2)  # poll: the idle ones are cut off after 3 s
-        assert body["token_type"] == "Bearer"
+        assert first["token_type"] == "Bearer"
         assert proc.returncode is None
     finally:
         for s in idle:
@@ -272,10 +277,51 @@ async def test_idle_connections_cannot_starve_the_agent(
     lines = bytes(log).splitlines()
     assert len(log) < 64 * 1024, f"{len(lines)} log lines, {len(log)} bytes"
     assert b"Traceback" not in log
-    if max_connections == "4000":
-        assert b'"accept_out_of_resources"' in log
+    if capped:
+        assert b'"connection_evicted"' in log
     else:
-        assert b'"too_many_connections"' in log
+        assert b'"accept_out_of_resources"' in log
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Run the loop until `condition` holds (a bound on loop turns, not on time)."""
+    for _ in range(100_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
+async def test_a_connection_with_a_request_in_progress_is_never_pushed_out(
+        sock_path: Path, token_file: Path, endpoint: TokenEndpoint) -> None:
+    """Two connections allowed: one waits for the first token, one is idle. A third pushes
+    out the idle one; a fourth, with both remaining busy, is the one closed."""
+    endpoint.gate.clear()  # the first exchange waits
+    async with running_agent(config(sock_path, token_file, endpoint, "--max-connections",
+                                    "2", "--wait-timeout", "20")) as agent:
+        waiting = asyncio.create_task(asyncio.to_thread(
+            AgentClient(str(sock_path), timeout=20).token))
+        await until(lambda: agent.connections.busy == 1)
+        idle = socket.socket(socket.AF_UNIX)
+        idle.connect(str(sock_path))
+        newer = socket.socket(socket.AF_UNIX)
+        newer.connect(str(sock_path))
+        newer.sendall(b"GET /v1/token HTTP/1.1\r\nHost: x\r\nX-Flyte-Auth-Agent: 1\r\n\r\n")
+        await until(lambda: agent.connections.busy == 2)
+        assert await asyncio.to_thread(idle.recv, 1) == b""  # pushed out
+        third = socket.socket(socket.AF_UNIX)
+        third.connect(str(sock_path))
+        assert await asyncio.to_thread(third.recv, 1) == b""  # all busy: refused
+        endpoint.gate.set()
+        body = await waiting
+        answer = await asyncio.to_thread(newer.recv, 4096)
+        for s in (idle, newer, third):
+            s.close()
+        refused = agent.api.metrics.refused
+    assert body["token_type"] == "Bearer"
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert refused.labels("evicted_idle")._value.get() == 1
+    assert refused.labels("too_many_connections")._value.get() == 1
 
 
 async def test_an_unexpected_handler_error_is_a_json_500_and_one_line(
