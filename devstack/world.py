@@ -19,8 +19,7 @@ from devstack.kube_api import StubKubeAPI
 from devstack.runs_v2 import StubRuns
 from flyte_auth_common.contract import (
     DEFAULT_V2_NAMESPACE,
-    NAMESPACE_LABEL,
-    NAMESPACE_LABEL_VALUE,
+    ENABLED_NAMESPACE_LABELS,
 )
 
 ADMIN_URL = "http://flyteadmin.flyte.svc.cluster.local:80"
@@ -107,7 +106,7 @@ class World:
         if principal is not None:
             self.admin.executions[(project, domain, execution)] = principal
         if namespace not in self.kube.namespaces:
-            self.kube.set_namespace(namespace, labels={NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE})
+            self.kube.set_namespace(namespace, labels=dict(ENABLED_NAMESPACE_LABELS))
         workflow = self.kube.workflows.get((namespace, execution)) or \
             self.kube.add_workflow(namespace, project, domain, execution)
         return self.kube.add_pod(namespace, name, labels=labels, phase=phase,
@@ -123,7 +122,7 @@ class World:
         namespace; the run launched by `launcher`."""
         self.runs.runs[(project, domain, run)] = launcher
         if namespace not in self.kube.namespaces:
-            self.kube.set_namespace(namespace, labels={NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE})
+            self.kube.set_namespace(namespace, labels=dict(ENABLED_NAMESPACE_LABELS))
         ta = self.kube.add_taskaction(namespace, project, domain, run, action)
         labels = {"run": run, "action": action, "attempt": "1", "project": project,
                   "domain": domain, "task-name": "main"}

@@ -102,6 +102,15 @@ DEFAULT_NAMESPACE_TEMPLATE: Final = "{{ project }}-{{ domain }}"
 #: Namespace label an operator sets to enable injection (and the guard).
 NAMESPACE_LABEL: Final = "flyte-auth.flyte.org/inject"
 NAMESPACE_LABEL_VALUE: Final = "enabled"
+#: Pod Security admission's label: the level enforced on a namespace's pods. Executor
+#: identity needs `baseline` or stricter there (no hostPath onto the node's other pods, no
+#: privileged containers, no host namespaces), or a project user's own pod could read
+#: another pod's token or socket from the node.
+POD_SECURITY_LABEL: Final = "pod-security.kubernetes.io/enforce"
+POD_SECURITY_LEVELS: Final = ("baseline", "restricted")
+#: What an operator writes on a project namespace to enable it.
+ENABLED_NAMESPACE_LABELS: Final = {NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE,
+                                   POD_SECURITY_LABEL: "baseline"}
 #: The ValidatingAdmissionPolicy (and its binding) that lets only Flyte's identities write
 #: the guarded labels and Flyte's owner references (FlyteWorkflow, TaskAction) in injected
 #: namespaces.

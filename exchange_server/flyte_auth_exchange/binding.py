@@ -41,6 +41,8 @@ from flyte_auth_common.contract import (
     LABEL_V2_RUN,
     NAMESPACE_LABEL,
     NAMESPACE_LABEL_VALUE,
+    POD_SECURITY_LABEL,
+    POD_SECURITY_LEVELS,
     TASKACTION_GROUP,
     TASKACTION_KIND,
 )
@@ -56,6 +58,7 @@ CHECK_LABELS = "labels"
 CHECK_IDENTITY_LABEL = "identity-label"
 CHECK_PRINCIPAL = "principal"
 CHECK_POLICY = "policy"
+CHECK_POD_SECURITY = "pod-security"
 #: propeller builds the owner reference from FlyteWorkflowGVK, whose Kind is lowercase
 #: ("flyteworkflow") when the object it read carried no TypeMeta; either spelling is Flyte's.
 FLYTEWORKFLOW_KIND = "flyteworkflow"
@@ -127,6 +130,23 @@ def check_guard(namespace: str, ns_labels: Mapping[str, Any] | None, found: Guar
         raise refuse(CHECK_GUARD, f"the admission guard {guard!r} is not enforcing what "
                      f"deploy/ ships on namespace {namespace!r}: {'; '.join(differences)}; "
                      f"{fix}")
+
+
+def check_pod_security(namespace: str, ns_labels: Mapping[str, Any], *,
+                       cluster_default: bool) -> None:
+    """Pod Security `baseline` or stricter holds the namespace's pods: otherwise a project
+    user's own pod could mount the node's kubelet directory (hostPath) and read any pod's
+    projected token and socket there. Only who may update namespaces sets the label."""
+    level = ns_labels.get(POD_SECURITY_LABEL)
+    if level in POD_SECURITY_LEVELS or (level is None and cluster_default):
+        return
+    said = f"labels it {POD_SECURITY_LABEL}={level}" if level is not None else \
+        f"has no {POD_SECURITY_LABEL} label"
+    raise refuse(CHECK_POD_SECURITY, f"namespace {namespace!r} {said}, so nothing stops a pod "
+                 "there from mounting the node's other pods (hostPath) and their tokens; label "
+                 f"it {POD_SECURITY_LABEL}=baseline (or restricted), or, if the API server's "
+                 "PodSecurity defaults enforce baseline, start the exchange server with "
+                 "--pod-security cluster-default")
 
 
 def controller_owner(where: str, meta: Mapping[str, Any]) -> Owner:

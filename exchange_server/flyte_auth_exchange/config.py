@@ -33,6 +33,8 @@ from flyte_auth_common.options import (
 ENV_PREFIX: Final = "FLYTE_AUTH_EXCHANGE_"
 IDENTITY_EXECUTOR: Final = "executor"
 IDENTITY_SERVICE_ACCOUNT: Final = "service-account"
+POD_SECURITY_BY_LABEL: Final = "label"
+POD_SECURITY_CLUSTER_DEFAULT: Final = "cluster-default"
 Identity = Literal["executor", "service-account"]
 
 OPTIONS = (
@@ -76,6 +78,13 @@ OPTIONS = (
     Option("--injector-webhook", "the injector's MutatingWebhookConfiguration, whose connect "
            "webhook refuses exec/attach on Flyte's pods (part of the guard)",
            "flyte-auth-injector", metavar="NAME"),
+    Option("--pod-security", "how a project namespace is known to enforce Pod Security "
+           "baseline or stricter (no hostPath onto other pods' tokens): `label`, its "
+           "pod-security.kubernetes.io/enforce label says so; `cluster-default`, the API "
+           "server's PodSecurity configuration does for unlabelled namespaces (you vouch for "
+           "it: this server cannot read it). A namespace labelled privileged is refused "
+           "either way", POD_SECURITY_BY_LABEL,
+           choices=(POD_SECURITY_BY_LABEL, POD_SECURITY_CLUSTER_DEFAULT)),
     Option("--admin-endpoint", "FlyteAdmin gRPC HOST:PORT, for GetExecution (executor identity)",
            metavar="HOST"),
     Option("--admin-insecure", "talk to FlyteAdmin without TLS", is_switch=True),
@@ -121,6 +130,7 @@ class ExchangeConfig:
     namespace_template: str
     guard: str
     injector_webhook: str
+    pod_security: str
     admin: AdminEndpoint | None
     runs_url: str | None
     v2_namespace: str
@@ -185,6 +195,7 @@ class ExchangeConfig:
             identity=identity,
             namespace_template=s.value("namespace_template", str),
             guard=s.value("guard", str), injector_webhook=s.value("injector_webhook", str),
+            pod_security=s.value("pod_security", str),
             admin=admin, runs_url=runs_url,
             v2_namespace=s.value("v2_namespace", str),
             ca_cert_file=s.get("ca_cert_file", to_path),

@@ -29,6 +29,7 @@ from flyte_auth_exchange.binding import (
     Owner,
     check_guard,
     check_namespace,
+    check_pod_security,
     check_v2_namespace,
     check_workflow,
     claimed_execution,
@@ -38,7 +39,7 @@ from flyte_auth_exchange.binding import (
     run_of,
     taskaction_owner,
 )
-from flyte_auth_exchange.config import ExchangeConfig
+from flyte_auth_exchange.config import POD_SECURITY_CLUSTER_DEFAULT, ExchangeConfig
 from flyte_auth_exchange.decision import Binding, Form
 from flyte_auth_exchange.errors import INVALID_GRANT, Refusal
 from flyte_auth_exchange.kube import Kube
@@ -176,3 +177,5 @@ class ExchangeService:
         labels = None if ns is None else (ns.get("metadata") or {}).get("labels") or {}
         check_guard(namespace, labels, found, guard=c.guard, audience=c.subject_audience,
                     webhook=c.injector_webhook)
+        check_pod_security(namespace, labels or {},
+                           cluster_default=c.pod_security == POD_SECURITY_CLUSTER_DEFAULT)

@@ -419,6 +419,15 @@ def test_the_values_operators_reach_for_reach_the_pods() -> None:
                 kubernetes_validate.validate(obj, version, strict=True)
 
 
+def test_pod_security_reaches_the_exchange_server_only_when_not_the_default() -> None:
+    def args(*sets: str) -> list[str]:
+        deployment = by_key(helm(*sets))[("Deployment", "flyte-auth-exchange")]
+        return list(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+
+    assert not any(a.startswith("--pod-security") for a in args())
+    assert "--pod-security=cluster-default" in args("exchange.podSecurity=cluster-default")
+
+
 def test_a_wrong_shape_is_a_schema_error_naming_the_value(tmp_path: Path) -> None:
     stderr = helm_refusal(tmp_path, "imagePullSecrets: [regcred]\nexchange: {nodeSelector: "
                           "{pool: 1}}\ninjector: {sidecar: {imagePullPolicy: Sometimes}}\n")
@@ -552,7 +561,7 @@ def test_notes_tell_the_operator_how_to_enable_a_namespace_and_check(tmp_path: P
               "flyte", "--kube-version", "1.30.0", "--show-only", "templates/notes.yaml")
     notes = yaml.safe_load(out)["data"]["notes"]
     assert "kubectl label namespace flytesnacks-development flyte-auth.flyte.org/inject=enabled" \
-        in notes
+        " \\\n       pod-security.kubernetes.io/enforce=baseline" in notes
     assert "prod-flyte-auth-execution-labels" in notes
     assert "system:serviceaccount:flyte:flytepropeller" in notes
     assert "http://flyteadmin.flyte.svc.cluster.local:80" in notes

@@ -118,7 +118,11 @@ async def real(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RealFl
                 assert flyte.blob == workdir / "flyte/blob"  # what the pod template mounts
                 audiences = [a for uri in flyte.authorized_uris
                              for a in ("--admin-audience", uri)]
+                # Its pods run on the suite's node with hostNetwork (there is no CNI),
+                # which Pod Security baseline forbids: the namespace is not labelled
+                # baseline, and the exchange server is told the cluster vouches for it.
                 exchange_config = ExchangeConfig.load([
+                    "--pod-security", "cluster-default",
                     "--listen", "127.0.0.1:0", "--signing-key", str(flyte.key_file),
                     *audiences,
                     "--subject-issuer", cluster.url, "--subject-discovery", cluster.url,

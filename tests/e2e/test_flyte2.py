@@ -192,7 +192,11 @@ async def v2(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[V2]:
         write_signing_key(workdir / "signing.pem")
         exchange_port, proxy_port = free_port(), free_port()
         proxy_url = f"https://127.0.0.1:{proxy_port}"
+        # Its pods run on the suite's node with hostNetwork (there is no CNI), which Pod
+        # Security baseline forbids: the namespace is not labelled baseline, and the exchange
+        # server is told the cluster's defaults vouch for it.
         config = ExchangeConfig.load([
+            "--pod-security", "cluster-default",
             "--listen", f"127.0.0.1:{exchange_port}", "--signing-key",
             str(workdir / "signing.pem"), "--admin-audience", TASK_AUDIENCE,
             "--subject-issuer", cluster.url, "--subject-discovery", cluster.url,

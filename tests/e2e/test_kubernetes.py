@@ -184,8 +184,12 @@ async def e2e(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E2E]:
             exchange_pem = ca.issue_cert("127.0.0.1")
             exchange_pem.cert_chain_pems[0].write_to_path(str(tls_dir / "tls.crt"))
             exchange_pem.private_key_pem.write_to_path(str(tls_dir / "tls.key"))
+            # Its pods run on the suite's node with hostNetwork (there is no CNI), which Pod
+            # Security baseline forbids: the namespace is not labelled baseline, and the exchange
+            # server is told the cluster's defaults vouch for it.
             exchange_config = ExchangeConfig.load(rendered_exchange_args(
                 workdir, listen=["127.0.0.1:0"], public_url=[], signing_key=[str(key_file)],
+                pod_security=["cluster-default"],
                 subject_issuer=[cluster.url],
                 subject_discovery=[cluster.url], ca_cert_file=[str(cluster.ca_file)],
                 cache_ttl=["0"], admin_endpoint=[admin_target],

@@ -17,9 +17,15 @@ from kubernetes_asyncio.config import new_client_from_config
 from devstack.kube_api import StubKubeAPI
 from devstack.real.cluster import ADMIN_TOKEN, KubeError, running_cluster
 from devstack.world import WEBHOOK_MANIFEST, install_guard
-from flyte_auth_common.contract import GUARD_NAME, NAMESPACE_LABEL, NAMESPACE_LABEL_VALUE
+from flyte_auth_common.contract import (
+    ENABLED_NAMESPACE_LABELS,
+    GUARD_NAME,
+    NAMESPACE_LABEL,
+    NAMESPACE_LABEL_VALUE,
+    POD_SECURITY_LABEL,
+)
 from flyte_auth_exchange.admin import ExecutionRef
-from flyte_auth_exchange.binding import Owner, check_guard, check_workflow
+from flyte_auth_exchange.binding import Owner, check_guard, check_pod_security, check_workflow
 from flyte_auth_exchange.errors import Refusal
 from flyte_auth_exchange.kube import Kube
 from flyte_auth_injector import consts
@@ -100,6 +106,12 @@ async def test_token_review_and_pod_reads_agree_with_the_real_api_server(tmp_pat
             await stub.stop()
 
 
+#: Namespaces enabled for injection, each with another Pod Security level.
+PSS = {level: {NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE} | (
+    {POD_SECURITY_LABEL: level} if level != "unset" else {})
+    for level in ("unset", "privileged", "restricted")}
+
+
 async def check_verdict(check: Callable[[], Awaitable[None]]) -> str:
     """"ok", or the description of the refusal `check` raised."""
     try:
@@ -115,6 +127,7 @@ async def check_live_guard(kube: Kube, namespace: str) -> None:
     labels = None if ns is None else ns["metadata"].get("labels") or {}
     check_guard(namespace, labels, await kube.guard(GUARD_NAME, WEBHOOK), guard=GUARD_NAME,
                 audience="flyte-auth", webhook=WEBHOOK)
+    check_pod_security(namespace, labels or {}, cluster_default=False)
 
 
 async def binding_verdicts(kube: Kube, workflow_uid: str) -> dict[str, str]:
@@ -132,6 +145,8 @@ async def binding_verdicts(kube: Kube, workflow_uid: str) -> dict[str, str]:
         "unlabelled namespace": await check_verdict(
             lambda: check_live_guard(kube, "plain-development")),
         "missing namespace": await check_verdict(lambda: check_live_guard(kube, "nowhere")),
+        **{f"pod security {level}": await check_verdict(
+            lambda level=level: check_live_guard(kube, f"pss-{level}")) for level in PSS},
         "workflow": await check_verdict(lambda: workflow(owner.name, owner.uid)),
         "workflow, other uid": await check_verdict(lambda: workflow(owner.name, "u-1")),
         "workflow missing": await check_verdict(lambda: workflow("gone", owner.uid)),
@@ -143,8 +158,10 @@ async def test_binding_reads_agree_with_the_real_api_server(tmp_path: Path) -> N
     client from the real API server and from the stand-in: the same verdicts."""
     stub = StubKubeAPI()
     async with running_cluster(tmp_path / "cluster") as cluster:
-        await cluster.namespace(NS, {NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE})
+        await cluster.namespace(NS, dict(ENABLED_NAMESPACE_LABELS))
         await cluster.namespace("plain-development")
+        for level, labels in PSS.items():
+            await cluster.namespace(f"pss-{level}", labels)
         await cluster.namespace("flyte-auth")
         await cluster.apply_all(rendered_manifests(), "flyte-auth")
         await cluster.apply(yaml.safe_load(WEBHOOK_MANIFEST.read_text()))
@@ -156,8 +173,10 @@ async def test_binding_reads_agree_with_the_real_api_server(tmp_path: Path) -> N
         real_kube = await Kube.connect(cluster.kubeconfig(tmp_path / "admin.kubeconfig",
                                                           ADMIN_TOKEN))
         await stub.start()
-        stub.set_namespace(NS, labels={NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE})
+        stub.set_namespace(NS, labels=dict(ENABLED_NAMESPACE_LABELS))
         stub.set_namespace("plain-development")
+        for level, labels in PSS.items():
+            stub.set_namespace(f"pss-{level}", labels=labels)
         install_guard(stub)
         stub_wf = stub.add_workflow(NS, "parity", "development", "e1")
         stub_kube = await Kube.connect(stub.kubeconfig(tmp_path / "stub.kubeconfig"))
@@ -169,8 +188,31 @@ async def test_binding_reads_agree_with_the_real_api_server(tmp_path: Path) -> N
             await stub_kube.close()
             await stub.stop()
     assert real == fake
-    assert real["guarded namespace"] == real["workflow"] == "ok"
+    assert real["guarded namespace"] == real["workflow"] == real["pod security restricted"] \
+        == "ok"
+    assert "has no pod-security.kubernetes.io/enforce label" in real["pod security unset"]
+    assert "labels it pod-security.kubernetes.io/enforce=privileged" in real[
+        "pod security privileged"]
     assert "does not exist" in real["workflow missing"]
+
+
+async def test_pod_security_baseline_keeps_project_pods_off_the_nodes_other_pods(
+        tmp_path: Path) -> None:
+    """What the pod-security check relies on, on the real API server: in a namespace enabled
+    as deploy/README says, a pod mounting the kubelet's pod directory (every pod's projected
+    token and socket) is refused at creation, whoever creates it."""
+    async with running_cluster(tmp_path / "cluster") as cluster:
+        await cluster.namespace(NS, dict(ENABLED_NAMESPACE_LABELS))
+        with pytest.raises(KubeError) as refused:
+            await cluster.apply({
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "peek", "namespace": NS},
+                "spec": {"containers": [{"name": "c", "image": "x", "volumeMounts": [
+                    {"name": "pods", "mountPath": "/pods"}]}],
+                         "volumes": [{"name": "pods", "hostPath": {
+                             "path": "/var/lib/kubelet/pods"}}]}})
+    assert refused.value.status == 403
+    assert 'violates PodSecurity "baseline:latest"' in str(refused.value.body)
+    assert "hostPath" in str(refused.value.body)
 
 
 async def test_a_weakened_guard_is_refused_naming_what_differs(tmp_path: Path) -> None:
@@ -178,14 +220,14 @@ async def test_a_weakened_guard_is_refused_naming_what_differs(tmp_path: Path) -
     exchange server's guard check refuses both, naming the same difference."""
     stub = StubKubeAPI()
     async with running_cluster(tmp_path / "cluster") as cluster:
-        await cluster.namespace(NS, {NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE})
+        await cluster.namespace(NS, dict(ENABLED_NAMESPACE_LABELS))
         await cluster.namespace("flyte-auth")
         await cluster.apply_all(rendered_manifests(), "flyte-auth")
         await cluster.apply(yaml.safe_load(WEBHOOK_MANIFEST.read_text()))
         real_kube = await Kube.connect(cluster.kubeconfig(tmp_path / "admin.kubeconfig",
                                                           ADMIN_TOKEN))
         await stub.start()
-        stub.set_namespace(NS, labels={NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE})
+        stub.set_namespace(NS, labels=dict(ENABLED_NAMESPACE_LABELS))
         install_guard(stub)
         stub_kube = await Kube.connect(stub.kubeconfig(tmp_path / "stub.kubeconfig"))
         shipped = copy.deepcopy(stub.admission), copy.deepcopy(stub.webhooks)

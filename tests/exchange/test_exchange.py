@@ -21,6 +21,7 @@ from joserfc.jws import JWSRegistry
 
 from devstack.cluster import StubIssuer
 from devstack.world import ADMIN_URL, EXECUTOR, NAMESPACE, World, owner_reference
+from flyte_auth_common import contract
 from flyte_auth_common.contract import GUARD_NAME
 from flyte_auth_common.jwt import jwt_claims
 from flyte_auth_exchange.mint import Minter
@@ -167,6 +168,10 @@ def _unguarded(world: World, missing: str) -> str:
     token = world.kube.token_for(world.task_pod())
     if missing == "label":
         world.kube.set_namespace(NAMESPACE)
+    elif missing in ("pod-security", "privileged"):
+        world.kube.set_namespace(NAMESPACE, labels={
+            contract.NAMESPACE_LABEL: contract.NAMESPACE_LABEL_VALUE} | (
+                {contract.POD_SECURITY_LABEL: "privileged"} if missing == "privileged" else {}))
     elif missing == "warn":
         binding = world.kube.admission[("validatingadmissionpolicybindings", GUARD_NAME)]
         binding["spec"]["validationActions"] = ["Warn", "Audit"]
@@ -241,6 +246,12 @@ REFUSALS: list[Any] = [
     pytest.param(lambda w: form(_unguarded(w, "label")), "access_denied",
                  "guard check: namespace 'flytesnacks-development' is not labelled "
                  "flyte-auth.flyte.org/inject=enabled", id="namespace-not-injected"),
+    pytest.param(lambda w: form(_unguarded(w, "pod-security")), "access_denied",
+                 "pod-security check: namespace 'flytesnacks-development' has no "
+                 "pod-security.kubernetes.io/enforce label", id="namespace-without-pod-security"),
+    pytest.param(lambda w: form(_unguarded(w, "privileged")), "access_denied",
+                 "pod-security check: namespace 'flytesnacks-development' labels it "
+                 "pod-security.kubernetes.io/enforce=privileged", id="namespace-privileged"),
     pytest.param(lambda w: form(_unguarded(w, "binding")), "access_denied",
                  "guard check: the ValidatingAdmissionPolicyBinding "
                  "'flyte-auth-execution-labels' does not exist", id="guard-binding-missing"),
@@ -303,12 +314,26 @@ async def test_refusals_name_the_failed_check(world: World, exchange: StartExcha
         assert presented not in json.dumps(body) + json.dumps(logs, default=str)
 
 
+async def test_cluster_default_pod_security_trusts_unlabelled_namespaces_only(
+        world: World, exchange: StartExchange, http: aiohttp.ClientSession) -> None:
+    """--pod-security cluster-default: the operator vouches for the API server's defaults, so
+    a namespace without the label passes; one labelled privileged never does."""
+    unlabelled = _unguarded(world, "pod-security")
+    async with exchange("--pod-security", "cluster-default", "--cache-ttl", "0") as ex:
+        granted, _ = await post(http, ex.url, form(unlabelled))
+        privileged = _unguarded(world, "privileged")
+        refused, body = await post(http, ex.url, form(privileged))
+    assert granted == 200
+    assert (refused, body["error"]) == (400, "access_denied")
+    assert str(body["error_description"]).startswith("pod-security check: ")
+
+
 async def test_the_repro_is_refused_without_a_policy_too(
         world: World, exchange: StartExchange, http: aiohttp.ClientSession) -> None:
     """No --policy: a pod in `default` claiming the CEO's execution gets the namespace
     check, not a token for the CEO."""
     world.admin.executions[("payroll", "production", "vict1m")] = "ceo@example.com"
-    world.kube.set_namespace("default", labels={"flyte-auth.flyte.org/inject": "enabled"})
+    world.kube.set_namespace("default", labels=dict(contract.ENABLED_NAMESPACE_LABELS))
     pod = world.kube.add_pod("default", "forged", labels={
         "execution-id": "vict1m", "project": "payroll", "domain": "production"})
     async with exchange() as ex:
@@ -323,8 +348,8 @@ async def test_the_namespace_template_is_flytes(world: World, exchange: StartExc
     """A deployment whose namespace_mapping.template is `flyte-{{ project }}`: the pod in
     flytesnacks-development no longer matches, one in flyte-flytesnacks does."""
     world.admin.executions[("flytesnacks", "development", "e1")] = EXECUTOR
-    world.kube.set_namespace("flyte-flytesnacks", labels={
-        "flyte-auth.flyte.org/inject": "enabled"})
+    world.kube.set_namespace("flyte-flytesnacks",
+                             labels=dict(contract.ENABLED_NAMESPACE_LABELS))
     wf = world.kube.add_workflow("flyte-flytesnacks", "flytesnacks", "development", "e1")
     labels = {"execution-id": "e1", "project": "flytesnacks", "domain": "development"}
     moved = world.kube.add_pod("flyte-flytesnacks", "e1-n0-0", labels=labels,
@@ -345,7 +370,7 @@ async def test_pods_that_claim_no_execution_may_get_their_service_account(
     says non_flyte_pods: service-account, never a user's; refused by default."""
     policy = tmp_path / "policy.yaml"
     policy.write_text("rules:\n  - name: projects\n    non_flyte_pods: service-account\n")
-    world.kube.set_namespace(NAMESPACE, labels={"flyte-auth.flyte.org/inject": "enabled"})
+    world.kube.set_namespace(NAMESPACE, labels=dict(contract.ENABLED_NAMESPACE_LABELS))
     plain = world.kube.add_pod(NAMESPACE, "notebook")
     async with exchange("--policy", str(policy)) as ex:
         status, body = await post(http, ex.url, form(world.kube.token_for(plain)))

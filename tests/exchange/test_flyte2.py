@@ -14,6 +14,7 @@ from aiohttp import web
 
 from devstack.serving import serve
 from devstack.world import ADMIN_URL, EXECUTOR, World
+from flyte_auth_common import contract
 from flyte_auth_common.contract import GUARD_NAME
 from flyte_auth_common.jwt import jwt_claims
 from flyte_auth_exchange.admin import SELF_SUBJECT
@@ -52,7 +53,7 @@ def _forged(world: World, **owner: Any) -> str:
 def _elsewhere(world: World) -> str:
     """A TaskAction owner named from a namespace Flyte 2 does not run actions in."""
     real = world.flyte2_task_pod()
-    world.kube.set_namespace("team-a", labels={"flyte-auth.flyte.org/inject": "enabled"})
+    world.kube.set_namespace("team-a", labels=dict(contract.ENABLED_NAMESPACE_LABELS))
     pod = world.kube.add_pod("team-a", "forged", labels=real["metadata"]["labels"],
                              owners=real["metadata"]["ownerReferences"])
     return world.kube.token_for(pod)
