@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,7 @@ async def binding_verdicts(kube: Kube, workflow_uid: str) -> dict[str, str]:
             lambda: check_live_guard(kube, "plain-development")),
         "missing namespace": await check_verdict(lambda: check_live_guard(kube, "nowhere")),
         **{f"pod security {level}": await check_verdict(
-            lambda level=level: check_live_guard(kube, f"pss-{level}")) for level in PSS},
+            functools.partial(check_live_guard, kube, f"pss-{level}")) for level in PSS},
         "workflow": await check_verdict(lambda: workflow(owner.name, owner.uid)),
         "workflow, other uid": await check_verdict(lambda: workflow(owner.name, "u-1")),
         "workflow missing": await check_verdict(lambda: workflow("gone", owner.uid)),
