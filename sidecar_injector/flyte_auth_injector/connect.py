@@ -52,14 +52,33 @@ def answer(review: Connect, allowed: bool, message: str = "") -> dict[str, Any]:
             "response": {"uid": review.uid, "allowed": True}}
 
 
-def decide(review: Connect, pod: Mapping[str, Any] | None,
-           creators: tuple[str, ...]) -> tuple[bool, str]:
+def exchange_tokens(pod: Mapping[str, Any], audiences: tuple[str, ...]) -> bool:
+    """Whether the pod is given a service-account token for the exchange server (one of
+    `audiences`): what makes it able to act as its execution's launcher. Its spec is what
+    Flyte and the injector wrote: nobody else may create or change a pod with Flyte's
+    claims."""
+    spec = pod.get("spec")
+    volumes = spec.get("volumes") if isinstance(spec, dict) else None
+    for volume in volumes if isinstance(volumes, list) else ():
+        projected = volume.get("projected") if isinstance(volume, dict) else None
+        sources = projected.get("sources") if isinstance(projected, dict) else None
+        for source in sources if isinstance(sources, list) else ():
+            token = source.get("serviceAccountToken") if isinstance(source, dict) else None
+            if isinstance(token, dict) and token.get("audience") in audiences:
+                return True
+    return False
+
+
+def decide(review: Connect, pod: Mapping[str, Any] | None, creators: tuple[str, ...],
+           audiences: tuple[str, ...]) -> tuple[bool, str]:
     """(allowed, why). A pod that does not exist is the API server's 404 to give."""
     if pod is None:
         return True, "no such pod"
     claims = flyte_claims(pod.get("metadata"))
     if not claims:
         return True, "the pod carries no Flyte claims"
+    if not exchange_tokens(pod, audiences):
+        return True, "the pod holds no token for the exchange server (not injected)"
     if review.username in creators or CLUSTER_ADMINS_GROUP in review.groups:
         return True, "Flyte or a cluster admin"
     return False, (
@@ -67,4 +86,5 @@ def decide(review: Connect, pod: Mapping[str, Any] | None,
         f"({', '.join(claims)}), so it acts as the user who launched its execution; "
         f"{review.username} may not use {review.subresource} on it (only Flyte "
         f"({', '.join(creators) or 'nobody'}) and cluster admins may). Read its logs "
-        "(kubectl logs), or run a copy of the task yourself to debug it.")
+        "(kubectl logs), run a copy of the task yourself, or opt the task out of injection "
+        "(annotation flyte-auth.flyte.org/inject: \"false\") to debug it in place.")

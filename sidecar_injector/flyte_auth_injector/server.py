@@ -109,7 +109,9 @@ class InjectorAPI:
                 f"flyte-auth guard: cannot read pod {review.namespace}/{review.pod} to tell "
                 f"whether it acts for a Flyte user, so {review.subresource} is refused; the "
                 "injector's log has the error (connect_review_failed)")))
-        allowed, why = connect.decide(review, pod, self.config.guard_creators)
+        tokens = self.config.tokens
+        allowed, why = connect.decide(review, pod, self.config.guard_creators,
+                                      (tokens.audience, *tokens.allowed_audiences))
         self.metrics.connects.labels("allowed" if allowed else "refused").inc()
         log.info("connect_review", allowed=allowed, namespace=review.namespace, pod=review.pod,
                  subresource=review.subresource, user=review.username,

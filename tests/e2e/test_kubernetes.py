@@ -659,3 +659,10 @@ async def test_exec_attach_port_forward_and_proxy_on_a_flyte_pod_are_refused(
         await e2e.cluster.request(method, f"/api/v1/namespaces/{LABELED}/pods/own-{name}/{path}",
                                   as_user=MALLORY)
     assert "flyte-auth guard" not in str(own.value.body), own.value
+    # Flyte's pod opted out of injection holds no token for the exchange server: a project
+    # user may debug it in place (Flyte's interactive tasks port-forward to such a pod).
+    await e2e.create(flyte_pod(f"out-{name}", **{"flyte-auth.flyte.org/inject": "false"}))
+    with pytest.raises(KubeError) as opted_out:
+        await e2e.cluster.request(method, f"/api/v1/namespaces/{LABELED}/pods/out-{name}/{path}",
+                                  as_user=MALLORY)
+    assert "flyte-auth guard" not in str(opted_out.value.body), opted_out.value

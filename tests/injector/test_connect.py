@@ -32,15 +32,22 @@ def review(pod: str, subresource: str = "exec", user: str = "mallory@example.com
         "object": {"kind": "PodExecOptions", "command": ["sh"]}}}
 
 
+def injected(pod: dict[str, Any]) -> None:
+    """The token volume the injector adds (its audience, the injector's default)."""
+    pod["spec"]["volumes"] = [{"name": "flyte-auth-token", "projected": {"sources": [
+        {"serviceAccountToken": {"audience": "flyte-auth", "path": "token"}}]}}]
+
+
 @pytest.fixture
 async def kube() -> AsyncIterator[StubKubeAPI]:
     stub = StubKubeAPI()
     await stub.start()
-    stub.add_pod(NS, "task", labels={"execution-id": "e1", "project": "flytesnacks",
-                                     "domain": "development"})
-    stub.add_pod(NS, "notebook", labels={"app": "notebook"})
-    stub.add_pod(NS, "v2", owners=[{"apiVersion": "flyte.org/v1", "kind": "TaskAction",
-                                    "name": "a0", "uid": "u", "controller": True}])
+    claims = {"execution-id": "e1", "project": "flytesnacks", "domain": "development"}
+    injected(stub.add_pod(NS, "task", labels=claims))
+    stub.add_pod(NS, "opted-out", labels=claims)  # Flyte's pod, not injected: no token
+    injected(stub.add_pod(NS, "notebook", labels={"app": "notebook"}))
+    injected(stub.add_pod(NS, "v2", owners=[{"apiVersion": "flyte.org/v1", "kind": "TaskAction",
+                                             "name": "a0", "uid": "u", "controller": True}]))
     yield stub
     await stub.stop()
 
@@ -87,6 +94,7 @@ async def test_a_flyte2_pod_is_guarded_by_its_taskaction_owner(connect: Connect)
     ("task", PROPELLER, None),                       # Flyte itself
     ("task", "root@example.com", ["system:masters"]),  # a cluster admin
     ("notebook", "mallory@example.com", None),       # her own pod, no claims
+    ("opted-out", "mallory@example.com", None),      # Flyte's, but holds no exchange token
     ("gone", "mallory@example.com", None),           # the API server answers 404 itself
 ])
 async def test_flyte_admins_and_pods_without_claims_pass(connect: Connect, pod: str, user: str,
