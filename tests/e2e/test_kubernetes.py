@@ -137,7 +137,8 @@ async def grant_pod_rights(cluster: Cluster) -> None:
                              {"apiGroups": [""], "resources": ["pods/ephemeralcontainers"],
                               "verbs": ["update", "patch"]},
                              {"apiGroups": [""], "verbs": ["create", "get"], "resources": [
-                                 "pods/exec", "pods/attach", "pods/portforward", "pods/proxy"]},
+                                 "pods/exec", "pods/attach", "pods/portforward", "pods/proxy",
+                                 "pods/log"]},
                              {"apiGroups": [""], "resources": ["serviceaccounts/token"],
                               "verbs": ["create"]}]})
     await cluster.bind_role("e2e-mallory-debug", "e2e-debug", {
@@ -648,6 +649,11 @@ async def test_exec_attach_port_forward_and_proxy_on_a_flyte_pod_are_refused(
     with pytest.raises(KubeError) as refused:
         await e2e.cluster.request(method, url, as_user=MALLORY)
     refused_by_guard(refused, f"{MALLORY} may not use {subresource}", "Read its logs")
+    # Its logs stay hers to read: the API server answers (the pod waits for a node), not us.
+    with pytest.raises(KubeError) as logs:
+        await e2e.cluster.request("GET", f"/api/v1/namespaces/{LABELED}/pods/{name}/log",
+                                  as_user=MALLORY)
+    assert logs.value.status == 400 and "flyte-auth guard" not in str(logs.value.body)
     # A cluster admin passes the guard: what stops it is the API server's own answer (the
     # pod waits for a node), not ours.
     with pytest.raises(KubeError) as admin:
