@@ -117,6 +117,11 @@ def _fresh(pair: Pair | None, now: dt.datetime) -> bool:
     return bool(cert.not_valid_after_utc - now > RENEW_BEFORE)
 
 
+#: Seconds one call to the API server may take, reading its answer included (a deadline:
+#: aiohttp's total timeout).
+API_DEADLINE = 30.0
+
+
 class Bootstrap:
     def __init__(self, api: client.ApiClient, *, namespace: str, secret: str, service: str,
                  webhook: str | None, directory: Path) -> None:
@@ -130,7 +135,8 @@ class Bootstrap:
         resp = await self._api.call_api(
             path, method, header_params={"Content-Type": content_type,
                                          "Accept": "application/json"},
-            body=body, auth_settings=["BearerToken"], _preload_content=False)
+            body=body, auth_settings=["BearerToken"], _preload_content=False,
+            _request_timeout=API_DEADLINE)
         raw = await resp.read()
         doc = json.loads(raw) if raw else {}
         return resp.status, doc if isinstance(doc, dict) else {}
