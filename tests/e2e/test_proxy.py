@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -30,7 +30,7 @@ from devstack.real.proxy import running_oauth2_proxy
 from devstack.serving import serve
 from devstack.world import ADMIN_URL, EXECUTOR, World, write_signing_key
 from flyte_auth_exchange.config import ExchangeConfig
-from flyte_auth_exchange.runtime import running_exchange
+from flyte_auth_exchange.runtime import RunningExchange, running_exchange
 from tests.e2e.flyte2 import running_flyte2
 from tests.exchange.helpers import form, post
 
@@ -56,16 +56,21 @@ async def recording_upstream() -> AsyncIterator[tuple[str, list[dict[str, str]]]
         await runner.cleanup()
 
 
-async def test_oauth2_proxy_trusts_the_exchange_servers_tokens_and_refuses_forged_ones(
-        tmp_path: Path) -> None:
+Call = Callable[[str | None], Awaitable[int]]
+
+
+@contextlib.asynccontextmanager
+async def proxied(tmp_path: Path) -> AsyncIterator[tuple[World, RunningExchange, Call,
+                                                        list[dict[str, str]],
+                                                        aiohttp.ClientSession]]:
+    """The exchange server on the stand-ins, oauth2-proxy trusting it in front of a recording
+    upstream, and `call(token)`: the proxy's status for a request with that bearer token."""
     world = await World(tmp_path / "world").start()
     try:
         config = ExchangeConfig.load(world.exchange_args(), {})
         async with running_exchange(config) as ex, recording_upstream() as (upstream, seen), \
                 running_oauth2_proxy(tmp_path, ex.url, ADMIN_URL, upstream) as proxy, \
                 aiohttp.ClientSession() as http:
-            minted = await minted_token(world, ex.url, http)
-            forged = forge(minted)
 
             async def call(token: str | None) -> int:
                 headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -73,9 +78,16 @@ async def test_oauth2_proxy_trusts_the_exchange_servers_tokens_and_refuses_forge
                                     allow_redirects=False) as answer:
                     return answer.status
 
-            statuses = [await call(minted), await call(forged), await call(None)]
+            yield world, ex, call, seen, http
     finally:
         await world.stop()
+
+
+async def test_oauth2_proxy_trusts_the_exchange_servers_tokens_and_refuses_forged_ones(
+        tmp_path: Path) -> None:
+    async with proxied(tmp_path) as (world, ex, call, seen, http):
+        minted = await minted_token(world, ex.url, http)
+        statuses = [await call(minted), await call(forge(minted)), await call(None)]
     assert statuses[0] == 200
     assert len(seen) == 1  # only the minted token got through
     assert seen[0]["X-Forwarded-User"] == EXECUTOR  # the launcher, from `sub`
@@ -87,26 +99,13 @@ async def test_a_key_rotation_refuses_no_token_at_the_proxy(tmp_path: Path) -> N
     """Step 2 of deploy/README's rotation: the exchange server signs with a new key. The first
     new token makes oauth2-proxy fetch /jwks again; a token of the old key, still valid, must
     verify with what it fetched (it did not while /jwks held the signing key alone)."""
-    world = await World(tmp_path / "world").start()
-    try:
-        config = ExchangeConfig.load(world.exchange_args(), {})
-        async with running_exchange(config) as ex, recording_upstream() as (upstream, _), \
-                running_oauth2_proxy(tmp_path, ex.url, ADMIN_URL, upstream) as proxy, \
-                aiohttp.ClientSession() as http:
-
-            async def call(token: str) -> int:
-                async with http.get(proxy + "/api/runs", allow_redirects=False,
-                                    headers={"Authorization": f"Bearer {token}"}) as answer:
-                    return answer.status
-
-            before = await minted_token(world, ex.url, http)
-            first = await call(before)  # the proxy now holds the old key
-            write_signing_key(world.key_file)
-            assert ex.files.signing_key.check() is True
-            after = await minted_token(world, ex.url, http)
-            statuses = [first, await call(after), await call(before)]
-    finally:
-        await world.stop()
+    async with proxied(tmp_path) as (world, ex, call, _, http):
+        before = await minted_token(world, ex.url, http)
+        first = await call(before)  # the proxy now holds the old key
+        write_signing_key(world.key_file)
+        assert ex.files.signing_key.check() is True
+        after = await minted_token(world, ex.url, http)
+        statuses = [first, await call(after), await call(before)]
     assert statuses == [200, 200, 200]
 
 
