@@ -24,11 +24,12 @@ help:
 
 $(STAMP): $(PYPROJECTS)
 	@echo "make: setting up $(VENV) (first run, or a pyproject.toml changed; about a minute):"
-	@echo "      the project and its dev extras: aiohttp, grpcio + flyteidl, flytekit,"
-	@echo "      kubernetes-asyncio, joserfc, structlog, pytest, ruff, mypy"
+	@echo "      the three distributions (editable) and the dev dependency group: aiohttp,"
+	@echo "      grpcio + flyteidl, flytekit, kubernetes-asyncio, joserfc, structlog, pytest, ruff, mypy"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e ./common -e ./flytekit_plugin -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e ./common -e ./flytekit_plugin \
+	    -e '.[agent,exchange,injector]' --group dev
 	@echo "make: $(VENV) is ready"
 	touch $@
 

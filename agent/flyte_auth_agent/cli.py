@@ -21,7 +21,12 @@ from flyte_auth_common.client import (
     check_timeout,
     socket_path_from_env,
 )
-from flyte_auth_common.options import add_options, parse_command_line, to_positive_float
+from flyte_auth_common.options import (
+    add_options,
+    command_parser,
+    parse_command_line,
+    to_positive_float,
+)
 
 DESCRIPTION = """\
 Sidecar that gives a Flyte task a FlyteAdmin access token with no secret in the task.
@@ -37,9 +42,7 @@ debug from the task container:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="flyte-auth-agent", description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("flyte-auth-agent", DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser("serve", help="run the agent (the sidecar's command)",
                            description="Run the agent until SIGTERM.")

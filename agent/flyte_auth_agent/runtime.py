@@ -129,13 +129,15 @@ async def running_agent(config: AgentConfig, *, clock: Clock | None = None,
         assert runner.server is not None
         listener = await asyncio.get_running_loop().create_unix_server(
             guard.around(runner.server), sock=sock, backlog=BACKLOG)
+        # Before the health port opens: the kubelet's startup probe there starts the task,
+        # whose first command may be this script (token-wait 0 waits for nothing else).
+        _install_token_command(config.socket.parent)
         if config.health_addr is not None:
             health = app_runner(health_app(api), shutdown_timeout=SHUTDOWN_GRACE)
             runners.append(health)
             await health.setup()
             host, port = config.health_addr
             await web.TCPSite(health, host, port).start()
-        _install_token_command(config.socket.parent)
         log.info("agent_started", socket=str(config.socket), grant=config.grant,
                  token_endpoint=display_url(config.token_endpoint),
                  admin_endpoint=config.admin.host_port if config.admin else None,

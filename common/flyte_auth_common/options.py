@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from flyte_auth_common import __version__
 from flyte_auth_common.errors import ConfigError
 
 T = TypeVar("T")
@@ -97,6 +98,15 @@ def serving_options(name: str, *, serves: str, bootstrap_also: str) -> tuple[Opt
         Option("--service", "this server's Service (DNS names of the bootstrapped "
                "certificate)", name, metavar="NAME"),
     )
+
+
+def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A command's parser: its description kept as written, and `--version` (the one
+    version every distribution, image and chart of this release carries)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
 
 
 def add_options(parser: argparse.ArgumentParser, prefix: str, options: Iterable[Option]) -> None:

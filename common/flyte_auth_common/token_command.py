@@ -4,7 +4,8 @@ only run a command want it (Flyte 2's FLYTE_AUTH_COMMAND, flytekit's ExternalCom
 The agent copies this module, the client and the contract (all stdlib-only) beside its
 socket, so a task container needs nothing of ours installed: only a Python 3. The socket is
 $FLYTE_AUTH_AGENT_SOCKET, else the one beside the script. On failure it prints the reason
-on stderr and exits 1; it never prints anything but the token on stdout.
+on stderr and exits 1; it never prints anything but the token on stdout. `--version` prints
+the version of the agent that wrote it (it is the agent's own copy).
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shlex
 import sys
 
-from flyte_auth_common import contract
+from flyte_auth_common import __version__, contract
 from flyte_auth_common.client import AgentClient, AgentClientError
 
 
-def main(script_dir: str) -> int:
+def main(script_dir: str, argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv) == ["--version"]:
+        print(f"flyte-auth-token {__version__}")
+        return 0
     socket_path = os.environ.get(contract.SOCKET_ENV) or os.path.join(script_dir,
                                                                       contract.SOCKET_NAME)
     try:
@@ -40,6 +45,30 @@ sys.path.insert(0, os.path.join(here, {contract.TOKEN_COMMAND_LIB!r}))
 from flyte_auth_common.token_command import main
 sys.exit(main(here))
 '''
+#: What FLYTE_AUTH_COMMAND runs: the script, once it exists. A task may start before its
+#: agent has written it (token-wait 0 holds the task for nothing), so, as the client waits for
+#: a starting agent's socket, this waits for the script while the socket's directory exists
+#: (up to 30 s), then runs it.
+LAUNCHER = """import os, runpy, sys, time
+script = sys.argv[1]
+end = time.monotonic() + 30
+while not os.path.exists(script) and os.path.isdir(os.path.dirname(script)) \\
+        and time.monotonic() < end:
+    time.sleep(0.02)
+if not os.path.exists(script):
+    sys.exit(f"flyte-auth-token: {script} does not exist: is the flyte-auth agent running "
+             "in this pod?")
+sys.argv = [script]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def command_line(directory: str) -> str:
+    """FLYTE_AUTH_COMMAND for a socket directory mounted at `directory`, shell-quoted (the
+    `flyte` SDK splits it as a shell would)."""
+    return shlex.join(["python3", "-c", LAUNCHER, os.path.join(directory, contract.TOKEN_COMMAND)])
+
+
 #: What the script imports, copied into its library directory.
 LIBRARY = ("__init__.py", "contract.py", "client.py", "token_command.py")
 

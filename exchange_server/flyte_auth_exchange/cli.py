@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 from flyte_auth_common import daemon
-from flyte_auth_common.options import add_options, parse_command_line
+from flyte_auth_common.options import add_options, command_parser, parse_command_line
 from flyte_auth_exchange.config import ENV_PREFIX, OPTIONS, ExchangeConfig
 
 DESCRIPTION = """\
@@ -27,8 +26,7 @@ debug:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flyte-auth-exchange", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("flyte-auth-exchange", DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser("serve", help="run the exchange server",
                            description="Run the exchange server until SIGTERM.")

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from flyte_auth_common import daemon
-from flyte_auth_common.options import add_options, parse_command_line
+from flyte_auth_common.options import add_options, command_parser, parse_command_line
 from flyte_auth_injector.config import ENV_PREFIX, OPTIONS, InjectorConfig
 from flyte_auth_injector.webhook_config import webhook_configuration
 
@@ -49,8 +49,7 @@ def _webhook_config(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flyte-auth-injector", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("flyte-auth-injector", DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser("serve", help="run the webhook",
                            description="Run the webhook until SIGTERM. Every flag can also be "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from flyte_auth_common import __version__
 from flyte_auth_common.contract import LABEL_EXECUTION_ID, LABEL_V2_ACTION, LABEL_V2_RUN
 
 # --- Selection ---------------------------------------------------------------------------
@@ -57,7 +58,8 @@ MAX_TOKEN_WAIT: Final = 3600
 DEFAULT_AUDIENCE: Final = "flyte-auth"
 #: The agent's TCP health port, for the kubelet's startup and liveness probes.
 DEFAULT_PROBE_PORT: Final = 9787
-DEFAULT_AGENT_IMAGE: Final = "flyte-auth-agent:0.1.0"
+#: The agent image of this release (the injector and the agent ship together).
+DEFAULT_AGENT_IMAGE: Final = f"flyte-auth-agent:{__version__}"
 #: Measured: steady RSS ~40 MiB (bench/README.md), near-zero CPU between refreshes.
 DEFAULT_RESOURCES: Final = {
     "requests": {"cpu": "5m", "memory": "48Mi"},

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flyte_auth_common import contract
+from flyte_auth_common import contract, token_command
 from flyte_auth_common.agent_options import AGENT_ENV
 from flyte_auth_common.options import whole_number_in
 from flyte_auth_injector import consts
@@ -320,7 +320,7 @@ def wire_container(container: Json, socket_vol: str, sidecar: Sidecar, flyte: in
     wanted = [(contract.SOCKET_ENV, f"{path}/{contract.SOCKET_NAME}")]
     if flyte == 2:
         wanted += [(contract.ENV_V2_AUTH_TYPE, contract.V2_AUTH_TYPE),
-                   (contract.ENV_V2_AUTH_COMMAND, f"python3 {path}/{contract.TOKEN_COMMAND}")]
+                   (contract.ENV_V2_AUTH_COMMAND, token_command.command_line(path))]
     else:
         wanted.append((contract.ENV_AUTH_MODE, contract.PLUGIN_AUTH_MODE))
         if sidecar.admin_endpoint:

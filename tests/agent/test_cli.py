@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import aiohttp
 import pytest
 
 from devstack.token_endpoint import TokenEndpoint
+from flyte_auth_common import __version__, contract, token_command
 from tests.helpers import H
 
 AGENT = str(Path(sys.executable).parent / "flyte-auth-agent")
@@ -248,11 +250,12 @@ def test_wait_without_an_agent_fails_at_once(short_dir: Path) -> None:
     assert "flyte-auth.flyte.org/inject=enabled" in out.stderr
 
 
-def run_token_command(script: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def run_token_command(script: Path, args: tuple[str, ...] = (), **env: str,
+                      ) -> subprocess.CompletedProcess[str]:
     """As Flyte 2's SDK runs FLYTE_AUTH_COMMAND, with no site-packages (-S): what a task
     image holds of ours is nothing, so the script must run from the copied library alone."""
-    return subprocess.run([sys.executable, "-S", str(script)], capture_output=True, text=True,
-                          env=clean_env(**env), timeout=30, check=False)
+    return subprocess.run([sys.executable, "-S", str(script), *args], capture_output=True,
+                          text=True, env=clean_env(**env), timeout=30, check=False)
 
 
 async def test_the_agent_writes_a_token_command_any_python_can_run(
@@ -262,10 +265,34 @@ async def test_the_agent_writes_a_token_command_any_python_can_run(
     printed = await asyncio.to_thread(run_token_command, script)
     token = await asyncio.to_thread(run, "token", "--socket", str(sock_path))
     assert (printed.returncode, printed.stdout, printed.stderr) == (0, token.stdout, "")
+    # It is the agent's own copy: its version is the agent's.
+    version = await asyncio.to_thread(run_token_command, script, args=("--version",))
+    assert version.stdout == f"flyte-auth-token {__version__}\n"
     # $FLYTE_AUTH_AGENT_SOCKET wins over the socket beside the script.
     moved = await asyncio.to_thread(run_token_command, script,
                                     FLYTE_AUTH_AGENT_SOCKET=str(sock_path.parent / "gone.sock"))
     assert moved.returncode == 1 and "gone.sock" in moved.stderr
+
+
+async def test_the_task_command_waits_for_a_starting_agent_to_write_the_script(
+        tmp_path: Path) -> None:
+    """FLYTE_AUTH_COMMAND may run before the agent wrote its script (token-wait 0): it waits
+    while the socket's directory exists, then runs the script; without the directory it
+    says what is missing, in one line."""
+    argv = shlex.split(token_command.command_line(str(tmp_path)))
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    (tmp_path / "flyte-auth-token.py.tmp").write_text("import sys; print('ran', sys.argv)\n")
+    (tmp_path / "flyte-auth-token.py.tmp").rename(tmp_path / contract.TOKEN_COMMAND)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    script = str(tmp_path / contract.TOKEN_COMMAND)
+    assert (proc.returncode, out.decode(), err) == (0, f"ran [{script!r}]\n", b"")
+    gone = await asyncio.to_thread(
+        subprocess.run, shlex.split(token_command.command_line(str(tmp_path / "no-agent"))),
+        capture_output=True, text=True, timeout=30, check=False)
+    assert gone.returncode == 1 and gone.stdout == ""
+    assert gone.stderr.startswith("flyte-auth-token: ") and "agent running" in gone.stderr
+    assert "Traceback" not in gone.stderr
 
 
 async def test_the_token_command_without_a_token_says_why_on_stderr_only(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -312,7 +313,9 @@ async def test_a_flyte2_task_pod_gets_the_sdks_command_mode_and_nothing_of_flyte
     assert injected["spec"]["initContainers"][0]["name"] == "flyte-auth-agent"
     env = {e["name"]: e.get("value") for e in injected["spec"]["containers"][0]["env"]}
     assert env["FLYTE_AUTH_TYPE"] == "ExternalCommand"
-    assert env["FLYTE_AUTH_COMMAND"] == "python3 /var/run/flyte-auth/flyte-auth-token.py"
+    argv = shlex.split(env["FLYTE_AUTH_COMMAND"])  # as the SDK splits it
+    assert argv[:2] == ["python3", "-c"]
+    assert argv[3:] == ["/var/run/flyte-auth/flyte-auth-token.py"]
     assert env["FLYTE_AUTH_AGENT_SOCKET"] == "/var/run/flyte-auth/agent.sock"
     assert "FLYTE_CREDENTIALS_AUTH_MODE" not in env and "FLYTE_PLATFORM_URL" not in env
     assert env["RUN_NAME"] == "r8x2k"  # the executor's env untouched

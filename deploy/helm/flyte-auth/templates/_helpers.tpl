@@ -52,7 +52,7 @@ podAntiAffinity:
 {{- end }}
 
 {{- define "flyte-auth.serverImage" -}}
-image: {{ .Values.image.server.repository }}:{{ .Values.image.server.tag }}
+image: {{ .Values.image.server.repository }}:{{ .Values.image.server.tag | default .Chart.AppVersion }}
 imagePullPolicy: {{ .Values.image.server.pullPolicy }}
 {{- end }}
 
@@ -104,7 +104,7 @@ affinity: {{- include "flyte-auth.antiAffinity" . | nindent 2 }}
 
 {{- /* The injector's config file; its checksum rolls the injector's pods when it changes. */ -}}
 {{- define "flyte-auth.injectorConfig" -}}
-agent_image: {{ .Values.image.agent.repository }}:{{ .Values.image.agent.tag }}
+agent_image: {{ .Values.image.agent.repository }}:{{ .Values.image.agent.tag | default .Chart.AppVersion }}
 admin_endpoint: {{ .Values.flyteAdmin.grpcEndpoint }}
 admin_insecure: {{ .Values.flyteAdmin.insecure }}
 token_endpoint: {{ ternary "http" "https" .Values.exchange.plainHTTP }}://{{ include "flyte-auth.fullname" . }}-exchange.{{ .Release.Namespace }}.svc.cluster.local/oauth2/token
