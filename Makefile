@@ -8,13 +8,14 @@ STAMP  := $(VENV)/.installed
 PYPROJECTS := common/pyproject.toml pyproject.toml flytekit_plugin/pyproject.toml
 
 .PHONY: help venv test unit lint fmt run bench bench-agent bench-exchange bench-injector \
-        bench-plugin bench-pod-start tools e2e-peers kustomize-path helm-path manifests chart images e2e e2e-long \
+        bench-plugin bench-pod-start dist tools e2e-peers kustomize-path helm-path manifests chart images e2e e2e-long \
         e2e-deps clean
 
 help:
 	@echo "make run    run the whole chain locally and print the token round trip"
 	@echo "make manifests / make chart   render the kustomize overlay / the Helm chart"
-	@echo "make images build the container images (needs a running docker or podman)"
+	@echo "make dist   the release into dist/: wheels, sdists, the chart, both images (OCI archives)"
+	@echo "make images the same (docker, podman, or buildah as root)"
 	@echo "make test   lint (ruff, mypy --strict) and run every test"
 	@echo "make e2e    end to end against real kube-apiserver, a node, Keycloak, Flyte 1 and 2, oauth2-proxy"
 	@echo "make e2e-long  the end-to-end cases that wait minutes of real time (token rotation)"
@@ -49,10 +50,12 @@ unit: $(STAMP) tools
 # first run on a machine builds kube-apiserver and Flyte from Go sources (about 20 minutes);
 # later runs reuse the cache. etcd, PostgreSQL, containerd and runc come from Debian packages
 # (the real node's kubelet runs pods in containerd): installing them
-# needs root, and is the only step that does (the suite runs them as its own processes).
+# needs root, as does buildah's image build (make dist); the suite runs them as its own
+# processes.
 E2E_PACKAGES := $(if $(shell command -v etcd),,etcd-server) \
                 $(if $(wildcard /usr/lib/postgresql/15/bin/initdb),,postgresql) \
-                $(if $(shell command -v containerd),,containerd) $(if $(shell command -v runc),,runc)
+                $(if $(shell command -v containerd),,containerd) $(if $(shell command -v runc),,runc) \
+                $(if $(shell command -v buildah),,buildah)
 e2e-deps:
 	@test -z "$(strip $(E2E_PACKAGES))" || test "$$(id -u)" = 0 || { echo "make e2e: needs the \
 	Debian packages $(strip $(E2E_PACKAGES)); install them (apt-get install $(strip \
@@ -62,7 +65,8 @@ e2e-deps:
 
 # Peers and images are built (or found in the cache) before pytest starts: no test's timeout
 # covers a build.
-e2e-peers: $(STAMP) tools e2e-deps
+# The agent image the node runs is the release's: make dist builds it first.
+e2e-peers: $(STAMP) tools e2e-deps dist
 	$(PY) -m devstack.real.peers
 	$(PY) -m tests.e2e.images
 
@@ -150,11 +154,13 @@ manifests: $(KUSTOMIZE)
 chart: $(HELM)
 	@$(HELM) template flyte-auth deploy/helm/flyte-auth --namespace flyte-auth --kube-version $(KUBE_VERSION)
 
-ENGINE := $(shell for e in docker podman; do command -v $$e >/dev/null && $$e info >/dev/null 2>&1 && echo $$e && break; done)
-images:
-	@test -n "$(ENGINE)" || { echo "make images: no running container engine (docker or podman) here; build on a machine with one"; exit 1; }
-	$(ENGINE) build -f deploy/Dockerfile --target agent -t flyte-auth-agent:0.1.0 .
-	$(ENGINE) build -f deploy/Dockerfile --target server -t flyte-auth-server:0.1.0 .
+# The release, into dist/: wheels and sdists (twine check), the chart (helm lint --strict,
+# helm package), both images from deploy/Dockerfile as OCI archives (docker, podman, or
+# buildah as root; devstack/release.py). `make images` is the same.
+dist: $(STAMP) $(HELM)
+	$(PY) -m devstack.release --helm $(HELM)
+
+images: dist
 
 clean:
-	rm -rf $(VENV) $(AGENT_VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache run
+	rm -rf $(VENV) $(AGENT_VENV) build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache run

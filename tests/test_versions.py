@@ -50,3 +50,11 @@ def test_the_task_side_pins_the_kit_to_its_own_minor_version() -> None:
     for pyproject in ("pyproject.toml", "flytekit_plugin/pyproject.toml"):
         deps = tomllib.loads((ROOT / pyproject).read_text())["project"]["dependencies"]
         assert f"flyte-auth-common>={MINOR}.0,<{nxt}" in deps, pyproject
+
+
+def test_each_distribution_ships_the_one_licence() -> None:
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    for copy in ("common/LICENSE", "flytekit_plugin/LICENSE"):  # an sdist holds no links
+        path = ROOT / copy
+        assert not path.is_symlink() and path.read_text() == text, copy

@@ -5,11 +5,12 @@ an OCI image layout (one layer tar, a config, a manifest, an index) in a tarball
 - `pause`: the pod sandbox image the kubelet asks for (containerd's `sandbox_image`), a
   static Go program that waits for SIGTERM, under the name registry.k8s.io/pause uses.
 - `tool`: the same static program, for task containers that only need to run and exit.
-- `agent`: deploy/Dockerfile's agent stage, built without an engine: Debian bookworm's
-  Python 3.11 (the packages python:3.11-slim-bookworm's interpreter needs), a virtualenv at
-  /opt/agent with `flyte-auth-common` and `flyte-auth-agent[agent]` installed from wheels,
-  the same PATH, user 65532 and entrypoint.
-- any other Python image (`PythonImage`), built the same way: the e2e suite's task image.
+- `agent`: not built here: the image `make dist` builds from deploy/Dockerfile
+  (devstack/release.py), which users install.
+- the base of those images (`base_image`, the Dockerfile's PYTHON): Debian bookworm's
+  Python 3.11 and a shell, from Debian's packages.
+- any other Python image (`PythonImage`): Debian's Python 3.11 and a virtualenv, filled
+  from wheels built here: the e2e suite's task images.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from dataclasses import dataclass, field
 from importlib.metadata import distributions
 from pathlib import Path
 
+from devstack import release
 from devstack.real.peers import CACHE, ROOT, _run, say
 
 PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
 TOOL_IMAGE = "flyte-auth.e2e/tool:1"
-AGENT_IMAGE = "flyte-auth.e2e/agent:1"
+#: Under the name the chart's defaults give it.
+AGENT_IMAGE = release.image_name("agent")
 #: Debian bookworm packages behind the agent image's interpreter (libc, Python 3.11 with
 #: venv and ensurepip, the libraries its stdlib links).
 AGENT_DEBS = (
@@ -187,7 +190,9 @@ def layout(image: Image, layer: bytes | None = None) -> bytes:
     config = {"architecture": "amd64", "os": "linux",
               "config": {"Entrypoint": image.entrypoint, "Cmd": image.cmd,
                          "User": image.user, "Env": image.env, "WorkingDir": "/"},
-              "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]}}
+              "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
+              # One entry per layer: builders (buildah) check the two agree.
+              "history": [{"created_by": f"devstack/real/images.py: {image.name}"}]}
     config_desc = _blob(blobs, json.dumps(config, sort_keys=True).encode())
     manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
@@ -276,15 +281,65 @@ class PythonImage:
         return digest.hexdigest()[:16]
 
 
-#: deploy/Dockerfile's agent stage: the same venv, PATH, user and entrypoint.
-AGENT = PythonImage(
-    AGENT_IMAGE, "/opt/agent", ("flyte-auth-common[serving,admin]", "flyte-auth-agent[agent]"),
-    ("./common", ".[agent]"), ("common", "agent"),
-    ["flyte-auth-agent"], ["serve"], "65532:65532")
-
-
 def agent_image() -> Path:
-    return python_image(AGENT)
+    """The agent image `make dist` built from deploy/Dockerfile, as the release ships it."""
+    path = release.archive("agent")
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: run `make dist` (make e2e does it first)")
+    return path
+
+
+def debian_root(packages: tuple[str, ...], debs: Path, rootfs: Path) -> None:
+    """Debian's `packages` downloaded into `debs` and unpacked into `rootfs` (no maintainer
+    scripts run: what they would link or make, callers make)."""
+    _run(["apt-get", "download", "-q", *packages], debs)
+    for deb in sorted(debs.glob("*.deb")):
+        _run(["dpkg-deb", "-x", str(deb), str(rootfs)], debs)
+
+
+#: deploy/Dockerfile's PYTHON as `make images` builds it (no registry here): Debian bookworm's
+#: Python 3.11 with `python` on PATH, and the POSIX shell and tools a RUN step uses.
+BASE_IMAGE = "localhost/flyte-auth/python:3.11-bookworm"
+BASE_DEBS = (*AGENT_DEBS, "dash", "coreutils", "findutils", "libacl1", "libattr1", "libgmp10",
+             "libselinux1", "libpcre2-8-0")
+BASE_LINKS = (("/bin/sh", "dash"), ("/usr/bin/python3", "python3.11"),
+              ("/usr/local/bin/python", "/usr/bin/python3.11"),
+              ("/usr/local/bin/python3", "/usr/bin/python3.11"))
+
+
+def base_image() -> Path:
+    """BASE_IMAGE as an OCI archive, cached by its recipe (this module's source)."""
+    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    path = CACHE / "images" / f"base-python-{digest}.tar"
+    if path.exists():
+        return path
+    for stale in path.parent.glob("base-python-*.tar"):
+        stale.unlink()
+    say(f"building {BASE_IMAGE} from Debian bookworm's packages (deploy/Dockerfile's PYTHON)")
+    work = CACHE / "base-image"
+    shutil.rmtree(work, ignore_errors=True)
+    debs, rootfs = work / "debs", work / "rootfs"
+    debs.mkdir(parents=True)
+    debian_root(BASE_DEBS, debs, rootfs)
+    for link, target in BASE_LINKS:  # where a package does not ship the link itself
+        made = rootfs / link.lstrip("/")
+        made.parent.mkdir(parents=True, exist_ok=True)
+        if not made.is_symlink():
+            made.symlink_to(target)
+    for directory, mode in (("tmp", 0o1777), ("root", 0o700)):
+        (rootfs / directory).mkdir(exist_ok=True)
+        (rootfs / directory).chmod(mode)
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for entry in sorted(os.listdir(rootfs)):
+            tar.add(rootfs / entry, arcname=entry)
+    image = Image(BASE_IMAGE, {}, [], ["python3"],
+                  env=["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                       "LANG=C.UTF-8"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(layout(image, layer.getvalue()))
+    shutil.rmtree(work, ignore_errors=True)
+    return path
 
 
 def python_image(spec: PythonImage) -> Path:
@@ -304,9 +359,7 @@ def python_image(spec: PythonImage) -> Path:
     debs, rootfs, wheels = work / "debs", work / "rootfs", work / "rootfs/wheels"
     for d in (debs, wheels):
         d.mkdir(parents=True)
-    _run(["apt-get", "download", "-q", *spec.debs], debs)
-    for deb in sorted(debs.glob("*.deb")):
-        _run(["dpkg-deb", "-x", str(deb), str(rootfs)], work)
+    debian_root(spec.debs, debs, rootfs)
     if spec.wheels:
         pins = work / "constraints.txt"
         ours = ("flyte-auth", "flytekitplugins-auth")

@@ -368,18 +368,20 @@ def test_a_malformed_values_file_is_a_clear_render_error(tmp_path: Path) -> None
         assert where in stderr, where
 
 
-def test_the_dockerfile_builds_slim_non_root_images() -> None:
+def test_the_dockerfile_builds_slim_non_root_images_from_the_release_wheels() -> None:
+    """What the Dockerfile says; the images it builds are checked as built (make dist's
+    check_image, and tests/e2e/test_dist.py on the archives)."""
     text = (ROOT / "deploy/Dockerfile").read_text()
-    stages = text.split("\nFROM ")[1:]
-    finals = {s.split(" AS ")[1].split()[0]: s for s in stages}
-    assert set(finals) == {"build", "agent", "server"}
+    stages = {s.split(" AS ")[1].split()[0]: s for s in text.split("\nFROM ")[1:]}
+    assert set(stages) == {"build", "runtime", "agent", "server"}
+    assert "USER 65532:65532" in stages["runtime"]
     for name in ("agent", "server"):
-        stage = finals[name]
-        assert "USER 65532:65532" in stage
-        assert "pip install" not in stage
-        assert "apt-get" not in stage
+        stage = stages[name]
+        assert stage.startswith("runtime AS ")
+        assert "pip install" not in stage and "apt-get" not in stage
         assert "COPY --from=build /opt/" in stage
-    assert "'.[agent]'" in finals["build"]  # the sidecar image carries only the agent extra
+    # The sidecar carries only the agent extra, from the wheels, with no index.
+    assert "--no-index --find-links /wheels 'flyte-auth-agent[agent]'" in stages["build"]
 
 
 def test_the_values_operators_reach_for_reach_the_pods() -> None:

@@ -21,7 +21,8 @@ TASKS = (PYTHON, flyte.TASK, flyte2.TASK)
 
 
 def build_all() -> list[Path]:
-    """The node's images (pause, tool, agent) and every task image, cached by content."""
+    """The node's images (pause, tool) and every task image, cached by content; the agent's
+    is the one `make dist` built."""
     return [*images.tool_images(), images.agent_image(), *map(python_image, TASKS)]
 
 
