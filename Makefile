@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 PYPROJECTS := common/pyproject.toml pyproject.toml flytekit_plugin/pyproject.toml
 
 .PHONY: help venv test unit lint fmt run bench bench-agent bench-exchange bench-injector \
-        bench-plugin bench-pod-start dist tools e2e-peers kustomize-path helm-path manifests chart images e2e e2e-long \
+        bench-plugin bench-pod-start dist tools task-envs e2e-peers kustomize-path helm-path manifests chart images e2e e2e-long \
         e2e-deps clean
 
 help:
@@ -43,8 +43,15 @@ lint: $(STAMP)
 # No root needed. The manifest tests render with kustomize and helm, Go programs built once
 # per machine (below) before pytest starts, never inside a test's timeout; without Go, make
 # says what is missing before any test runs.
-unit: $(STAMP) tools
+unit: $(STAMP) tools task-envs
 	$(RENDERERS) $(VENV)/bin/pytest --ignore=tests/e2e $(PYTEST_ARGS)
+	$(PY) -m devstack.task_envs --test $(PYTEST_ARGS)
+
+# What a task image installs (our two task-side wheels, built fresh; flytekit where it installs),
+# in a venv per Python task images run besides 3.11: 3.10, 3.12, 3.13 (pyenv's or on PATH).
+# Built before pytest starts; the first run downloads flytekit for each (about a minute).
+task-envs: $(STAMP)
+	$(PY) -m devstack.task_envs
 
 # End to end against real peers (kube-apiserver + etcd, Keycloak, Flyte on PostgreSQL). The
 # first run on a machine builds kube-apiserver and Flyte from Go sources (about 20 minutes);

@@ -8,7 +8,9 @@ and the agent on ./run/agent.sock, which discovers the exchange server from Flyt
 
 It prints the round trip — pod, execution, the principal FlyteAdmin's UserInfo reports for the
 agent's token — and the curl commands to see for yourself. --once exits after that (0 on
-success); otherwise it serves until Ctrl-C.
+success); otherwise it serves until Ctrl-C or SIGTERM. --task-env FILE writes, once the round
+trip has passed, the env the injector gives a task container (and the launcher's name) as
+JSON: task_tests/ run flytekit on other Pythons against this chain.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ async def user_info(target: str, header: str, token: str) -> str:
     return str(reply.subject)
 
 
-async def main(once: bool) -> int:
+async def main(once: bool, task_env_file: Path | None = None) -> int:
     shutil.rmtree(RUN, ignore_errors=True)
     RUN.mkdir()
     token_file, sock = RUN / "sa-token", RUN / "agent.sock"
@@ -134,12 +136,15 @@ async def main(once: bool) -> int:
                 status = await asyncio.to_thread(client.status)
                 header = config["authorization_metadata_key"]
                 principal = await user_info(world.admin_target, header, body["access_token"])
-                via_flytekit = await task_process(world, pod, sock, execution_env)
+                env = task_env(world, sock, execution_env)
+                via_flytekit = await task_process(env)
                 report(world, pod, started["listen"], body, status, header, principal, sock,
                        via_flytekit, once=once, config=dict(config))
                 if principal != EXECUTOR or via_flytekit != EXECUTOR:
                     raise Failed(f"FlyteAdmin saw {principal!r} / {via_flytekit!r}, expected "
                                  f"{EXECUTOR!r}")
+                if task_env_file is not None:
+                    task_env_file.write_text(json.dumps({"env": env, "launcher": EXECUTOR}))
                 if not once:
                     print("Serving until Ctrl-C.", flush=True)
                     await until_signalled()
@@ -167,14 +172,18 @@ print(execution.spec.metadata.principal)
 """
 
 
-async def task_process(world: World, pod: dict[str, Any], sock: Path,
-                       execution_env: dict[str, str]) -> str:
+def task_env(world: World, sock: Path, execution_env: dict[str, str]) -> dict[str, str]:
+    """The FLYTE_* env the injector (and propeller) give a task container."""
+    return execution_env | {
+        contract.ENV_PLATFORM_URL: world.admin_target, contract.ENV_PLATFORM_INSECURE: "true",
+        contract.ENV_AUTH_MODE: contract.PLUGIN_AUTH_MODE, contract.SOCKET_ENV: str(sock.resolve())}
+
+
+async def task_process(task_env: dict[str, str]) -> str:
     """What a task does, as its own process (a task's gRPC channel ends with it, so no idle
     keepalive pings outlive it): FlyteRemote(Config.auto()) with the env the injector sets;
     the flyte-auth-agent plugin supplies the token. Returns the execution's principal."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYTE_")} | execution_env | {
-        contract.ENV_PLATFORM_URL: world.admin_target, contract.ENV_PLATFORM_INSECURE: "true",
-        contract.ENV_AUTH_MODE: contract.PLUGIN_AUTH_MODE, contract.SOCKET_ENV: str(sock.resolve())}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYTE_")} | task_env
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", TASK_CODE, env=env, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
@@ -226,4 +235,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--once", action="store_true", help="print the round trip and exit")
-    sys.exit(asyncio.run(main(parser.parse_args().once)))
+    parser.add_argument("--task-env", type=Path, metavar="FILE",
+                        help="write a task container's env (JSON) here once the chain is up")
+    args = parser.parse_args()
+    sys.exit(asyncio.run(main(args.once, args.task_env)))

@@ -48,4 +48,6 @@ def test_the_renderers_are_built_before_pytest_starts(tmp_path: Path) -> None:
     helm = plan.index("helm.sh/helm/v3/cmd/helm@")
     pytest_at = plan.index("bin/pytest")
     assert kustomize < pytest_at and helm < pytest_at
+    # The task side's venvs (flytekit on 3.10 and 3.12) too, before pytest and after it.
+    assert plan.index("-m devstack.task_envs\n") < pytest_at < plan.index("task_envs --test")
     assert "building helm" in plan and "the chart tests render" in plan

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -273,39 +272,6 @@ async def test_the_agent_writes_a_token_command_any_python_can_run(
     moved = await asyncio.to_thread(run_token_command, script,
                                     FLYTE_AUTH_AGENT_SOCKET=str(sock_path.parent / "gone.sock"))
     assert moved.returncode == 1 and "gone.sock" in moved.stderr
-
-
-#: The Pythons task images run besides the servers' 3.11 (flytekit 1.16: 3.10-3.12; the
-#: `flyte` SDK: 3.10+).
-TASK_PYTHONS = ("3.10", "3.12", "3.13")
-
-
-def task_python(version: str) -> str:
-    """An interpreter of `version`: on PATH, else one pyenv installed; a clear failure if
-    this machine has neither."""
-    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    for candidate in [shutil.which(f"python{version}"),
-                      *sorted(str(p) for p in pyenv.glob(f"{version}.*/bin/python{version}"))]:
-        if candidate and subprocess.run([candidate, "-c", ""], capture_output=True,
-                                        check=False).returncode == 0:
-            return candidate
-    pytest.fail(f"no python{version} here: task images run it, so the token command is "
-                f"tested on it; install it (pyenv install {version}, or your distribution's "
-                "package)")
-
-
-@pytest.mark.parametrize("version", TASK_PYTHONS)
-async def test_the_token_command_runs_on_every_python_task_images_use(
-        agent: Agent, sock_path: Path, version: str) -> None:
-    """Flyte 2's task images run the copied client, contract and token command on their
-    own Python, with nothing of ours installed."""
-    python = await asyncio.to_thread(task_python, version)
-    script = sock_path.parent / contract.TOKEN_COMMAND
-    printed, token = await asyncio.gather(
-        asyncio.to_thread(subprocess.run, [python, "-S", str(script)], capture_output=True,
-                          text=True, env=clean_env(), timeout=30, check=False),
-        asyncio.to_thread(run, "token", "--socket", str(sock_path)))
-    assert (printed.returncode, printed.stdout, printed.stderr) == (0, token.stdout, "")
 
 
 async def test_the_task_command_waits_for_a_starting_agent_to_write_the_script(
