@@ -53,7 +53,8 @@ def webhook_configuration(*, service: str = "flyte-auth-injector",
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "flyte-auth-injector"}},
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "flyte-auth-injector",
+                                                  "app.kubernetes.io/part-of": "flyte-auth"}},
         "webhooks": [{
             "name": WEBHOOK_NAME,
             "admissionReviewVersions": ["v1"],
