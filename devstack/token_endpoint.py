@@ -50,6 +50,7 @@ class Exchange:
 
     form: dict[str, str]
     authorization: str | None
+    user_agent: str = ""
 
 
 @dataclass
@@ -116,7 +117,8 @@ class TokenEndpoint:
 
     async def _token(self, request: web.Request) -> web.StreamResponse:
         form = {k: str(v) for k, v in (await request.post()).items()}
-        self.received.append(Exchange(form, request.headers.get("Authorization")))
+        self.received.append(Exchange(form, request.headers.get("Authorization"),
+                                      request.headers.get("User-Agent", "")))
         self.arrived.set()
         await self.gate.wait()
         if self.queued:

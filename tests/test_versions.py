@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flyte_auth_common import __version__
+from flyte_auth_common import __version__, contract
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -58,3 +58,15 @@ def test_each_distribution_ships_the_one_licence() -> None:
     for copy in ("common/LICENSE", "flytekit_plugin/LICENSE"):  # an sdist holds no links
         path = ROOT / copy
         assert not path.is_symlink() and path.read_text() == text, copy
+
+
+@pytest.mark.parametrize(("ours", "theirs", "breaks"), [
+    ("0.1.0", "0.1.7", False), ("0.2.0", "0.1.3", False), ("0.1.0", "0.2.9", False),
+    ("0.1.0", "0.3.0", True), ("0.3.1", "0.1.0", True), ("1.0.0", "0.9.0", True),
+    ("0.1.0", "", False), ("0.1.0", "dev", False), ("0.1.0", "0.x", False)])
+def test_the_skew_rule_is_one_minor_within_a_major(ours: str, theirs: str,
+                                                   breaks: bool) -> None:
+    problem = contract.skew_problem(ours, theirs, we="this server", they="an agent")
+    assert (problem is not None) == breaks
+    if problem:
+        assert problem.startswith(f"an agent {theirs} and this server {ours} are more than 1")

@@ -21,7 +21,7 @@ from flyte_auth_agent.exchange import Exchanger, Upstream
 from flyte_auth_agent.metrics import AgentMetrics
 from flyte_auth_agent.server import AgentAPI, display_url, health_app, socket_app
 from flyte_auth_agent.source import Clock, SystemClock, TokenSource
-from flyte_auth_common import token_command
+from flyte_auth_common import __version__, contract, token_command
 from flyte_auth_common.admin import tls_material
 from flyte_auth_common.agent_options import AGENT_ENV, agent_setting
 from flyte_auth_common.daemon import app_runner
@@ -109,7 +109,9 @@ async def running_agent(config: AgentConfig, *, clock: Clock | None = None,
         config.ca_cert_pem)
     sock = bind_unix_socket(config.socket, config.socket_mode)
     metrics = AgentMetrics()
-    session = aiohttp.ClientSession()
+    # The exchange server reads the agent's version from it (the skew rule, README: Versions).
+    session = aiohttp.ClientSession(
+        headers={"User-Agent": f"{contract.AGENT_PRODUCT}/{__version__}"})
     exchanger = Exchanger(config, session, clock, ssl_ctx=ssl_ctx, ca_pem=ca_pem)
     source = TokenSource(exchanger.fetch, exchanger.resolve,
                          upstream=exchanger.configured_upstream(), clock=clock, observer=metrics)

@@ -19,7 +19,7 @@ from flyte_auth_agent.metrics import AgentMetrics
 from flyte_auth_agent.peercred import UNKNOWN, Peer, peer_of
 from flyte_auth_agent.source import TokenSource
 from flyte_auth_agent.tokens import AccessToken, rfc3339
-from flyte_auth_common import contract
+from flyte_auth_common import __version__, contract
 from flyte_auth_common.metrics import metrics_response
 
 log = structlog.get_logger("flyte_auth_agent")
@@ -171,6 +171,7 @@ class AgentAPI:
             "project": c.execution.project,
             "domain": c.execution.domain,
             "execution_id": c.execution.execution_id,
+            "agent_version": __version__,
         }
         return _json(body)
 

@@ -29,6 +29,33 @@ DEFAULT_TOKEN_FILE: Final = f"{TOKEN_DIR}/{TOKEN_FILE_NAME}"
 REQUIRED_HEADER: Final = "X-Flyte-Auth-Agent"
 REQUIRED_HEADER_VALUE: Final = "1"
 
+# --- Versions (README "Versions") ---------------------------------------------------------
+
+#: How many minor versions apart the agent and the exchange server, or a task's plugin and
+#: its agent, may be.
+MAX_MINOR_SKEW: Final = 1
+#: The product the agent names in its User-Agent to the exchange server: "flyte-auth-agent/0.1.0".
+AGENT_PRODUCT: Final = "flyte-auth-agent"
+
+
+def _major_minor(version: str) -> tuple[int, int] | None:
+    major, _, rest = version.partition(".")
+    minor = rest.partition(".")[0]
+    return (int(major), int(minor)) if major.isdigit() and minor.isdigit() else None
+
+
+def skew_problem(ours: str, theirs: str, *, we: str, they: str) -> str | None:
+    """Why releases `ours` (of `we`) and `theirs` (of `they`) break the skew rule, in one
+    line naming both; None if they keep it, or if either is not a release number (nothing
+    to judge)."""
+    a, b = _major_minor(ours), _major_minor(theirs)
+    if a is None or b is None or (a[0] == b[0] and abs(a[1] - b[1]) <= MAX_MINOR_SKEW):
+        return None
+    return (f"{they} {theirs} and {we} {ours} are more than {MAX_MINOR_SKEW} minor version "
+            "apart, which the skew rule does not support: upgrade one minor at a time "
+            "(README: Versions)")
+
+
 # --- Paths ---------------------------------------------------------------------------------
 
 PATH_TOKEN: Final = "/v1/token"
@@ -176,6 +203,7 @@ class ConfigBody(TypedDict):
     project: str | None
     domain: str | None
     execution_id: str | None
+    agent_version: str  # the skew rule: a client may warn (absent before 0.1.0's agents)
 
 
 # `error` codes the agent answers with.

@@ -15,7 +15,7 @@ from prometheus_client import (
 )
 from structlog.contextvars import bind_contextvars
 
-from flyte_auth_common import contract
+from flyte_auth_common import __version__, contract
 from flyte_auth_common.metrics import metrics_response
 from flyte_auth_exchange.decision import Form
 from flyte_auth_exchange.errors import INVALID_REQUEST, SERVER_ERROR, Refusal
@@ -40,6 +40,14 @@ class Metrics:
                                  "Time to decide one exchange", registry=self.registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                           0.5, 1, 2.5))
+        self.skewed = Counter("flyte_auth_exchange_agent_skew",
+                              "Exchange requests from agents further from this server's "
+                              "version than the skew rule allows (README: Versions)",
+                              registry=self.registry)
+
+
+#: Agent versions already warned about (bounded: the header is the caller's to write).
+MAX_SKEW_WARNINGS = 16
 
 
 def _too_large() -> Refusal:
@@ -55,6 +63,7 @@ class ExchangeAPI:
         self.keys = keys
         self.public_url = public_url
         self.metrics = Metrics()
+        self._skew_warned: set[str] = set()
 
     async def token(self, request: web.Request) -> web.Response:
         """The one place every outcome becomes an answer and an audit line: a grant, a
@@ -63,6 +72,7 @@ class ExchangeAPI:
         # aiohttp runs each request in a task of its own, with a copy of the connection's
         # (empty) context: what this request binds stays with it.
         bind_contextvars(peer=request.remote)
+        self._check_skew(request.headers.get("User-Agent", ""))
         try:
             form = await self._form(request)
             body = await self.service.exchange(form)
@@ -77,6 +87,22 @@ class ExchangeAPI:
         self.metrics.decisions.labels("granted", "").inc()
         log.info("exchange_decision", outcome="granted", reason="")
         return web.json_response(body, headers=_NO_STORE)
+
+    def _check_skew(self, user_agent: str) -> None:
+        """An agent further from this server than the skew rule allows still gets its
+        answer; it is counted, and each such version said once in the log."""
+        product, _, version = user_agent.partition(" ")[0].partition("/")
+        version = version[:32]
+        if product != contract.AGENT_PRODUCT:
+            return
+        problem = contract.skew_problem(__version__, version, we="this exchange server",
+                                        they="an agent")
+        if problem is None:
+            return
+        self.metrics.skewed.inc()
+        if version not in self._skew_warned and len(self._skew_warned) < MAX_SKEW_WARNINGS:
+            self._skew_warned.add(version)
+            log.warning("agent_version_skew", agent_version=version, reason=problem)
 
     def _refused(self, refusal: Refusal) -> web.Response:
         self.metrics.decisions.labels("refused", refusal.code).inc()

@@ -21,6 +21,7 @@ from flytekit.remote import FlyteRemote
 
 from devstack.clock import FakeClock
 from devstack.world import EXECUTOR
+from flyte_auth_common import __version__
 from flyte_auth_common.client import AgentClient
 from flytekitplugins.auth_agent import (
     AgentAuthenticator,
@@ -258,3 +259,23 @@ async def test_whoami_names_the_launcher_without_asking_flyteadmin(chain: Chain)
     calls = list(chain.world.admin.calls)
     assert await in_thread(whoami) == EXECUTOR
     assert chain.world.admin.calls == calls  # no FlyteAdmin round trip
+
+
+async def test_an_agent_beyond_the_skew_rule_is_named_once_and_the_call_goes_on(
+        chain: Chain, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The agent's /v1/config names its version; a plugin more than one minor from it says
+    so once, as a warning, and still authenticates."""
+    import flyte_auth_agent.server  # noqa: PLC0415
+    from flytekitplugins.auth_agent import authenticator  # noqa: PLC0415
+
+    monkeypatch.setattr(flyte_auth_agent.server, "__version__", "7.0.0")
+    monkeypatch.setattr(authenticator, "_skew_warned", set())
+    with caplog.at_level("WARNING", logger="flytekitplugins.auth_agent"):
+        for _ in range(2):
+            assert await in_thread(lambda: principal_via(FlyteRemote(Config.auto()))) == \
+                EXECUTOR
+    said = [r.getMessage() for r in caplog.records if "skew rule" in r.getMessage()]
+    assert said == [f"the pod's flyte-auth agent 7.0.0 and this task's plugin {__version__} "
+                    "are more than 1 minor version apart, which the skew rule does not "
+                    "support: upgrade one minor at a time (README: Versions)"]

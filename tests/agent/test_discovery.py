@@ -19,6 +19,7 @@ from devstack.cluster import StubIssuer
 from devstack.token_endpoint import TokenEndpoint
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.runtime import running_agent
+from flyte_auth_common import __version__
 from tests.helpers import H
 
 
@@ -91,6 +92,9 @@ async def test_grpc_discovery_supplies_endpoint_header_key_audience_and_scopes(
         await server.stop(None)
     assert conf["authorization_metadata_key"] == "x-flyte-auth"
     assert conf["endpoint"] == target
+    # Both halves of the skew rule: the agent's version to its clients and to the server.
+    assert conf["agent_version"] == __version__
+    assert endpoint.received[0].user_agent == f"flyte-auth-agent/{__version__}"
     assert status["upstream"]["discovered_from"] == "grpc"
     assert status["upstream"]["token_endpoint"] == endpoint.url
     form = endpoint.received[0].form
@@ -220,3 +224,6 @@ async def test_endpoint_and_header_given_means_no_discovery_at_all(
     assert servicer.calls == 0
     assert conf["authorization_metadata_key"] == "x-flyte-auth"
     assert conf["endpoint"] == target
+    # Both halves of the skew rule: the agent's version to its clients and to the server.
+    assert conf["agent_version"] == __version__
+    assert endpoint.received[0].user_agent == f"flyte-auth-agent/{__version__}"

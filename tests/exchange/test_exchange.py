@@ -21,7 +21,7 @@ from joserfc.jws import JWSRegistry
 
 from devstack.cluster import StubIssuer
 from devstack.world import ADMIN_URL, EXECUTOR, NAMESPACE, World, owner_reference
-from flyte_auth_common import contract
+from flyte_auth_common import __version__, contract
 from flyte_auth_common.contract import GUARD_NAME
 from flyte_auth_common.jwt import jwt_claims
 from flyte_auth_exchange.mint import Minter
@@ -542,3 +542,26 @@ async def test_flyteadmin_expects_the_audience_of_the_host_the_task_dialled(
     wide_verdicts = [await user_info_at(str(wide["access_token"]), h) for h in hosts]
     assert narrow_verdicts == [grpc.StatusCode.UNAUTHENTICATED] * 2 + [grpc.StatusCode.OK]
     assert wide_verdicts == [grpc.StatusCode.OK] * 3
+
+
+async def test_an_agent_beyond_the_skew_rule_is_served_counted_and_named_once(
+        world: World, exchange: StartExchange, http: aiohttp.ClientSession) -> None:
+    """The agent names its version in User-Agent: one further than one minor from this
+    server still gets its token (a task must not fail on an upgrade's order), and the
+    operator learns it from a counter and one warning per version."""
+    subject = world.kube.token_for(world.task_pod())
+    major, minor = (int(p) for p in __version__.split(".")[:2])
+    near, far = f"{major}.{minor + 1}.0", f"{major}.{minor + 2}.0"
+    with logged() as logs:
+        async with exchange() as ex:
+            for version in (near, far, far, "not-a-version"):
+                async with http.post(ex.url + "/oauth2/token", data=form(subject), headers={
+                        "User-Agent": f"flyte-auth-agent/{version}"}) as resp:
+                    assert resp.status == 200
+            skewed = ex.api.metrics.registry.get_sample_value(
+                "flyte_auth_exchange_agent_skew_total")
+    warnings = [e for e in logs if e["event"] == "agent_version_skew"]
+    assert skewed == 2
+    assert [w["agent_version"] for w in warnings] == [far]
+    assert f"an agent {far} and this exchange server {__version__}" in warnings[0]["reason"]
+    assert "README: Versions" in warnings[0]["reason"]

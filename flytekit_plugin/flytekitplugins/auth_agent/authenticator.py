@@ -21,7 +21,7 @@ from flytekit.clients.auth.authenticator import Authenticator
 from flytekit.clients.auth.exceptions import AuthenticationError
 from flytekit.clients.auth.keyring import Credentials
 
-from flyte_auth_common import contract
+from flyte_auth_common import __version__, contract
 from flyte_auth_common.client import (
     AgentClient,
     AgentClientError,
@@ -140,6 +140,19 @@ class AgentAuthenticator(Authenticator):  # type: ignore[misc]
         log.warning("flyte-auth: FlyteAdmin rejected token %s; retrying once", rejected)
 
 
+_skew_warned: set[str] = set()
+
+
+def warn_on_skew(agent_version: str) -> None:
+    """Say once per agent version, as a warning, that this plugin and the pod's agent break
+    the skew rule; the call goes on (the token may still work)."""
+    problem = contract.skew_problem(__version__, agent_version, we="this task's plugin",
+                                    they="the pod's flyte-auth agent")
+    if problem and agent_version not in _skew_warned:
+        _skew_warned.add(agent_version)
+        log.warning(problem)
+
+
 def from_platform_config(cfg: Any, cfg_store: Any = None) -> AgentAuthenticator:
     """The `flytekit.auth` entry point: (PlatformConfig, ClientConfigStore) -> Authenticator.
 
@@ -147,8 +160,10 @@ def from_platform_config(cfg: Any, cfg_store: Any = None) -> AgentAuthenticator:
     client config), which spares flytekit's two anonymous metadata calls."""
     client = AgentClient()
     try:
-        key = client.config()["authorization_metadata_key"]
+        config = client.config()
     except AgentClientError as exc:
         raise explain(exc) from None
+    warn_on_skew(config.get("agent_version", ""))
+    key = config["authorization_metadata_key"]
     return AgentAuthenticator(cfg.endpoint, key or contract.DEFAULT_AUTHORIZATION_METADATA_KEY,
                               client=client)
