@@ -249,6 +249,7 @@ class Cluster:
 _PLURAL = {"ClusterRoleBinding": "clusterrolebindings", "ClusterRole": "clusterroles",
            "RoleBinding": "rolebindings", "Role": "roles", "Namespace": "namespaces",
            "ServiceAccount": "serviceaccounts", "Pod": "pods", "Service": "services",
+           "Secret": "secrets",
            "PodTemplate": "podtemplates",
            "ConfigMap": "configmaps", "Deployment": "deployments",
            "PodDisruptionBudget": "poddisruptionbudgets", "NetworkPolicy": "networkpolicies",

@@ -35,11 +35,13 @@ TOOL_IMAGE = "flyte-auth.e2e/tool:1"
 #: Under the name the chart's defaults give it.
 AGENT_IMAGE = release.image_name("agent")
 #: Debian bookworm packages behind the agent image's interpreter (libc, Python 3.11 with
-#: venv and ensurepip, the libraries its stdlib links).
+#: venv and ensurepip, the libraries its stdlib links), and libstdc++, which grpcio's wheel
+#: links and every Debian slim image has (apt needs it).
 AGENT_DEBS = (
-    "libc6", "libgcc-s1", "gcc-12-base", "libpython3.11-minimal", "libpython3.11-stdlib",
-    "python3.11-minimal", "python3.11", "python3.11-venv", "python3-pip-whl",
-    "python3-setuptools-whl", "libssl3", "zlib1g", "libexpat1", "libffi8", "libbz2-1.0",
+    "libc6", "libgcc-s1", "libstdc++6", "gcc-12-base", "libpython3.11-minimal",
+    "libpython3.11-stdlib", "python3.11-minimal", "python3.11", "python3.11-venv",
+    "python3-pip-whl", "python3-setuptools-whl", "libssl3", "zlib1g", "libexpat1", "libffi8",
+    "libbz2-1.0",
     "liblzma5", "libsqlite3-0", "libuuid1", "libncursesw6", "libtinfo6", "libreadline8",
     "libdb5.3", "libgdbm6", "libcrypt1", "libnsl2", "libtirpc3", "libtirpc-common",
     "libgssapi-krb5-2", "libk5crypto3", "libkrb5-3", "libkrb5support0", "libkeyutils1",
@@ -281,9 +283,10 @@ class PythonImage:
         return digest.hexdigest()[:16]
 
 
-def agent_image() -> Path:
-    """The agent image `make dist` built from deploy/Dockerfile, as the release ships it."""
-    path = release.archive("agent")
+def release_image(target: str = "agent") -> Path:
+    """An image `make dist` built from deploy/Dockerfile ("agent" or "server"), as the
+    release ships it."""
+    path = release.archive(target)
     if not path.exists():
         raise RuntimeError(f"{path} is missing: run `make dist` (make e2e does it first)")
     return path

@@ -142,7 +142,7 @@ class Node:
         config.write_text(CONTAINERD_CONFIG.format(dir=self.workdir, pause=images.PAUSE_IMAGE))
         self._spawn("containerd", ["containerd", "--config", str(config)])
         await self._until(self.containerd_sock.exists, "containerd's socket")
-        for tarball in [*images.tool_images(), images.agent_image(), *self.images]:
+        for tarball in [*images.tool_images(), images.release_image(), *self.images]:
             self.ctr("images", "import", "--no-unpack=false", str(tarball))
         kubelet_yaml = self.workdir / "kubelet.yaml"
         kubelet_yaml.write_text(yaml.safe_dump(kubelet_config(

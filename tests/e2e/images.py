@@ -22,8 +22,9 @@ TASKS = (PYTHON, flyte.TASK, flyte2.TASK)
 
 def build_all() -> list[Path]:
     """The node's images (pause, tool) and every task image, cached by content; the agent's
-    is the one `make dist` built."""
-    return [*images.tool_images(), images.agent_image(), *map(python_image, TASKS)]
+    and the servers' are the ones `make dist` built."""
+    return [*images.tool_images(), images.release_image("agent"), images.release_image("server"),
+            *map(python_image, TASKS)]
 
 
 if __name__ == "__main__":

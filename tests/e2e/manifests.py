@@ -3,7 +3,9 @@ flytepropeller's FlyteWorkflow CRD."""
 
 from __future__ import annotations
 
+import copy
 import subprocess
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ FLYTEWORKFLOW_CRD: dict[str, Any] = {
                                      "x-kubernetes-preserve-unknown-fields": True}}}]}}
 
 
+@cache
 def rendered() -> str:
     argv = [renderer("kustomize"), "build", "deploy/kustomize/overlays/cert-manager"]
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True).stdout
@@ -38,29 +41,66 @@ def chart(*sets: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(out) if d]
 
 
+def rendered_objects() -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(rendered()) if d]
+
+
+def rendered_object(kind: str, name: str) -> dict[str, Any]:
+    return next(o for o in rendered_objects()
+                if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+def replace_flags(rendered_args: list[str], machine: dict[str, list[str]],
+                  etc: str = "/etc/") -> list[str]:
+    """`rendered_args` with the flags named in `machine` (e.g. admin_endpoint=["HOST:PORT"])
+    replaced by this machine's values, every occurrence at once (an empty list drops the
+    flag); paths under /etc/ moved under `etc`."""
+    args: list[str] = []
+    for arg in rendered_args:
+        flag, _, value = arg.partition("=")
+        if flag.removeprefix("--").replace("-", "_") in machine:
+            continue
+        args.append(f"{flag}={value.replace('/etc/', etc)}" if value else flag)
+    for name, values in machine.items():
+        args += [f"--{name.replace('_', '-')}={v}" for v in values]
+    return args
+
+
 def rendered_exchange_args(workdir: Path, **machine: list[str]) -> list[str]:
     """The exchange server's flags as deploy/ renders them (cert-manager overlay), with its
     mounted files written under `workdir` (the policy from its ConfigMap) and the flags named
-    in `machine` (e.g. admin_endpoint=["127.0.0.1:5000"]) replaced by this machine's values:
-    the cluster's addresses, the files a cluster would mount. Everything else (TLS, TokenReview,
-    executor identity, namespace template, policy) stays as rendered."""
-    objs = [d for d in yaml.safe_load_all(rendered()) if d]
-    deployment = next(o for o in objs if o["kind"] == "Deployment"
-                      and o["metadata"]["name"] == "flyte-auth-exchange")
-    policy = next(o for o in objs if o["kind"] == "ConfigMap"
-                  and o["metadata"]["name"] == "flyte-auth-exchange-policy")
+    in `machine` replaced by this machine's values: the cluster's addresses, the files a
+    cluster would mount. Everything else (TLS, TokenReview, executor identity, namespace
+    template, policy) stays as rendered."""
+    deployment = rendered_object("Deployment", "flyte-auth-exchange")
+    policy = rendered_object("ConfigMap", "flyte-auth-exchange-policy")
     (workdir / "etc/flyte-auth/policy").mkdir(parents=True, exist_ok=True)
     (workdir / "etc/flyte-auth/policy/policy.yaml").write_text(policy["data"]["policy.yaml"])
-    args: list[str] = []
-    for arg in deployment["spec"]["template"]["spec"]["containers"][0]["args"]:
-        flag, _, value = arg.partition("=")
-        name = flag.removeprefix("--").replace("-", "_")
-        if name in machine:
-            continue  # replaced below, every occurrence at once
-        args.append(f"{flag}={value.replace('/etc/', f'{workdir}/etc/')}" if value else flag)
-    for name, values in machine.items():
-        args += [f"--{name.replace('_', '-')}={v}" for v in values] if values else []
-    return args
+    return replace_flags(deployment["spec"]["template"]["spec"]["containers"][0]["args"],
+                         machine, etc=f"{workdir}/etc/")
+
+
+def node_pod(deployment: dict[str, Any], *, ports: dict[str, int],
+             machine: dict[str, list[str]], env: dict[str, str],
+             tolerations: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pod the Deployment's controller would create from its template (this suite runs
+    no such controller), for the suite's node: the image, command, volumes, probes and
+    security context as rendered; the host's network (no CNI here), so each named port gets
+    a free number on the host; the flags in `machine` replaced; `env` added."""
+    template = copy.deepcopy(deployment["spec"]["template"])
+    spec = template["spec"] | {"hostNetwork": True, "tolerations": tolerations,
+                               "restartPolicy": "Always"}
+    [container] = spec["containers"]
+    container["args"] = replace_flags(container["args"], machine)
+    for port in container["ports"]:
+        port["containerPort"] = ports[port["name"]]
+    container["env"] = [*container.get("env", []),
+                        *({"name": k, "value": v} for k, v in env.items())]
+    name = deployment["metadata"]["name"]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{name}-0", "namespace": deployment["metadata"]["namespace"],
+                         "labels": template["metadata"]["labels"]},
+            "spec": spec}
 
 
 def rendered_manifests() -> str:

@@ -9,6 +9,8 @@ our manifests grant. FlyteAdmin is the stand-in."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import copy
 import json
 import ssl
@@ -25,22 +27,22 @@ import pytest_asyncio
 import trustme
 from flyteidl.service import identity_pb2, identity_pb2_grpc
 
+from devstack import release
 from devstack.admin_metadata import AuthMetadata
 from devstack.flyteadmin import FlyteAdmin, start_flyteadmin
-from devstack.real.cluster import RBAC_GROUP, Cluster, KubeError, running_cluster
-from devstack.real.images import AGENT_IMAGE, TOOL_IMAGE, python_image
-from devstack.real.node import NODE_USERS, TOLERATION, Node, running_node, unlinks
-from devstack.real.webhook import injecting
+from devstack.real.cluster import RBAC_GROUP, Cluster, KubeError, free_port, running_cluster
+from devstack.real.images import AGENT_IMAGE, TOOL_IMAGE, python_image, release_image
+from devstack.real.node import NODE_IP, NODE_USERS, TOLERATION, Node, running_node, unlinks
 from devstack.world import ADMIN_URL, EXECUTOR, write_signing_key
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.runtime import running_agent
-from flyte_auth_exchange.config import ExchangeConfig
-from flyte_auth_exchange.runtime import running_exchange
+from flyte_auth_injector.webhook_config import webhook_configuration
 from tests.e2e.images import PYTHON
 from tests.e2e.manifests import (
     FLYTEWORKFLOW_CRD,
-    rendered_exchange_args,
+    node_pod,
     rendered_manifests,
+    rendered_object,
     sidecar_env,
 )
 from tests.exchange.helpers import form
@@ -118,6 +120,8 @@ RUN_AUTH_COMMAND = (
     "(r.stderr.splitlines() or [''])[0])")
 EXECUTION_LABEL = "execution-id"
 SOCKET = "/var/run/flyte-auth/agent.sock"  # where the injector mounts it in app containers
+#: The cluster's CA in every pod's service-account volume (kube-root-ca.crt).
+SA_CA_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 
 
 async def grant_pod_rights(cluster: Cluster) -> None:
@@ -149,7 +153,7 @@ async def grant_pod_rights(cluster: Cluster) -> None:
 async def e2e(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E2E]:
     workdir = tmp_path_factory.mktemp("e2e")
     async with running_cluster(workdir / "cluster", users=NODE_USERS) as cluster, \
-            running_node(cluster, (python_image(PYTHON),)) as node:
+            running_node(cluster, (python_image(PYTHON), release_image("server"))) as node:
         try:
             for name, labels in (("flyte-auth", {}), ("flyte", {}), (LABELED, {
                     "flyte-auth.flyte.org/inject": "enabled"}), (PLAIN, {})):
@@ -167,10 +171,6 @@ async def e2e(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E2E]:
                                         "domain": "development"}},
                 "executionId": {"project": "flytesnacks", "domain": "development",
                                 "name": EXECUTION}})
-            kube = {sa: cluster.kubeconfig(workdir / f"{sa}.kubeconfig",
-                                           await cluster.token("flyte-auth", sa,
-                                                               audience=cluster.url))
-                    for sa in ("flyte-auth-injector", "flyte-auth-exchange")}
             key_file = workdir / "token_rsa_key.pem"
             admin = FlyteAdmin(write_signing_key(key_file), authorized_uris=[ADMIN_URL])
             admin.executions[("flytesnacks", "development", "f3a1b2c4d5e6")] = EXECUTOR
@@ -178,40 +178,110 @@ async def e2e(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E2E]:
             server, admin_target = await start_flyteadmin(admin, metadata)
             ca = trustme.CA()  # what cert-manager's CA issuer is in a cluster
             ca.cert_pem.write_to_path(str(workdir / "ca.crt"))
-            # The exchange server as deploy/ configures it (TLS, TokenReview, executor
-            # identity, namespace template, the rendered policy), pointed at this machine.
-            tls_dir = workdir / "etc/flyte-auth/tls"
-            tls_dir.mkdir(parents=True)
-            exchange_pem = ca.issue_cert("127.0.0.1")
-            exchange_pem.cert_chain_pems[0].write_to_path(str(tls_dir / "tls.crt"))
-            exchange_pem.private_key_pem.write_to_path(str(tls_dir / "tls.key"))
-            # Its pods run on the suite's node with hostNetwork (there is no CNI), which Pod
-            # Security baseline forbids: the namespace is not labelled baseline, and the exchange
-            # server is told the cluster's defaults vouch for it.
-            exchange_config = ExchangeConfig.load(rendered_exchange_args(
-                workdir, listen=["127.0.0.1:0"], public_url=[], signing_key=[str(key_file)],
-                pod_security=["cluster-default"],
-                subject_issuer=[cluster.url],
-                subject_discovery=[cluster.url], ca_cert_file=[str(cluster.ca_file)],
-                cache_ttl=["0"], admin_endpoint=[admin_target],
-                kubeconfig=[str(kube["flyte-auth-exchange"])]), {})
-            assert exchange_config.serving.tls_cert == tls_dir / "tls.crt"  # as rendered
-            assert exchange_config.policy is not None and exchange_config.token_review
-            async with running_exchange(exchange_config) as exchange:
-                metadata.token_endpoint = exchange.url + "/oauth2/token"
-                async with injecting(cluster, workdir, [
-                        "--admin-endpoint", admin_target,
-                        "--admin-insecure", "--token-endpoint", exchange.url + "/oauth2/token",
-                        "--agent-ca-file", str(workdir / "ca.crt"),
-                        "--agent-image", AGENT_IMAGE, "--agent-image-pull-policy", "Never",
-                        "--guard-creators", PROPELLER,
-                        "--kubeconfig", str(kube["flyte-auth-injector"])]):
-                    yield E2E(cluster, admin, admin_target, exchange.url, workdir, workflow,
-                              node)
-            await server.stop(None)
+            try:
+                servers = await deploy_servers(cluster, node, ca, key_file, admin_target)
+                metadata.token_endpoint = servers.exchange_url + "/oauth2/token"
+                try:
+                    yield E2E(cluster, admin, admin_target, servers.exchange_url, workdir,
+                              workflow, node)
+                except BaseException:
+                    print(await servers.logs())
+                    raise
+            finally:
+                await server.stop(None)
         except BaseException:
             print(cluster.logs(), node.logs())  # every peer's log, for the failing test
             raise
+
+
+@dataclass
+class Servers:
+    cluster: Cluster
+    exchange_url: str
+    pods: tuple[str, ...]
+
+    async def logs(self) -> str:
+        out = []
+        for name in self.pods:
+            with contextlib.suppress(KubeError):
+                pod = await self.cluster.request("GET",
+                                                 f"/api/v1/namespaces/flyte-auth/pods/{name}")
+                answer = await self.cluster.request(
+                    "GET", f"/api/v1/namespaces/flyte-auth/pods/{name}/log")
+                # JSON lines: one line parses as an object, several come back as text.
+                text = answer.get("message") if set(answer) == {"message"} else answer
+                out.append(f"--- pod {name}: {json.dumps(pod.get('status'))[-3000:]}\n"
+                           f"{str(text)[-6000:]}")
+        return "\n".join(out)
+
+
+def tls_secret(name: str, ca: trustme.CA, host: str) -> dict[str, Any]:
+    """What cert-manager's CA issuer writes for a Certificate of `host`."""
+    cert = ca.issue_cert(host)
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": name, "namespace": "flyte-auth"},
+            "stringData": {"tls.crt": cert.cert_chain_pems[0].bytes().decode(),
+                           "tls.key": cert.private_key_pem.bytes().decode(),
+                           "ca.crt": ca.cert_pem.bytes().decode()}}
+
+
+async def deploy_servers(cluster: Cluster, node: Node, ca: trustme.CA, key_file: Path,
+                         admin_target: str) -> Servers:
+    """The exchange server and the injector as deploy/ renders them, run by the node from
+    the server image `make dist` built: each Deployment's pod template made a pod (this
+    suite runs no Deployment controller), on the host's network (no CNI), with the Secrets
+    cert-manager and the operator would create and the ConfigMaps as rendered. They reach
+    the API server with their service accounts' own tokens (in-cluster config); no
+    kube-proxy routes the `kubernetes` Service here, so its address is given as the env the
+    kubelet would otherwise set. The flags that name this machine's addresses are replaced;
+    the API server calls the injector through `flyte-auth-injector webhook-config`'s
+    configuration."""
+    for obj in (tls_secret("flyte-auth-exchange-tls", ca, NODE_IP),
+                tls_secret("flyte-auth-injector-tls", ca, NODE_IP),
+                {"apiVersion": "v1", "kind": "Secret",
+                 "metadata": {"name": "flyte-auth-exchange-signing-key",
+                              "namespace": "flyte-auth"},
+                 "stringData": {"token_rsa_key.pem": key_file.read_text()}},
+                rendered_object("ConfigMap", "flyte-auth-exchange-policy"),
+                rendered_object("ConfigMap", "flyte-auth-injector-config")):
+        await cluster.apply(obj)
+    api = {"KUBERNETES_SERVICE_HOST": "127.0.0.1",
+           "KUBERNETES_SERVICE_PORT": cluster.url.rsplit(":", 1)[1]}
+    https, injector_https, injector_metrics = free_port(), free_port(), free_port()
+    exchange_url = f"https://{NODE_IP}:{https}"
+    # Its Pod Security check: the project namespace is not labelled baseline (its pods use
+    # the host's network), so the exchange server is told the cluster's defaults vouch.
+    exchange = node_pod(rendered_object("Deployment", "flyte-auth-exchange"),
+                        ports={"https": https}, env=api, tolerations=[TOLERATION], machine={
+        "listen": [f"{NODE_IP}:{https}"], "public_url": [], "pod_security": ["cluster-default"],
+        "subject_issuer": [cluster.url], "subject_discovery": [cluster.url],
+        "ca_cert_file": [SA_CA_FILE], "cache_ttl": ["0"], "admin_endpoint": [admin_target]})
+    injector = node_pod(rendered_object("Deployment", "flyte-auth-injector"),
+                        ports={"https": injector_https, "metrics": injector_metrics},
+                        env=api, tolerations=[TOLERATION], machine={
+        "listen": [f"{NODE_IP}:{injector_https}"],
+        "metrics_addr": [f"{NODE_IP}:{injector_metrics}"], "admin_endpoint": [admin_target],
+        "token_endpoint": [exchange_url + "/oauth2/token"], "agent_image": [AGENT_IMAGE],
+        "agent_image_pull_policy": ["Never"]})
+    servers = Servers(cluster, exchange_url,
+                      (exchange["metadata"]["name"], injector["metadata"]["name"]))
+    try:
+        for pod in (exchange, injector):
+            await cluster.apply(pod)
+        for pod in (exchange, injector):
+            await node.wait_until("flyte-auth", pod["metadata"]["name"], ready, timeout=90)
+    except BaseException:
+        print(await servers.logs())
+        raise
+    await cluster.apply(webhook_configuration(
+        url=f"https://{NODE_IP}:{injector_https}/mutate",
+        ca_bundle=base64.b64encode(ca.cert_pem.bytes()).decode()))
+    return servers
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    conditions = pod.get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
 def agent_of(pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -437,6 +507,31 @@ async def test_a_flyte2_pod_on_plain_http_reaches_its_creator_with_our_warning(
     assert created["spec"]["initContainers"][0]["name"] == "flyte-auth-agent"
     assert any("flyte-auth: container 'task' sets _U_INSECURE: the flyte SDK sends no token "
                "over plain HTTP" in w for w in e2e.cluster.warnings), e2e.cluster.warnings
+
+
+async def test_the_servers_run_from_the_release_image_and_the_agent_image_has_grpc(
+        e2e: E2E) -> None:
+    """The exchange server and the injector this suite talks to are pods of the server image
+    (deploy_servers: Ready, as uid 65532); the agent image loads what its discovery of
+    FlyteAdmin needs (grpc and flyteidl link libstdc++, which the image must carry)."""
+    for name in ("flyte-auth-exchange-0", "flyte-auth-injector-0"):
+        pod = await e2e.cluster.request("GET", f"/api/v1/namespaces/flyte-auth/pods/{name}")
+        assert ready(pod)
+        assert container(pod, pod["spec"]["containers"][0]["name"])["image"] == \
+            release.image_name("server")
+        assert pod["spec"]["securityContext"]["runAsUser"] == 65532
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "agent-image-imports", "namespace": PLAIN},
+           "spec": {"restartPolicy": "Never", "hostNetwork": True, "tolerations": [TOLERATION],
+                    "containers": [{"name": "agent", "image": AGENT_IMAGE,
+                                    "imagePullPolicy": "Never", "command": [
+                                        "python", "-c", "import grpc, flyteidl.service."
+                                        "identity_pb2_grpc; print('imported')"]}]}}
+    await e2e.cluster.apply(pod)
+    done = await e2e.node.wait_phase(PLAIN, "agent-image-imports", {"Succeeded", "Failed"})
+    log = await e2e.cluster.request(
+        "GET", f"/api/v1/namespaces/{PLAIN}/pods/agent-image-imports/log")
+    assert (done["status"]["phase"], log["message"].strip()) == ("Succeeded", "imported")
 
 
 async def test_an_opted_out_pod_runs_untouched_on_the_real_node(e2e: E2E) -> None:
