@@ -92,6 +92,33 @@ def test_the_contract_client_and_their_helpers_are_stdlib_only(module: str) -> N
     assert not outside, f"flyte_auth_common.{module} reaches {sorted(outside)}"
 
 
+#: The exchange server's trust core (trust.py, with the guard's shape and the refusal type)
+#: imports no I/O library: only the standard library, the stdlib-only kit and each other.
+PURE_EXCHANGE = ("trust", "guard", "errors")
+
+
+@pytest.mark.parametrize("module", PURE_EXCHANGE)
+def test_the_exchange_servers_decisions_import_no_io(module: str) -> None:
+    package = PACKAGES["flyte_auth_exchange"]
+    allowed = {f"flyte_auth_exchange.{m}" for m in PURE_EXCHANGE} | {"flyte_auth_exchange"}
+    todo, seen = {f"flyte_auth_exchange.{module}"}, set()
+    while todo:
+        name = todo.pop()
+        seen.add(name)
+        for imported in imports_of(package / f"{name.split('.')[1]}.py"):
+            top = ".".join(imported.split(".")[:2])
+            if top.startswith("flyte_auth_exchange.") and top not in seen and \
+                    (package / f"{top.split('.')[1]}.py").exists():
+                assert top in allowed, f"{name} imports {top}, which does I/O"
+                todo.add(top)
+    outside = third_party(set().union(*(imports_of(package / f"{m.split('.')[1]}.py")
+                                        for m in seen)))
+    reached = common_closure(set().union(*(imports_of(package / f"{m.split('.')[1]}.py")
+                                           for m in seen)))
+    assert not outside, f"flyte_auth_exchange.{module} reaches {sorted(outside)}"
+    assert {m.split(".")[1] for m in reached} <= set(STDLIB_ONLY)
+
+
 def _name(requirement: str) -> tuple[str, set[str]]:
     """A requirement's normalised distribution name and the extras it asks for."""
     m = re.match(r"\s*([A-Za-z0-9._-]+)\s*(?:\[([^\]]*)\])?", requirement)

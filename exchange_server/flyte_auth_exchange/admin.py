@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -19,26 +18,10 @@ from flyteidl.service import admin_pb2_grpc
 from flyte_auth_common import contract
 from flyte_auth_common.admin import AdminEndpoint, admin_channel
 from flyte_auth_exchange.errors import INVALID_GRANT, TEMPORARILY_UNAVAILABLE, Refusal
+from flyte_auth_exchange.trust import ExecutionRef
 
 #: `sub` of the tokens this server mints for its own FlyteAdmin calls.
 SELF_SUBJECT = "flyte-auth-exchange"
-
-
-@dataclass(frozen=True)
-class ExecutionRef:
-    """A Flyte 1 execution, or (flyte=2) a Flyte 2 run: both are project/domain/name."""
-    project: str
-    domain: str
-    name: str
-    flyte: int = 1
-
-    @property
-    def kind(self) -> str:
-        """What Flyte calls it: "execution" (Flyte 1) or "run" (Flyte 2)."""
-        return "run" if self.flyte == 2 else "execution"
-
-    def __str__(self) -> str:
-        return f"{self.project}/{self.domain}/{self.name}"
 
 
 class Admin:

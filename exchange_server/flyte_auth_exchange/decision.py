@@ -1,25 +1,17 @@
-"""The exchange's pure decisions: what the form asks, which policy rule applies, which
-audiences and scopes are granted, and whom the token names, given what the I/O steps in
-service.py found. No I/O and no clock; each refusal is a Refusal naming what was wrong.
+"""The exchange's pure decisions beyond the binding (trust.py): what the form asks, which
+policy rule applies, which audiences and scopes are granted, and whom the token names,
+given the binding trust.bind found. No I/O and no clock; each refusal is a Refusal naming
+what was wrong.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from flyte_auth_common import contract
 from flyte_auth_common.jwt import redact
-from flyte_auth_exchange.admin import ExecutionRef
-from flyte_auth_exchange.binding import (
-    CHECK_IDENTITY_LABEL,
-    CHECK_LABELS,
-    CHECK_POLICY,
-    CHECK_PRINCIPAL,
-    refuse,
-)
 from flyte_auth_exchange.config import IDENTITY_SERVICE_ACCOUNT
 from flyte_auth_exchange.errors import (
     INVALID_REQUEST,
@@ -30,6 +22,7 @@ from flyte_auth_exchange.errors import (
 )
 from flyte_auth_exchange.policy import REFUSE, Policy, Rule
 from flyte_auth_exchange.subject import Subject
+from flyte_auth_exchange.trust import CHECK_LABELS, CHECK_POLICY, CHECK_PRINCIPAL, Binding, refuse
 
 SUBJECT_TOKEN_TYPES = (contract.TOKEN_TYPE_JWT, contract.TOKEN_TYPE_ID_TOKEN)
 REQUESTED_TOKEN_TYPES = (contract.TOKEN_TYPE_ACCESS_TOKEN, contract.TOKEN_TYPE_JWT)
@@ -50,23 +43,6 @@ class Form:
 
     def all(self, name: str) -> list[str]:
         return [v for v in self._fields.get(name) or () if v]
-
-
-@dataclass(frozen=True)
-class Binding:
-    """What the pod's execution says about who launched it; no execution for a pod that
-    claims none."""
-
-    execution: ExecutionRef | None
-    principal: str
-    identity_label: str | None
-
-
-def sanitize_label_value(value: str) -> str:
-    """What flytepropeller writes into the execution-identity label for a principal:
-    lower-cased, runs of characters outside [-a-z0-9] turned into '-', at most 63
-    characters, '-' trimmed from both ends."""
-    return _NOT_DNS1123.sub("-", value.lower())[:63].strip("-")
 
 
 def subject_token(form: Form) -> str:
@@ -147,11 +123,6 @@ def identity(subject: Subject, rule: Rule, binding: Binding | None,
     ref = binding.execution
     execution = {f"{ref.kind}_id": {"project": ref.project, "domain": ref.domain,
                                      "name": ref.name}}
-    label = binding.identity_label
-    if label is not None and label != sanitize_label_value(binding.principal):
-        raise refuse(CHECK_IDENTITY_LABEL, f"the pod's {contract.LABEL_EXECUTION_IDENTITY} "
-                     f"label does not match the principal FlyteAdmin records for "
-                     f"{binding.execution}")
     if binding.principal:
         return binding.principal, execution
     if rule.no_principal == REFUSE:

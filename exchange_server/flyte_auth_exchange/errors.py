@@ -23,7 +23,7 @@ SERVER_ERROR = "server_error"
 
 
 class Refusal(Exception):
-    """`check` names the binding check that refused (binding.py), for the audit line."""
+    """`check` names the trust check that refused (trust.py), for the audit line."""
 
     def __init__(self, code: str, description: str, *, check: str | None = None,
                  status: int | None = None) -> None:

@@ -130,7 +130,7 @@ class Kube:
                                    name, **self._opts()))
 
     async def guard(self, guard: str, webhook: str) -> GuardObjects:
-        """The guard's objects (binding.GuardObjects), read at once."""
+        """The guard's objects (guard.GuardObjects), read at once."""
         token = token_policy_name(guard)
         found = await asyncio.gather(
             self.admission_policy(guard), self.admission_binding(guard),

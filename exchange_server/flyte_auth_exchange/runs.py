@@ -19,8 +19,8 @@ from flyteidl2.workflow import run_service_pb2
 from google.protobuf.message import DecodeError
 
 from flyte_auth_common.contract import V2_GET_RUN_DETAILS_PATH
-from flyte_auth_exchange.admin import ExecutionRef
 from flyte_auth_exchange.errors import INVALID_GRANT, TEMPORARILY_UNAVAILABLE, Refusal
+from flyte_auth_exchange.trust import ExecutionRef
 
 PROTO = "application/proto"
 

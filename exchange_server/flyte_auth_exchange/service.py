@@ -1,8 +1,9 @@
 """One exchange, start to finish: the I/O steps around the pure decisions in decision.py.
 
     form ─► grant checks ─► subject token (signature / TokenReview) ─► policy rule
-         ─► identity: executor (pod → execution → principal in FlyteAdmin, or for Flyte 2
-            pod → TaskAction → run → executed_by in the runs service) or service account
+         ─► identity: executor (trust.bind: pod → execution → principal in FlyteAdmin, or
+            for Flyte 2 pod → TaskAction → run → executed_by in the runs service; this
+            service is its trust.Reads) or service account
          ─► audience / scope / lifetime ─► minted token
 
 Every step that refuses raises a Refusal naming the check. What the decision was about
@@ -20,27 +21,11 @@ from typing import Any
 from structlog.contextvars import bind_contextvars
 
 from flyte_auth_common import contract
-from flyte_auth_common.contract import LABEL_EXECUTION_IDENTITY
 from flyte_auth_common.jwt import jwt_claims, redact
 from flyte_auth_exchange import decision
 from flyte_auth_exchange.admin import Admin
-from flyte_auth_exchange.binding import (
-    CHECK_OWNER,
-    Owner,
-    check_guard,
-    check_namespace,
-    check_pod_security,
-    check_v2_namespace,
-    check_workflow,
-    claimed_execution,
-    controller_owner,
-    is_flyte_claim,
-    refuse,
-    run_of,
-    taskaction_owner,
-)
 from flyte_auth_exchange.config import POD_SECURITY_CLUSTER_DEFAULT, ExchangeConfig
-from flyte_auth_exchange.decision import Binding, Form
+from flyte_auth_exchange.decision import Form
 from flyte_auth_exchange.errors import INVALID_GRANT, Refusal
 from flyte_auth_exchange.kube import Kube
 from flyte_auth_exchange.memo import Memo
@@ -48,8 +33,7 @@ from flyte_auth_exchange.mint import Minter
 from flyte_auth_exchange.policy import Policy
 from flyte_auth_exchange.runs import Runs
 from flyte_auth_exchange.subject import IssuerKeys, Subject, check_claims, subject_from_claims
-
-FINISHED_PHASES = ("Succeeded", "Failed")
+from flyte_auth_exchange.trust import Binding, ExecutionRef, TrustSettings, bind, check_guarded
 
 
 class ExchangeService:
@@ -66,6 +50,12 @@ class ExchangeService:
         self._clock = clock
         self.bindings: Memo[Binding] = Memo(config.cache_ttl)
         self.guards: Memo[None] = Memo(config.cache_ttl)
+        self._trust = TrustSettings(
+            namespace_template=config.namespace_template, v2_namespace=config.v2_namespace,
+            guard=config.guard, audience=config.subject_audience,
+            webhook=config.injector_webhook,
+            pod_security_cluster_default=config.pod_security == POD_SECURITY_CLUSTER_DEFAULT,
+            flyte1=admin is not None, flyte2=runs is not None)
 
     def set_policy(self, policy: Policy) -> None:
         """Decide by `policy` from now on (the mounted policy file changed)."""
@@ -126,48 +116,34 @@ class ExchangeService:
                                        lambda: self._bind(subject))
 
     async def _bind(self, subject: Subject) -> Binding:
-        """Pod → execution, by the checks in binding.py, then execution → principal."""
-        assert self._kube is not None
-        namespace, where = subject.namespace, f"{subject.namespace}/{subject.pod_name}"
-        pod = await self._kube.pod(namespace, subject.pod_name)
-        if pod is None:
-            raise Refusal(INVALID_GRANT, f"pod {where} named by the subject token does not exist")
-        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-        if meta.get("uid") != subject.pod_uid:
-            raise Refusal(INVALID_GRANT, f"pod {where} has another uid than the subject token "
-                          "was issued for (the pod was deleted and re-created)")
-        phase = status.get("phase")
-        if phase in FINISHED_PHASES:
-            raise Refusal(INVALID_GRANT, f"pod {where} has finished (phase {phase})")
-        if not is_flyte_claim(meta):
-            return Binding(None, "", None)
-        taskaction = taskaction_owner(where, meta)
-        if taskaction is not None:
-            return await self._bind_v2(where, namespace, taskaction)
-        if self._admin is None:
-            raise refuse(CHECK_OWNER, f"pod {where} is a Flyte 1 task pod, and this server has "
-                         "no FlyteAdmin to ask who launched it (--admin-endpoint)")
-        execution = claimed_execution(where, meta)
-        check_namespace(self._config.namespace_template, namespace, execution)
-        await self.guards.get(namespace, lambda: self._check_guard(namespace))
-        owner = controller_owner(where, meta)
-        check_workflow(where, owner, await self._kube.flyteworkflow(namespace, owner.name),
-                       execution)
-        principal = await self._admin.principal(execution)
-        return Binding(execution, principal, (meta.get("labels") or {}).get(
-            LABEL_EXECUTION_IDENTITY))
+        """trust.bind, reading what it asks for from the API server, FlyteAdmin and the
+        runs service."""
+        return await bind(subject.namespace, subject.pod_name, subject.pod_uid,
+                          self._trust, self)
 
-    async def _bind_v2(self, where: str, namespace: str, owner: Owner) -> Binding:
-        """Flyte 2: pod → its TaskAction → run, then run → executed_by."""
+    # --- trust.Reads -------------------------------------------------------------------------
+
+    async def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         assert self._kube is not None
-        if self._runs is None:
-            raise refuse(CHECK_OWNER, f"pod {where} is a Flyte 2 task pod (a TaskAction "
-                         "controls it), and this server has no runs service to ask who "
-                         "launched its run (--runs-url)")
-        check_v2_namespace(where, namespace, self._config.v2_namespace)
+        return await self._kube.pod(namespace, name)
+
+    async def guarded(self, namespace: str) -> None:
         await self.guards.get(namespace, lambda: self._check_guard(namespace))
-        run = run_of(where, owner, await self._kube.taskaction(namespace, owner.name))
-        return Binding(run, await self._runs.launcher(run), None)
+
+    async def flyteworkflow(self, namespace: str, name: str) -> dict[str, Any] | None:
+        assert self._kube is not None
+        return await self._kube.flyteworkflow(namespace, name)
+
+    async def taskaction(self, namespace: str, name: str) -> dict[str, Any] | None:
+        assert self._kube is not None
+        return await self._kube.taskaction(namespace, name)
+
+    async def principal(self, execution: ExecutionRef) -> str:
+        if execution.flyte == 2:
+            assert self._runs is not None
+            return await self._runs.launcher(execution)
+        assert self._admin is not None
+        return await self._admin.principal(execution)
 
     async def _check_guard(self, namespace: str) -> None:
         assert self._kube is not None
@@ -175,7 +151,4 @@ class ExchangeService:
         ns, found = await asyncio.gather(self._kube.namespace(namespace),
                                          self._kube.guard(c.guard, c.injector_webhook))
         labels = None if ns is None else (ns.get("metadata") or {}).get("labels") or {}
-        check_guard(namespace, labels, found, guard=c.guard, audience=c.subject_audience,
-                    webhook=c.injector_webhook)
-        check_pod_security(namespace, labels or {},
-                           cluster_default=c.pod_security == POD_SECURITY_CLUSTER_DEFAULT)
+        check_guarded(namespace, labels, found, self._trust)

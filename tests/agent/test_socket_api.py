@@ -20,6 +20,7 @@ from devstack.cluster import StubIssuer
 from devstack.token_endpoint import JWT_BEARER, TOKEN_EXCHANGE, TokenEndpoint
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.runtime import bind_unix_socket, running_agent
+from flyte_auth_common import __version__
 from flyte_auth_common.client import AgentClient, AgentUnreachableError
 from flyte_auth_common.errors import ConfigError
 from tests.helpers import H
@@ -187,7 +188,8 @@ async def test_config_reports_what_a_client_needs(sock_path: Path, token_file: P
         body = await (await http.get("/v1/config", headers=H)).json()
     assert body == {"endpoint": "flyteadmin.flyte:80", "insecure": True,
                     "ca_cert_file_path": None, "authorization_metadata_key": "flyte-authorization",
-                    "project": "p", "domain": "development", "execution_id": "abc123"}
+                    "project": "p", "domain": "development", "execution_id": "abc123",
+                    "agent_version": __version__}
 
 
 async def test_health_readiness_and_metrics(sock_path: Path, token_file: Path,

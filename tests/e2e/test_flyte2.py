@@ -46,11 +46,11 @@ from devstack.runs_v2 import StubRuns
 from devstack.world import write_signing_key
 from flyte_auth_common import contract
 from flyte_auth_common.jwt import jwt_claims
-from flyte_auth_exchange.admin import ExecutionRef
 from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.errors import Refusal
 from flyte_auth_exchange.runs import Runs
 from flyte_auth_exchange.runtime import running_exchange
+from flyte_auth_exchange.trust import ExecutionRef
 from tests.e2e.flyte2 import (
     DOMAIN,
     NAMESPACE,

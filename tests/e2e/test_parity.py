@@ -25,10 +25,15 @@ from flyte_auth_common.contract import (
     NAMESPACE_LABEL_VALUE,
     POD_SECURITY_LABEL,
 )
-from flyte_auth_exchange.admin import ExecutionRef
-from flyte_auth_exchange.binding import Owner, check_guard, check_pod_security, check_workflow
 from flyte_auth_exchange.errors import Refusal
 from flyte_auth_exchange.kube import Kube
+from flyte_auth_exchange.trust import (
+    ExecutionRef,
+    Owner,
+    check_guard,
+    check_pod_security,
+    check_workflow,
+)
 from flyte_auth_injector import consts
 from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests
 from tests.exchange.guards import WEAKENED, WEBHOOK, patched
@@ -132,7 +137,7 @@ async def check_live_guard(kube: Kube, namespace: str) -> None:
 
 
 async def binding_verdicts(kube: Kube, workflow_uid: str) -> dict[str, str]:
-    """The exchange server's binding checks (binding.py) on what `kube` answers, through our
+    """The exchange server's trust checks (trust.py) on what `kube` answers, through our
     own client code: the verdict, or the refusal's description."""
     execution = ExecutionRef("parity", "development", "e1")
     owner = Owner("e1", workflow_uid)

@@ -12,9 +12,9 @@ import yaml
 
 from devstack.world import GUARD_MANIFEST, WEBHOOK_MANIFEST
 from flyte_auth_common.contract import GUARD_NAME, NAMESPACE_LABEL, NAMESPACE_LABEL_VALUE
-from flyte_auth_exchange.binding import check_guard
 from flyte_auth_exchange.errors import Refusal
 from flyte_auth_exchange.guard import GuardObjects
+from flyte_auth_exchange.trust import check_guard
 from tests.exchange.guards import NS, WEAKENED, WEBHOOK, patched
 
 LABELS = {NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE, "kubernetes.io/metadata.name": NS}

@@ -13,10 +13,10 @@ from joserfc.jwk import RSAKey
 from devstack.flyteadmin import public_url_for
 from flyte_auth_common.errors import ConfigError
 from flyte_auth_exchange.config import ExchangeConfig
-from flyte_auth_exchange.decision import sanitize_label_value
 from flyte_auth_exchange.memo import Memo
 from flyte_auth_exchange.mint import Minter
 from flyte_auth_exchange.policy import Policy
+from flyte_auth_exchange.trust import sanitize_label_value
 
 EXCHANGE = str(Path(sys.executable).parent / "flyte-auth-exchange")
 

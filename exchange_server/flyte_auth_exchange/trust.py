@@ -1,5 +1,10 @@
-"""Pure checks that tie a pod to the Flyte execution it claims, using only what RBAC
-controls. No I/O here: the service reads the objects, these functions judge them.
+"""The trust decision: from the pod a subject token names to the execution it is bound to
+and whom that execution names, using only what RBAC controls. Every check is here; no I/O
+library is imported: `bind` asks a `Reads` (the service's Kubernetes and FlyteAdmin reads,
+or a test's dictionaries) for each object it needs, in the order the checks need them, and
+judges what comes back.
+
+    pod         the pod exists, with the uid the token was issued for, and has not finished;
 
 A pod's creator writes its labels and owner references, so they are claims. What makes
 them proof:
@@ -22,20 +27,25 @@ service created for the action each pod's controller, and that object's spec nam
     guard       as above: only Flyte's identities may put a flyte.org owner on a pod there;
     owner       the pod's controller is a TaskAction of that name and uid.
 
+    identity-label  a Flyte 1 pod's execution-identity label, if any, names the principal
+                FlyteAdmin records (flytepropeller writes it sanitized).
+
 Each refusal is a Refusal whose `check` names the check that failed.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from flyte_auth_common.contract import (
     FLYTEWORKFLOW_GROUP,
     GUARDED_LABELS,
     LABEL_DOMAIN,
     LABEL_EXECUTION_ID,
+    LABEL_EXECUTION_IDENTITY,
     LABEL_PROJECT,
     LABEL_V2_ACTION,
     LABEL_V2_RUN,
@@ -47,8 +57,7 @@ from flyte_auth_common.contract import (
     TASKACTION_KIND,
 )
 from flyte_auth_exchange import guard as guard_spec
-from flyte_auth_exchange.admin import ExecutionRef
-from flyte_auth_exchange.errors import ACCESS_DENIED, Refusal
+from flyte_auth_exchange.errors import ACCESS_DENIED, INVALID_GRANT, Refusal
 from flyte_auth_exchange.guard import GuardObjects
 
 CHECK_NAMESPACE = "namespace"
@@ -62,12 +71,142 @@ CHECK_POD_SECURITY = "pod-security"
 #: propeller builds the owner reference from FlyteWorkflowGVK, whose Kind is lowercase
 #: ("flyteworkflow") when the object it read carried no TypeMeta; either spelling is Flyte's.
 FLYTEWORKFLOW_KIND = "flyteworkflow"
+FINISHED_PHASES = ("Succeeded", "Failed")
+_NOT_DNS1123 = re.compile(r"[^-a-z0-9]+")
+
+
+@dataclass(frozen=True)
+class ExecutionRef:
+    """A Flyte 1 execution, or (flyte=2) a Flyte 2 run: both are project/domain/name."""
+    project: str
+    domain: str
+    name: str
+    flyte: int = 1
+
+    @property
+    def kind(self) -> str:
+        """What Flyte calls it: "execution" (Flyte 1) or "run" (Flyte 2)."""
+        return "run" if self.flyte == 2 else "execution"
+
+    def __str__(self) -> str:
+        return f"{self.project}/{self.domain}/{self.name}"
 
 
 @dataclass(frozen=True)
 class Owner:
     name: str
     uid: str
+
+
+@dataclass(frozen=True)
+class Binding:
+    """What the pod is bound to: its execution (None for a pod that claims none) and who
+    launched it ("" if FlyteAdmin or the runs service records no one)."""
+
+    execution: ExecutionRef | None
+    principal: str
+
+
+@dataclass(frozen=True)
+class TrustSettings:
+    """What the checks compare against, from the exchange server's configuration."""
+
+    namespace_template: str  # FlyteAdmin's namespace_mapping.template
+    v2_namespace: str  # Flyte 2's actions.kubernetes.namespace
+    guard: str  # the ValidatingAdmissionPolicy (and binding) deploy/ ships
+    audience: str  # the projected token's audience the guard keeps to kubelets
+    webhook: str  # the injector's MutatingWebhookConfiguration
+    pod_security_cluster_default: bool  # --pod-security cluster-default
+    flyte1: bool  # a FlyteAdmin to ask who launched an execution
+    flyte2: bool  # a runs service to ask who launched a run
+
+
+class Reads(Protocol):
+    """The objects `bind` judges, read on demand; None where the object does not exist."""
+
+    async def pod(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+
+    async def guarded(self, namespace: str) -> None:
+        """Raise the guard check's Refusal unless `namespace` is guarded (`check_guarded` on
+        the namespace's labels and the guard objects; the service caches the verdict)."""
+
+    async def flyteworkflow(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+
+    async def taskaction(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+
+    async def principal(self, execution: ExecutionRef) -> str:
+        """Who launched the execution (FlyteAdmin) or run (the runs service)."""
+
+
+async def bind(namespace: str, pod_name: str, pod_uid: str | None, settings: TrustSettings,
+               reads: Reads) -> Binding:
+    """The pod's binding: pod → execution (Flyte 1: labels, namespace, guard, its
+    FlyteWorkflow) or run (Flyte 2: its TaskAction), then → who launched it."""
+    where = f"{namespace}/{pod_name}"
+    meta = check_pod(where, await reads.pod(namespace, pod_name), pod_uid)
+    if not is_flyte_claim(meta):
+        return Binding(None, "")
+    taskaction = taskaction_owner(where, meta)
+    if taskaction is not None:
+        if not settings.flyte2:
+            raise refuse(CHECK_OWNER, f"pod {where} is a Flyte 2 task pod (a TaskAction "
+                         "controls it), and this server has no runs service to ask who "
+                         "launched its run (--runs-url)")
+        check_v2_namespace(where, namespace, settings.v2_namespace)
+        await reads.guarded(namespace)
+        run = run_of(where, taskaction, await reads.taskaction(namespace, taskaction.name))
+        return Binding(run, await reads.principal(run))
+    if not settings.flyte1:
+        raise refuse(CHECK_OWNER, f"pod {where} is a Flyte 1 task pod, and this server has "
+                     "no FlyteAdmin to ask who launched it (--admin-endpoint)")
+    execution = claimed_execution(where, meta)
+    check_namespace(settings.namespace_template, namespace, execution)
+    await reads.guarded(namespace)
+    owner = controller_owner(where, meta)
+    check_workflow(where, owner, await reads.flyteworkflow(namespace, owner.name), execution)
+    principal = await reads.principal(execution)
+    check_identity_label(meta, principal, execution)
+    return Binding(execution, principal)
+
+
+def check_pod(where: str, pod: Mapping[str, Any] | None, uid: str | None) -> Mapping[str, Any]:
+    """The pod's metadata, once it is the running pod the token was issued for (these
+    refusals are the grant's, invalid_grant, and name no check)."""
+    if pod is None:
+        raise Refusal(INVALID_GRANT, f"pod {where} named by the subject token does not exist")
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    if meta.get("uid") != uid:
+        raise Refusal(INVALID_GRANT, f"pod {where} has another uid than the subject token "
+                      "was issued for (the pod was deleted and re-created)")
+    phase = status.get("phase")
+    if phase in FINISHED_PHASES:
+        raise Refusal(INVALID_GRANT, f"pod {where} has finished (phase {phase})")
+    return meta
+
+
+def check_guarded(namespace: str, ns_labels: Mapping[str, Any] | None, found: GuardObjects,
+                  settings: TrustSettings) -> None:
+    """The namespace's pods are Flyte's to claim: the guard holds it, and Pod Security
+    keeps its pods from the node's other pods."""
+    check_guard(namespace, ns_labels, found, guard=settings.guard, audience=settings.audience,
+                webhook=settings.webhook)
+    check_pod_security(namespace, ns_labels or {},
+                       cluster_default=settings.pod_security_cluster_default)
+
+
+def sanitize_label_value(value: str) -> str:
+    """What flytepropeller writes into the execution-identity label for a principal:
+    lower-cased, runs of characters outside [-a-z0-9] turned into '-', at most 63
+    characters, '-' trimmed from both ends."""
+    return _NOT_DNS1123.sub("-", value.lower())[:63].strip("-")
+
+
+def check_identity_label(meta: Mapping[str, Any], principal: str,
+                         execution: ExecutionRef) -> None:
+    label = (meta.get("labels") or {}).get(LABEL_EXECUTION_IDENTITY)
+    if label is not None and label != sanitize_label_value(principal):
+        raise refuse(CHECK_IDENTITY_LABEL, f"the pod's {LABEL_EXECUTION_IDENTITY} label does "
+                     f"not match the principal FlyteAdmin records for {execution}")
 
 
 def namespace_for(template: str, project: str, domain: str) -> str:
