@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 from flyteidl.service import identity_pb2, identity_pb2_grpc
 
-from devstack.cluster import write_token_file
+from devstack.issuer import write_token_file
 from devstack.stack import SA_TOKEN_LIFETIME, rotate
 from devstack.world import EXECUTOR, World
 from flyte_auth_common import contract

@@ -42,7 +42,7 @@ from aiohttp import web
 from joserfc import jwt
 from joserfc.errors import JoseError
 
-from devstack.cluster import StubIssuer
+from devstack.issuer import StubIssuer
 from devstack.serving import serve
 
 

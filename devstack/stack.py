@@ -1,6 +1,6 @@
-"""A local stand-in of the agent's upstream, as one process: the cluster issuer writes a
-projected token file (and rotates it like the kubelet, at 80 % of its life) and a token
-endpoint trades it. Used by the benchmark and `make run`; see cluster.py and
+"""A local stand-in of the agent's upstream, as one process: the service-account issuer
+writes a projected token file (and rotates it like the kubelet, at 80 % of its life) and a
+token endpoint trades it. Used by the benchmark and `make run`; see issuer.py and
 token_endpoint.py for the behaviour each stand-in follows.
 
     python -m devstack.stack --dir DIR   prints one JSON line {"token_endpoint", "token_file"}
@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from devstack.cluster import StubIssuer, write_token_file
+from devstack.issuer import StubIssuer, write_token_file
 from devstack.token_endpoint import TokenEndpoint
 from flyte_auth_common.daemon import until_signalled
 

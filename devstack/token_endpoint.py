@@ -29,7 +29,7 @@ from aiohttp import web
 from joserfc import jwk, jwt
 from joserfc.errors import JoseError
 
-from devstack.cluster import StubIssuer
+from devstack.issuer import StubIssuer
 from devstack.serving import serve
 from flyte_auth_common import contract
 

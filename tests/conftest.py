@@ -7,7 +7,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from devstack.cluster import StubIssuer
+from devstack.issuer import StubIssuer
 from devstack.paths import short_temp_dir
 from devstack.token_endpoint import TokenEndpoint
 

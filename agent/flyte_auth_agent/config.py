@@ -1,4 +1,5 @@
-"""The agent's configuration: the option table, and one frozen dataclass built from it."""
+"""The agent's configuration: one frozen dataclass, loaded from the option table in
+flyte_auth_common.agent_options (flags, env vars, defaults)."""
 
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ from flyte_auth_common.daemon import app_runner
 from flyte_auth_common.errors import ConfigError
 from flyte_auth_common.reload import FileReloader, ServingTLS
 from flyte_auth_common.tls_bootstrap import renew_forever, serving_certificate
-from flyte_auth_exchange.admin import SELF_SUBJECT, Admin, SelfToken
 from flyte_auth_exchange.config import ExchangeConfig, setting
+from flyte_auth_exchange.flyteadmin import SELF_SUBJECT, Admin, SelfToken
 from flyte_auth_exchange.kube import Kube
 from flyte_auth_exchange.mint import Minter
 from flyte_auth_exchange.policy import Policy

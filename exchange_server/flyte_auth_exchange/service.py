@@ -23,10 +23,10 @@ from structlog.contextvars import bind_contextvars
 from flyte_auth_common import contract
 from flyte_auth_common.jwt import jwt_claims, redact
 from flyte_auth_exchange import decision
-from flyte_auth_exchange.admin import Admin
 from flyte_auth_exchange.config import POD_SECURITY_CLUSTER_DEFAULT, ExchangeConfig
 from flyte_auth_exchange.decision import Form
 from flyte_auth_exchange.errors import INVALID_GRANT, Refusal
+from flyte_auth_exchange.flyteadmin import Admin
 from flyte_auth_exchange.kube import Kube
 from flyte_auth_exchange.memo import Memo
 from flyte_auth_exchange.mint import Minter

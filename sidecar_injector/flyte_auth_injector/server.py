@@ -1,4 +1,5 @@
-"""HTTPS webhook: thin handlers over review.decide(), TLS files reloaded when they change."""
+"""HTTPS webhook: thin handlers over review.decide() (the serving kit reloads its TLS files:
+flyte_auth_common.reload)."""
 
 from __future__ import annotations
 

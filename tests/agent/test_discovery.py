@@ -15,7 +15,7 @@ import pytest
 import trustme
 
 from devstack.admin_metadata import AuthMetadata, start_metadata_server
-from devstack.cluster import StubIssuer
+from devstack.issuer import StubIssuer
 from devstack.token_endpoint import TokenEndpoint
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.runtime import running_agent

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from devstack.clock import FakeClock
-from devstack.cluster import StubIssuer
+from devstack.issuer import StubIssuer
 from devstack.token_endpoint import TokenEndpoint
 from flyte_auth_agent.runtime import running_agent
 from flyte_auth_agent.source import MIN_REMAINING

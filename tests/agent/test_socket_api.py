@@ -16,7 +16,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from devstack.clock import FakeClock
-from devstack.cluster import StubIssuer
+from devstack.issuer import StubIssuer
 from devstack.token_endpoint import JWT_BEARER, TOKEN_EXCHANGE, TokenEndpoint
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.runtime import bind_unix_socket, running_agent

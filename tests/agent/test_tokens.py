@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.cluster import StubIssuer
+from devstack.issuer import StubIssuer
 from flyte_auth_agent.errors import OAuthError, SubjectTokenError, UpstreamError
 from flyte_auth_agent.tokens import (
     DEFAULT_LIFETIME,

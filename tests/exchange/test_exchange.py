@@ -19,7 +19,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 from joserfc.jws import JWSRegistry
 
-from devstack.cluster import StubIssuer
+from devstack.issuer import StubIssuer
 from devstack.world import ADMIN_URL, EXECUTOR, NAMESPACE, World, owner_reference
 from flyte_auth_common import __version__, contract
 from flyte_auth_common.contract import GUARD_NAME

@@ -17,8 +17,8 @@ from devstack.world import ADMIN_URL, EXECUTOR, World
 from flyte_auth_common import contract
 from flyte_auth_common.contract import GUARD_NAME
 from flyte_auth_common.jwt import jwt_claims
-from flyte_auth_exchange.admin import SELF_SUBJECT
 from flyte_auth_exchange.config import ExchangeConfig
+from flyte_auth_exchange.flyteadmin import SELF_SUBJECT
 from flyte_auth_exchange.runtime import running_exchange
 from tests.exchange.helpers import StartExchange, form, logged, post
 

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from devstack.cluster import StubIssuer
+from devstack.issuer import StubIssuer
 from devstack.world import World
 from flyte_auth_exchange.server import MAX_FORM_BYTES
 from tests.exchange.helpers import StartExchange, form, logged, post
