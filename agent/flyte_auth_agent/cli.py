@@ -19,6 +19,7 @@ from flyte_auth_common.client import (
     AgentClientError,
     AgentRefusedError,
     check_timeout,
+    no_token_reason,
     socket_path_from_env,
 )
 from flyte_auth_common.options import (
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             status = client.status()
             print(json.dumps(status, indent=2))
             if status.get("state") != "valid":
-                error = (status.get("last_error") or {}).get("message", "no exchange finished yet")
+                error = no_token_reason(status)
                 return _fail(f"the agent holds no valid token: {error}")
     except AgentClientError as exc:
         return _fail(str(exc))

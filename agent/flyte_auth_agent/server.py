@@ -110,8 +110,7 @@ class AgentAPI:
         return source.upstream
 
     def _unavailable(self) -> web.Response:
-        err = self.source.last_error
-        reason = err.message if err else "the first token exchange has not finished yet"
+        reason = self.source.no_token_reason() or "no valid token"
         return _error(503, contract.ERROR_NO_TOKEN, reason,  # the error code says "no token"
                       self.source.retry_after())
 

@@ -123,13 +123,18 @@ class TokenSource(Generic[U]):
                 await self._resolved.wait()
         return self.upstream
 
-    def stopped_without_token(self) -> str | None:
-        """Why the agent holds no valid token, for its termination message; None if it does."""
+    def no_token_reason(self) -> str | None:
+        """Why the agent holds no valid token (the one wording its 503s, /v1/status, its
+        termination message, the CLI and the plugin give); None if it holds one."""
         if self.token() is not None:
             return None
         err = self.last_error
-        reason = err.message if err else "the first token exchange had not finished"
-        return f"the agent stopped without a valid token: {reason}"
+        return err.message if err else "the first token exchange has not finished yet"
+
+    def stopped_without_token(self) -> str | None:
+        """Why the agent holds no valid token, for its termination message; None if it does."""
+        reason = self.no_token_reason()
+        return None if reason is None else f"the agent stopped without a valid token: {reason}"
 
     def failing(self) -> bool:
         """No valid token, and the last exchange failed (the first one, or a refresh after
@@ -151,6 +156,7 @@ class TokenSource(Generic[U]):
         err = self.last_error
         return {
             "state": state,
+            "reason": self.no_token_reason(),
             "token": None if held is None else {
                 "expires_at": rfc3339(held.expires_at),
                 "expires_in": max(0, int(held.expires_at - now)),

@@ -142,8 +142,13 @@ async def test_token_and_status_fail_when_the_agent_has_no_token(
     assert token.returncode == 1
     assert "token_unavailable" in token.stderr and "does not exist" in token.stderr
     assert status.returncode == 1
-    assert json.loads(status.stdout)["state"] == "pending"
+    shown = json.loads(status.stdout)
+    assert shown["state"] == "pending"
     assert "holds no valid token" in status.stderr
+    # One wording of why: the agent's `reason`, in its 503, its status and the CLI's line.
+    assert "does not exist" in shown["reason"]
+    assert shown["reason"] in token.stderr
+    assert status.stderr.strip().endswith(shown["reason"])
 
 
 def test_bad_config_exits_2_with_one_line_per_problem() -> None:

@@ -10,7 +10,7 @@ from flytekit.configuration import Config, PlatformConfig
 from flytekit.remote import FlyteRemote
 
 from flyte_auth_common import contract
-from flyte_auth_common.client import AgentClient, AgentClientError
+from flyte_auth_common.client import AgentClient, AgentClientError, no_token_reason
 from flytekitplugins.auth_agent.authenticator import AgentAuthError, explain
 
 
@@ -58,7 +58,7 @@ def whoami() -> str | None:
         raise explain(exc) from None
     token = status.get("token") or {}
     if status.get("state") != "valid":
-        error = (status.get("last_error") or {}).get("message", "no exchange finished yet")
+        error = no_token_reason(status)
         raise AgentAuthError(f"flyte-auth: the agent holds no valid token: {error}")
     subject = token.get("subject")
     return subject if isinstance(subject, str) else None
