@@ -26,6 +26,19 @@ log = structlog.get_logger("flyte_auth")
 CHECK_EVERY = 10.0
 
 
+def load_once(what: str, paths: Sequence[Path], load: Callable[[], T]) -> T:
+    """`load()`; any failure as a ConfigError. A loader's own ConfigError names the problem;
+    anything else (a loader's bug on a file nobody expected) is named by its type only: its
+    text may quote the file, and the file may hold a key."""
+    try:
+        return load()
+    except ConfigError:
+        raise
+    except (Exception, RecursionError) as exc:
+        raise ConfigError([f"{what}: {', '.join(map(str, paths))} could not be "
+                           f"loaded ({type(exc).__name__})"]) from None
+
+
 class FileReloader(Generic[T]):
     def __init__(self, what: str, paths: Sequence[Path], load: Callable[[], T],
                  apply: Callable[[T], None] = lambda _: None) -> None:
@@ -40,16 +53,7 @@ class FileReloader(Generic[T]):
         self.reloads = 0
 
     def _load_value(self) -> T:
-        """The loaded value; any failure as a ConfigError. A loader's own ConfigError names
-        the problem; anything else (a loader's bug on a file nobody expected) is named by
-        its type only: its text may quote the file, and the file may hold a key."""
-        try:
-            return self._load()
-        except ConfigError:
-            raise
-        except (Exception, RecursionError) as exc:
-            raise ConfigError([f"{self.what}: {', '.join(map(str, self._paths))} could not be "
-                               f"loaded ({type(exc).__name__})"]) from None
+        return load_once(self.what, self._paths, self._load)
 
     def _stat(self) -> tuple[tuple[int, int, int], ...] | None:
         try:

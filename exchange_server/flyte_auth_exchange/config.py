@@ -176,11 +176,6 @@ class ExchangeConfig:
         insecure = s.flag("admin_insecure")
         admin = s.get("admin_endpoint", lambda v: parse_admin_endpoint(v, insecure))
         runs_url = _strip_slash(s.get("runs_url", to_http_url))
-        if identity == IDENTITY_EXECUTOR and admin is None and runs_url is None \
-                and not s.given("policy"):
-            s.problem("admin_endpoint", "required with --identity executor: FlyteAdmin's gRPC "
-                      "endpoint, to look up who launched each execution (or, for Flyte 2 "
-                      "only, --runs-url)")
         config = cls(
             serving=serving,
             namespace=s.value("namespace", str),

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -17,7 +17,7 @@ from joserfc.jwk import RSAKey
 from flyte_auth_common.admin import tls_material
 from flyte_auth_common.daemon import app_runner
 from flyte_auth_common.errors import ConfigError
-from flyte_auth_common.reload import FileReloader, ServingTLS
+from flyte_auth_common.reload import FileReloader, ServingTLS, load_once
 from flyte_auth_common.tls_bootstrap import renew_forever, serving_certificate
 from flyte_auth_exchange.config import ExchangeConfig, setting
 from flyte_auth_exchange.flyteadmin import SELF_SUBJECT, Admin, SelfToken
@@ -53,20 +53,20 @@ class RunningExchange:
     files: Files
 
 
-def _policy_loader(config: ExchangeConfig, kube_connected: list[bool]) -> Callable[[], Policy]:
-    """Load --policy (again), refusing a policy this running server cannot serve."""
-    def load() -> Policy:
-        policy = Policy.load(config.policy, config.identity) if config.policy \
-            else Policy.default(config.identity)
-        if policy.uses_executor and config.admin is None and config.runs_url is None:
-            raise ConfigError([f"{setting('admin_endpoint')}: required: the policy uses "
-                               "the executor identity, which FlyteAdmin (or, for Flyte 2, "
-                               f"the runs service: {setting('runs_url')}) supplies"])
-        if policy.uses_executor and kube_connected and not kube_connected[0]:
-            raise ConfigError([f"--policy {config.policy}: the executor identity needs the "
-                               "Kubernetes API, which this server started without; restart it"])
-        return policy
-    return load
+def load_policy(config: ExchangeConfig, *, kube: bool | None) -> Policy:
+    """--policy (or the default for --identity), refused if this server cannot serve it:
+    the one check that the executor identity has FlyteAdmin or the runs service to ask and,
+    once the start-up has decided whether it connects to it (`kube`), the Kubernetes API."""
+    policy = Policy.load(config.policy, config.identity) if config.policy \
+        else Policy.default(config.identity)
+    if policy.uses_executor and config.admin is None and config.runs_url is None:
+        raise ConfigError([f"{setting('admin_endpoint')}: required: the policy uses "
+                           "the executor identity, which FlyteAdmin (or, for Flyte 2, "
+                           f"the runs service: {setting('runs_url')}) supplies"])
+    if policy.uses_executor and kube is False:
+        raise ConfigError([f"--policy {config.policy}: the executor identity needs the "
+                           "Kubernetes API, which this server started without; restart it"])
+    return policy
 
 
 def _self_token(config: ExchangeConfig, minter: Minter) -> SelfToken:
@@ -101,64 +101,56 @@ def _log_started(config: ExchangeConfig, url: str, public_url: str, policy: Poli
 
 @contextlib.asynccontextmanager
 async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExchange]:
-    kube_connected: list[bool] = []  # filled once the start-up decided
-    policy_files = FileReloader("policy", [config.policy] if config.policy else [],
-                                _policy_loader(config, kube_connected))
-    policy = policy_files.value
-    client_ssl, ca_pem = tls_material(config.ca_cert_file,
-                                      setting("ca_cert_file"))
-    key_file = FileReloader("signing key", [config.signing_key],
-                            lambda: Minter.load_key(config.signing_key))
-    host, port = config.serving.listen
-    sock = socket.create_server((host, port))  # bound first: the URL needs the real port
-    url = f"{'https' if config.serving.https else 'http'}://{host}:{sock.getsockname()[1]}"
-    public_url = config.public_url or url
-    minter = Minter(key_file.value, config.key_id, public_url,
-                    retain=max(config.token_lifetime, SELF_TOKEN_LIFETIME) + KEY_FILE_PROPAGATION)
-    key_file.apply = minter.set_key
+    """Start in dependency order (each value built once from what it needs); stop in the
+    reverse order, whatever failed."""
+    policy_paths = [config.policy] if config.policy else []
+    policy = load_once("policy", policy_paths, lambda: load_policy(config, kube=None))
     needs_kube = config.token_review or policy.uses_executor or bool(config.serving.tls_bootstrap)
-    kube_connected.append(needs_kube)
-    session = aiohttp.ClientSession()
-    kube: Kube | None = None
-    admin: Admin | None = None
-    runner: web.AppRunner | None = None
-    watchers: list[asyncio.Task[None]] = []
-    try:
+    client_ssl, ca_pem = tls_material(config.ca_cert_file, setting("ca_cert_file"))
+    host, port = config.serving.listen
+    async with contextlib.AsyncExitStack() as stack:
+        sock = stack.enter_context(socket.create_server((host, port)))  # the URL needs the port
+        url = f"{'https' if config.serving.https else 'http'}://{host}:{sock.getsockname()[1]}"
+        public_url = config.public_url or url
+        def load_key() -> RSAKey:
+            return Minter.load_key(config.signing_key)
+
+        minter = Minter(load_once("signing key", [config.signing_key], load_key),
+                        config.key_id, public_url, retain=max(
+                            config.token_lifetime, SELF_TOKEN_LIFETIME) + KEY_FILE_PROPAGATION)
+        key_file = FileReloader("signing key", [config.signing_key], load_key, minter.set_key)
+        session = await stack.enter_async_context(aiohttp.ClientSession())
         kube = await Kube.connect(config.kubeconfig) if needs_kube else None
+        if kube is not None:
+            stack.push_async_callback(kube.close)
         serving, bootstrap = await serving_certificate(
             config.serving, kube.api_client if kube else None, namespace=config.namespace,
             webhook=None, who="exchange server", named=setting("tls_bootstrap"))
-        if bootstrap is not None and serving is not None:
-            watchers.append(asyncio.create_task(renew_forever(bootstrap, serving.check)))
         # FlyteAdmin and the runs service are built even when the policy does not use the
         # executor identity yet: a reloaded one may.
         self_token = _self_token(config, minter)
         admin = Admin(config.admin, self_token, ca_pem=ca_pem) if config.admin else None
+        if admin is not None:
+            stack.push_async_callback(admin.close)
         runs = Runs(config.runs_url, self_token, session, ssl_ctx=client_ssl) \
             if config.runs_url else None
         keys = await _issuer_keys(config, session, client_ssl)
         service = ExchangeService(config, policy=policy, keys=keys, minter=minter, kube=kube,
                                   admin=admin, runs=runs)
-        policy_files.apply = service.set_policy
-        watchers += [asyncio.create_task(files.watch()) for files in (key_file, policy_files,
-                                                                      serving) if files]
+        policy_files = FileReloader("policy", policy_paths,
+                                    lambda: load_policy(config, kube=needs_kube),
+                                    service.set_policy)
         api = ExchangeAPI(service, minter, keys, public_url)
         runner = app_runner(app(api), shutdown_timeout=10.0)
         await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        for watch in [key_file.watch(), policy_files.watch(),
+                      *([serving.watch()] if serving else []),
+                      *([renew_forever(bootstrap, serving.check)] if bootstrap and serving
+                        else [])]:
+            stack.callback(asyncio.create_task(watch).cancel)
         await web.SockSite(runner, sock,
                            ssl_context=serving.context if serving else None).start()
+        stack.callback(log.info, "exchange_stopping")
         _log_started(config, url, public_url, policy)
         yield RunningExchange(config, api, url, Files(policy_files, key_file, serving))
-    finally:
-        log.info("exchange_stopping")
-        for task in watchers:
-            task.cancel()
-        if runner is not None:
-            await runner.cleanup()
-        if admin is not None:
-            await admin.close()
-        if kube is not None:
-            await kube.close()
-        await session.close()
-        sock.close()
-

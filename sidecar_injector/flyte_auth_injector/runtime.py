@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import socket
@@ -61,12 +60,7 @@ async def _namespace_cache(config: InjectorConfig,
 def _agent_ca(api: InjectorAPI) -> FileReloader[str | None]:
     """The CA PEMs given to agents, read again when a mounted file changes (a rotated CA)."""
     files = api.config.agent_ca_files
-
-    def apply(pem: str | None) -> None:
-        sidecar = dataclasses.replace(api.config.sidecar, ca_pem=pem)
-        api.config = dataclasses.replace(api.config, sidecar=sidecar)
-
-    return FileReloader("agent ca", files, lambda: read_ca_pem(files), apply)
+    return FileReloader("agent ca", files, lambda: read_ca_pem(files), api.set_agent_ca)
 
 
 def pod_reader(api: client.ApiClient, timeout: float = 5.0) -> PodReader:

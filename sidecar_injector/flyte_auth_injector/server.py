@@ -3,6 +3,7 @@ flyte_auth_common.reload)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -58,6 +59,11 @@ class InjectorAPI:
         self.ready = ready
         self.read_pod = read_pod
         self.metrics = Metrics()
+
+    def set_agent_ca(self, pem: str | None) -> None:
+        """Give agents `pem` as the CA they trust from now on (a mounted CA file changed)."""
+        sidecar = dataclasses.replace(self.config.sidecar, ca_pem=pem)
+        self.config = dataclasses.replace(self.config, sidecar=sidecar)
 
     async def mutate(self, request: web.Request) -> web.Response:
         """The one place every review gets an answer: 400 for an unreadable review, else 200

@@ -241,3 +241,22 @@ def test_a_replaced_signing_key_stays_in_jwks_until_its_last_token_expired() -> 
     assert kids() == [new.thumbprint()]
     minter.set_key(old)  # rolled back: the key signing now is never also "retired"
     assert kids() == [old.thumbprint(), new.thumbprint()]
+
+
+def test_the_executor_identity_without_its_source_stops_the_start_in_one_line(
+        tmp_path: Path) -> None:
+    """Checked once, by the policy's loader (the default policy uses --identity executor):
+    no FlyteAdmin and no runs service to ask who launched anything."""
+    from devstack.world import write_signing_key  # noqa: PLC0415
+
+    write_signing_key(tmp_path / "key.pem")
+    (tmp_path / "jwks.json").write_text('{"keys": []}')
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "flyte-auth-exchange"), "serve", "--signing-key",
+         str(tmp_path / "key.pem"), "--admin-audience", "http://a", "--subject-issuer",
+         "https://k", "--subject-jwks", str(tmp_path / "jwks.json"), "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert "--admin-endpoint / FLYTE_AUTH_EXCHANGE_ADMIN_ENDPOINT: required: the policy uses " \
+           "the executor identity" in out.stderr
