@@ -20,7 +20,7 @@ from flyte_auth_agent.peercred import UNKNOWN, Peer, peer_of
 from flyte_auth_agent.source import TokenSource
 from flyte_auth_agent.tokens import AccessToken, rfc3339
 from flyte_auth_common import __version__, contract
-from flyte_auth_common.metrics import metrics_response
+from flyte_auth_common.probes import probe_routes
 
 log = structlog.get_logger("flyte_auth_agent")
 JSON = "application/json"
@@ -192,20 +192,16 @@ class AgentAPI:
         body["now"] = rfc3339(time.time())
         return _json(body)
 
-    async def healthz(self, _: web.Request) -> web.Response:
-        if not self.source.alive:
-            return web.Response(status=500, text="token refresher stopped\n")
-        return web.Response(text="ok\n")
-
-    async def readyz(self, _: web.Request) -> web.Response:
-        if self.source.token() is not None:
-            return web.Response(text="ready: holding a valid token\n")
-        err = self.source.last_error
-        reason = err.message if err else "waiting for the first token"
-        return web.Response(status=503, text=f"not ready: {reason}\n")
-
-    async def metrics_(self, _: web.Request) -> web.Response:
-        return metrics_response(self.metrics.registry)
+    def probes(self) -> list[web.RouteDef]:
+        """Alive while the refresher runs; ready while it holds a valid token."""
+        def not_ready() -> str | None:
+            if self.source.token() is not None:
+                return None
+            err = self.source.last_error
+            return err.message if err else "waiting for the first token"
+        return probe_routes(self.metrics.registry, ready="ready: holding a valid token",
+                            not_ready=not_ready, broken=lambda: None if self.source.alive
+                            else "token refresher stopped")
 
 
 @web.middleware
@@ -226,9 +222,7 @@ async def _answer_every_error(request: web.Request, handler: Any) -> web.StreamR
 def health_app(api: AgentAPI, *middlewares: Middleware) -> web.Application:
     """For kubelet probes and Prometheus over TCP: never any /v1/* route."""
     app = web.Application(middlewares=[*middlewares, _answer_every_error])
-    app.router.add_get(contract.PATH_HEALTHZ, api.healthz)
-    app.router.add_get(contract.PATH_READYZ, api.readyz)
-    app.router.add_get(contract.PATH_METRICS, api.metrics_)
+    app.add_routes(api.probes())
     return app
 
 

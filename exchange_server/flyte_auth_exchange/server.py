@@ -16,7 +16,7 @@ from prometheus_client import (
 from structlog.contextvars import bind_contextvars
 
 from flyte_auth_common import __version__, contract
-from flyte_auth_common.metrics import metrics_response
+from flyte_auth_common.probes import probe_routes
 from flyte_auth_exchange.decision import Form
 from flyte_auth_exchange.errors import INVALID_REQUEST, SERVER_ERROR, Refusal
 from flyte_auth_exchange.mint import Minter
@@ -164,17 +164,10 @@ class ExchangeAPI:
     async def jwks(self, _: web.Request) -> web.Response:
         return web.json_response(self.minter.jwks())
 
-    async def healthz(self, _: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def readyz(self, _: web.Request) -> web.Response:
+    def not_ready(self) -> str | None:
         if self.keys is not None and not self.keys.ready:
-            return web.Response(status=503, text="not ready: the service-account issuer's keys "
-                                "are not loaded yet\n")
-        return web.Response(text="ready\n")
-
-    async def metrics_(self, _: web.Request) -> web.Response:
-        return metrics_response(self.metrics.registry)
+            return "the service-account issuer's keys are not loaded yet"
+        return None
 
 
 def app(api: ExchangeAPI) -> web.Application:
@@ -183,7 +176,5 @@ def app(api: ExchangeAPI) -> web.Application:
     application.router.add_get("/.well-known/oauth-authorization-server", api.metadata)
     application.router.add_get("/.well-known/openid-configuration", api.openid_configuration)
     application.router.add_get(JWKS_PATH, api.jwks)
-    application.router.add_get("/healthz", api.healthz)
-    application.router.add_get("/readyz", api.readyz)
-    application.router.add_get("/metrics", api.metrics_)
+    application.add_routes(probe_routes(api.metrics.registry, not_ready=api.not_ready))
     return application

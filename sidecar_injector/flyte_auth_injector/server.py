@@ -16,7 +16,7 @@ from prometheus_client import (
     Histogram,
 )
 
-from flyte_auth_common.metrics import metrics_response
+from flyte_auth_common.probes import probe_routes
 from flyte_auth_injector import connect
 from flyte_auth_injector.config import InjectorConfig
 from flyte_auth_injector.review import BadReview, decide, parse, refusal
@@ -125,31 +125,21 @@ class InjectorAPI:
                  reason=why if allowed else "flyte claims")
         return web.json_response(connect.answer(review, allowed, why))
 
-    async def healthz(self, _: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def readyz(self, _: web.Request) -> web.Response:
-        if not self.ready():
-            return web.Response(status=503, text="not ready: namespace cache not synced\n")
-        return web.Response(text="ready\n")
-
-    async def metrics_(self, _: web.Request) -> web.Response:
-        return metrics_response(self.metrics.registry)
+    def probes(self) -> list[web.RouteDef]:
+        """Ready once the namespace cache has synced."""
+        return probe_routes(self.metrics.registry, not_ready=lambda: None if self.ready()
+                            else "namespace cache not synced")
 
 
 def webhook_app(api: InjectorAPI) -> web.Application:
     app = web.Application(client_max_size=MAX_REVIEW_BYTES)
     app.router.add_post("/mutate", api.mutate)
     app.router.add_post(CONNECT_PATH, api.connect)
-    app.router.add_get("/healthz", api.healthz)
-    app.router.add_get("/readyz", api.readyz)
-    app.router.add_get("/metrics", api.metrics_)
+    app.add_routes(api.probes())
     return app
 
 
 def metrics_app(api: InjectorAPI) -> web.Application:
     app = web.Application()
-    app.router.add_get("/healthz", api.healthz)
-    app.router.add_get("/readyz", api.readyz)
-    app.router.add_get("/metrics", api.metrics_)
+    app.add_routes(api.probes())
     return app

@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
 from devstack.clock import FakeClock
@@ -130,13 +131,13 @@ async def test_peer_uid_allowlist(sock_path: Path, token_file: Path, endpoint: T
                                         other)) as agent:
             with pytest.raises(AgentUnreachableError) as refused:
                 await asyncio.to_thread(AgentClient(str(sock_path), timeout=5).token)
-            metrics = await agent.api.metrics_(None)  # type: ignore[arg-type]
+            metrics = generate_latest(agent.api.metrics.registry)  # what /metrics serves
     assert f"outside its --allowed-uids (this process runs as uid {os.getuid()})" in str(
         refused.value)
     assert [e["reason"] for e in logs if e["event"] == "connection_refused"] == [
         "uid_not_allowed"]
     assert b'flyte_auth_agent_connections_refused_total{reason="uid_not_allowed"} 1.0' in \
-        metrics.body  # type: ignore[operator]
+        metrics
     async with running_agent(config(sock_path, token_file, endpoint, "--allowed-uids",
                                     f"{other},{os.getuid()}")):
         assert (await http.get("/v1/token", headers=H)).status == 200
