@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubernetes_asyncio import client, config
-from kubernetes_asyncio.config import ConfigException
+from kubernetes_asyncio import client
 
 from flyte_auth_common.contract import (
     FLYTEWORKFLOW_GROUP,
@@ -23,7 +22,7 @@ from flyte_auth_common.contract import (
     TASKACTION_PLURAL,
     TASKACTION_VERSION,
 )
-from flyte_auth_common.errors import ConfigError
+from flyte_auth_common.kube_client import api_client
 from flyte_auth_exchange.config import setting
 from flyte_auth_exchange.errors import TEMPORARILY_UNAVAILABLE, Refusal
 from flyte_auth_exchange.guard import GuardObjects, token_policy_name
@@ -53,17 +52,7 @@ class Kube:
 
     @classmethod
     async def connect(cls, kubeconfig: Path | None) -> Kube:
-        try:
-            if kubeconfig is not None:
-                api = await config.new_client_from_config(config_file=str(kubeconfig))
-            else:
-                config.load_incluster_config()  # type: ignore[no-untyped-call]
-                api = client.ApiClient()
-        except (ConfigException, OSError, ValueError) as exc:
-            where = f"--kubeconfig {kubeconfig}" if kubeconfig else "in-cluster config"
-            raise ConfigError([f"{where}: cannot configure the Kubernetes client ({exc}); set "
-                               f"{setting('kubeconfig')} outside a cluster"]) from None
-        return cls(api)
+        return cls(await api_client(kubeconfig, setting("kubeconfig")))
 
     @property
     def api_client(self) -> client.ApiClient:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,12 +13,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 from kubernetes_asyncio import client
-from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.config import ConfigException
 
 from flyte_auth_common.daemon import app_runner
-from flyte_auth_common.errors import ConfigError
+from flyte_auth_common.kube_client import api_client, in_cluster
 from flyte_auth_common.reload import FileReloader, ServingTLS
 from flyte_auth_common.tls_bootstrap import renew_forever, serving_certificate
 from flyte_auth_injector.config import InjectorConfig, read_ca_pem, setting
@@ -41,19 +38,11 @@ class RunningInjector:
 async def _namespace_cache(config: InjectorConfig,
                            ) -> tuple[NamespaceAnnotations | None, client.ApiClient | None]:
     """A watch-backed cache when the injector can reach the Kubernetes API, else None."""
-    try:
-        if config.kubeconfig is not None:
-            api = await kube_config.new_client_from_config(config_file=str(config.kubeconfig))
-        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-            kube_config.load_incluster_config()  # type: ignore[no-untyped-call]
-            api = client.ApiClient()
-        else:
-            log.warning("namespace_annotations_off",
-                        why="no --kubeconfig and not in a cluster: namespace defaults unread")
-            return None, None
-    except (ConfigException, OSError, ValueError) as exc:
-        raise ConfigError([f"{setting('kubeconfig')}: cannot configure "
-                           f"the Kubernetes client ({exc})"]) from None
+    if config.kubeconfig is None and not in_cluster():
+        log.warning("namespace_annotations_off",
+                    why="no --kubeconfig and not in a cluster: namespace defaults unread")
+        return None, None
+    api = await api_client(config.kubeconfig, setting("kubeconfig"))
     return NamespaceAnnotations(api), api
 
 
