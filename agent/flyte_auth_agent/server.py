@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,15 +92,21 @@ class AgentAPI:
                 peer_of(transport.get_extra_info("socket")))
         return conn
 
-    def _guard(self, request: web.Request) -> tuple[_Connection, web.Response | None]:
-        """The required header: (connection, refusal or None). The peer's uid is checked
-        once, at accept (connections.ConnectionGuard)."""
-        conn = self._connection(request)
-        if request.headers.get(contract.REQUIRED_HEADER) != contract.REQUIRED_HEADER_VALUE:
-            return conn, _error(400, contract.ERROR_MISSING_HEADER,
-                                f"requests to /v1/* must carry the header "
-                                f"'{contract.REQUIRED_HEADER}: {contract.REQUIRED_HEADER_VALUE}'")
-        return conn, None
+    def v1(self, path: str, handler: Callable[[web.Request], Awaitable[web.Response]],
+           ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """What every /v1/* route does around its handler: refuse a request without the
+        required header, and count each answer by path and status. The peer's uid is
+        checked once, at accept (connections.ConnectionGuard)."""
+        async def route(request: web.Request) -> web.Response:
+            if request.headers.get(contract.REQUIRED_HEADER) != contract.REQUIRED_HEADER_VALUE:
+                response = _error(400, contract.ERROR_MISSING_HEADER,
+                                  f"requests to /v1/* must carry the header "
+                                  f"'{contract.REQUIRED_HEADER}: {contract.REQUIRED_HEADER_VALUE}'")
+            else:
+                response = await handler(request)
+            self._count(path, response.status)
+            return response
+        return route
 
     async def _upstream(self) -> Upstream | None:
         """Where tokens come from; before FlyteAdmin has been asked, wait for it as a token
@@ -115,23 +122,18 @@ class AgentAPI:
                       self.source.retry_after())
 
     async def token(self, request: web.Request) -> web.Response:
-        conn, refusal = self._guard(request)
-        if refusal is not None:
-            self._count(contract.PATH_TOKEN, refusal.status)
-            return refusal
         source = self.source
         tok = source.token() or (None if source.failing() else
                                  await source.wait(self.config.wait_timeout))
         if tok is None:
-            self._count(contract.PATH_TOKEN, 503)
             return self._unavailable()
+        conn = self._connection(request)
         if conn.audited != tok.fingerprint:
             # Audit: one line per token per connection. A keep-alive client re-reading the
             # same token adds no fact to the trail (the request counter still counts it).
             conn.audited = tok.fingerprint
             log.info("token_served", peer_pid=conn.peer.pid, peer_uid=conn.peer.uid,
                      fingerprint=tok.fingerprint, expires_at=int(tok.expires_at))
-        self._count(contract.PATH_TOKEN, 200)
         if _wants_text(request):
             return web.Response(text=tok.value + "\n", content_type="text/plain")
         return web.Response(body=self._token_body(tok), content_type=JSON)
@@ -152,15 +154,10 @@ class AgentAPI:
             self._body, self._body_key = json.dumps(body).encode(), key
         return self._body
 
-    async def config_(self, request: web.Request) -> web.Response:
-        _, refusal = self._guard(request)
-        upstream = None if refusal is not None else await self._upstream()
-        if refusal is None and upstream is None:
-            refusal = self._unavailable()
-        self._count(contract.PATH_CONFIG, refusal.status if refusal else 200)
-        if refusal is not None:
-            return refusal
-        assert upstream is not None
+    async def config_(self, _: web.Request) -> web.Response:
+        upstream = await self._upstream()
+        if upstream is None:
+            return self._unavailable()
         c = self.config
         body: contract.ConfigBody = {
             "endpoint": c.admin.host_port if c.admin else None,
@@ -174,11 +171,7 @@ class AgentAPI:
         }
         return _json(body)
 
-    async def status(self, request: web.Request) -> web.Response:
-        _, refusal = self._guard(request)
-        self._count(contract.PATH_STATUS, refusal.status if refusal else 200)
-        if refusal is not None:
-            return refusal
+    async def status(self, _: web.Request) -> web.Response:
         upstream = self.source.upstream
         body = self.source.status()
         body["token_endpoint_calls"] = self.exchanger.token_endpoint_calls
@@ -230,7 +223,7 @@ def socket_app(api: AgentAPI, *middlewares: Middleware) -> web.Application:
     """The health routes, and the /v1/* API that only the socket serves; `middlewares` run
     before the rest (the connection guard's)."""
     app = health_app(api, *middlewares)
-    app.router.add_get(contract.PATH_TOKEN, api.token)
-    app.router.add_get(contract.PATH_CONFIG, api.config_)
-    app.router.add_get(contract.PATH_STATUS, api.status)
+    for path, handler in ((contract.PATH_TOKEN, api.token), (contract.PATH_CONFIG, api.config_),
+                          (contract.PATH_STATUS, api.status)):
+        app.router.add_get(path, api.v1(path, handler))
     return app
