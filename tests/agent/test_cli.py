@@ -273,9 +273,10 @@ async def test_the_agent_writes_a_token_command_any_python_can_run(
     # It is the agent's own copy: its version is the agent's.
     version = await asyncio.to_thread(run_token_command, script, args=("--version",))
     assert version.stdout == f"flyte-auth-token {__version__}\n"
-    # $FLYTE_AUTH_AGENT_SOCKET wins over the socket beside the script.
-    moved = await asyncio.to_thread(run_token_command, script,
-                                    FLYTE_AUTH_AGENT_SOCKET=str(sock_path.parent / "gone.sock"))
+    # $FLYTE_AUTH_AGENT_SOCKET wins over the socket beside the script (in no directory: the
+    # client fails at once rather than wait for a starting agent).
+    gone = sock_path.parent / "gone" / "gone.sock"
+    moved = await asyncio.to_thread(run_token_command, script, FLYTE_AUTH_AGENT_SOCKET=str(gone))
     assert moved.returncode == 1 and "gone.sock" in moved.stderr
 
 

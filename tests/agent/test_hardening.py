@@ -139,6 +139,7 @@ class Backlogged:
         self.server.bind(str(path))
         self.server.listen(0)
         self.fillers: list[socket.socket] = []
+        self.thread: threading.Thread | None = None
         while True:  # fill the backlog until connect() would fail with EAGAIN
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.setblocking(False)
@@ -170,10 +171,18 @@ class Backlogged:
                                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         for s in self.fillers:
             s.close()
-        threading.Thread(target=loop, daemon=True).start()
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
 
     def close(self) -> None:
+        """Stop accepting and wait for the accept thread: shutdown() wakes a blocked accept()
+        on Linux (close() alone does not), so no thread outlives the test."""
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)
         self.server.close()
+        if self.thread is not None:
+            self.thread.join(10)
+            assert not self.thread.is_alive()
 
 
 def test_a_busy_agent_makes_the_client_wait_not_fail(
@@ -510,6 +519,6 @@ def test_links_planted_in_the_socket_volume_redirect_no_write(tmp_path: Path) ->
     assert script.stat().st_mode & 0o777 == 0o644
     token_command.install(str(volume))  # again, over its own files (an agent restart)
     ran = subprocess.run([sys.executable, "-S", str(script)], capture_output=True, text=True,
-                         env={"FLYTE_AUTH_AGENT_SOCKET": str(tmp_path / "none.sock")},
+                         env={"FLYTE_AUTH_AGENT_SOCKET": str(tmp_path / "none/none.sock")},
                          timeout=30, check=False)
     assert ran.returncode == 1 and ran.stderr.startswith("flyte-auth-token: ")
