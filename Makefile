@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # The three distributions: the shared kit, the servers (root), the flytekit plugin.
 PYPROJECTS := common/pyproject.toml pyproject.toml flytekit_plugin/pyproject.toml
 
-.PHONY: help venv test unit lint fmt run bench bench-agent bench-exchange bench-injector \
+.PHONY: help venv test unit unit-agent unit-exchange unit-injector unit-plugin lint fmt run bench bench-agent bench-exchange bench-injector \
         bench-plugin bench-pod-start dist tools task-envs e2e-peers kustomize-path helm-path manifests chart images e2e e2e-long \
         e2e-deps clean
 
@@ -17,6 +17,7 @@ help:
 	@echo "make dist   the release into dist/: wheels, sdists, the chart, both images (OCI archives)"
 	@echo "make images the same (docker, podman, or buildah as root)"
 	@echo "make test   lint (ruff, mypy --strict) and run every test"
+	@echo "make unit-agent (-exchange, -injector, -plugin)  one component's tests and the kit's"
 	@echo "make e2e    end to end against real kube-apiserver, a node, Keycloak, Flyte 1 and 2, oauth2-proxy"
 	@echo "make e2e-long  the end-to-end cases that wait minutes of real time (token rotation)"
 	@echo "make bench  run the benchmarks (prints figures and ratios)"
@@ -46,6 +47,15 @@ lint: $(STAMP)
 unit: $(STAMP) tools task-envs
 	$(RENDERERS) $(VENV)/bin/pytest --ignore=tests/e2e $(PYTEST_ARGS)
 	$(PY) -m devstack.task_envs --test $(PYTEST_ARGS)
+
+# One component's tests and the shared kit's (make unit-agent, unit-exchange, unit-injector,
+# unit-plugin): what a change to that component can break below the end-to-end suite.
+UNIT_agent    := tests/agent
+UNIT_exchange := tests/exchange
+UNIT_injector := tests/injector
+UNIT_plugin   := flytekit_plugin/tests task_tests
+unit-agent unit-exchange unit-injector unit-plugin: unit-%: $(STAMP)
+	$(VENV)/bin/pytest tests/common $(UNIT_$*) $(PYTEST_ARGS)
 
 # What a task image installs (our two task-side wheels, built fresh; flytekit where it installs),
 # in a venv per Python task images run besides 3.11: 3.10, 3.12, 3.13 (pyenv's or on PATH).

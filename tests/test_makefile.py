@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -51,3 +53,14 @@ def test_the_renderers_are_built_before_pytest_starts(tmp_path: Path) -> None:
     # The task side's venvs (flytekit on 3.10 and 3.12) too, before pytest and after it.
     assert plan.index("-m devstack.task_envs\n") < pytest_at < plan.index("task_envs --test")
     assert "building helm" in plan and "the chart tests render" in plan
+
+
+@pytest.mark.parametrize(("component", "suite"), [
+    ("agent", "tests/agent"), ("exchange", "tests/exchange"), ("injector", "tests/injector"),
+    ("plugin", "flytekit_plugin/tests task_tests")])
+def test_each_component_has_its_own_unit_target(component: str, suite: str) -> None:
+    """`make unit-COMPONENT` runs that component's tests and the shared kit's, no others."""
+    plan = subprocess.run(["make", "-n", "-s", "--no-print-directory", "-C", str(ROOT),
+                           f"unit-{component}"],
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+    assert plan.strip().splitlines()[-1].endswith(f"bin/pytest tests/common {suite}")
