@@ -14,16 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from flyte_auth_injector.config import InjectorConfig
-from flyte_auth_injector.mutate import (
+from flyte_auth_injector.mutate import inject
+from flyte_auth_injector.patch import diff
+from flyte_auth_injector.selection import (
     Refused,
     as_object,
-    inject,
     plain_http_warning,
     resolve,
     shape_problem,
     skip_reason,
 )
-from flyte_auth_injector.patch import diff
 
 API_VERSION = "admission.k8s.io/v1"
 
