@@ -30,7 +30,8 @@ def _packages() -> dict[str, Path]:
 
 PACKAGES = _packages()
 #: What a task image may load: the contract, the socket client and their helpers.
-STDLIB_ONLY = ("contract", "client", "token_command", "jwt", "errors", "options",
+STDLIB_ONLY = ("contract", "client", "token_command", "jwt", "errors", "options", "converters",
+               "command_line", "serving_options",
                "agent_options")
 
 

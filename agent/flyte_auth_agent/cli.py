@@ -22,12 +22,8 @@ from flyte_auth_common.client import (
     no_token_reason,
     socket_path_from_env,
 )
-from flyte_auth_common.options import (
-    add_options,
-    command_parser,
-    parse_command_line,
-    to_positive_float,
-)
+from flyte_auth_common.command_line import add_options, command_parser, parse_command_line
+from flyte_auth_common.converters import to_positive_float
 
 DESCRIPTION = """\
 Sidecar that gives a Flyte task a FlyteAdmin access token with no secret in the task.

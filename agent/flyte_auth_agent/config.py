@@ -18,9 +18,8 @@ from flyte_auth_common.agent_options import (
     OPTIONS,
     Grant,
 )
-from flyte_auth_common.options import (
-    Settings,
-    parse_flags,
+from flyte_auth_common.command_line import parse_flags
+from flyte_auth_common.converters import (
     to_file_mode,
     to_host_port,
     to_http_url,
@@ -29,6 +28,7 @@ from flyte_auth_common.options import (
     to_positive_int,
     to_uids,
 )
+from flyte_auth_common.options import Settings
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ from cryptography.x509.oid import NameOID
 from kubernetes_asyncio import client
 
 from flyte_auth_common.errors import ConfigError
-from flyte_auth_common.options import Serving
 from flyte_auth_common.reload import ServingTLS
+from flyte_auth_common.serving_options import Serving
 
 log = structlog.get_logger("flyte_auth")
 CA_LIFETIME = dt.timedelta(days=3650)

@@ -6,7 +6,7 @@ import os
 import sys
 
 from flyte_auth_common import daemon
-from flyte_auth_common.options import add_options, command_parser, parse_command_line
+from flyte_auth_common.command_line import add_options, command_parser, parse_command_line
 from flyte_auth_exchange.config import ENV_PREFIX, OPTIONS, ExchangeConfig
 
 DESCRIPTION = """\

@@ -11,24 +11,20 @@ from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from flyte_auth_common.admin import AdminEndpoint, parse_admin_endpoint
+from flyte_auth_common.command_line import parse_flags
 from flyte_auth_common.contract import (
     DEFAULT_NAMESPACE_TEMPLATE,
     DEFAULT_V2_NAMESPACE,
     GUARD_NAME,
 )
-from flyte_auth_common.options import (
-    LOG_OPTIONS,
-    Option,
-    Serving,
-    Settings,
-    option_names,
-    parse_flags,
-    serving_options,
+from flyte_auth_common.converters import (
     to_http_url,
     to_non_negative_float,
     to_path,
     to_positive_float,
 )
+from flyte_auth_common.options import LOG_OPTIONS, Option, Settings, option_names
+from flyte_auth_common.serving_options import Serving, serving_from, serving_options
 
 ENV_PREFIX: Final = "FLYTE_AUTH_EXCHANGE_"
 IDENTITY_EXECUTOR: Final = "executor"
@@ -145,7 +141,7 @@ class ExchangeConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> ExchangeConfig:
         s = Settings(ENV_PREFIX, OPTIONS, args, environ)
-        serving = s.serving()
+        serving = serving_from(s)
         signing_key = s.get("signing_key", to_path)
         if signing_key is None:
             s.problem("signing_key", "required: the PEM of the RSA key that signs tokens "

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from flyte_auth_common import daemon
-from flyte_auth_common.options import add_options, command_parser, parse_command_line
+from flyte_auth_common.command_line import add_options, command_parser, parse_command_line
 from flyte_auth_injector.config import ENV_PREFIX, OPTIONS, InjectorConfig
 from flyte_auth_injector.webhook_config import webhook_configuration
 

@@ -28,21 +28,17 @@ import yaml
 
 from flyte_auth_common import contract
 from flyte_auth_common.agent_options import GRANT_CLIENT_ASSERTION, GRANT_TOKEN_EXCHANGE
-from flyte_auth_common.errors import ConfigError
-from flyte_auth_common.options import (
-    LOG_OPTIONS,
-    Option,
-    Serving,
-    Settings,
-    option_names,
-    parse_flags,
-    serving_options,
+from flyte_auth_common.command_line import parse_flags
+from flyte_auth_common.converters import (
     to_bool,
     to_host_port,
     to_http_url,
     to_path,
     whole_number_in,
 )
+from flyte_auth_common.errors import ConfigError
+from flyte_auth_common.options import LOG_OPTIONS, Option, Settings, option_names
+from flyte_auth_common.serving_options import Serving, serving_from, serving_options
 from flyte_auth_injector import consts
 
 ENV_PREFIX: Final = "FLYTE_AUTH_INJECTOR_"
@@ -158,7 +154,7 @@ class InjectorConfig:
             s.problem("config", f"unknown setting(s) {', '.join(unknown)} in {path}")
         expiration = s.value("token_expiration", _expiration)
         token_wait = s.value("token_wait", _token_wait)
-        serving = s.serving()
+        serving = serving_from(s)
         audience = s.value("token_audience", str)
         scopes = " ".join(str(doc.get("scopes", "all")).split())
         tokens = TokenSettings(

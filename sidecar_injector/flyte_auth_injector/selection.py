@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flyte_auth_common import contract
-from flyte_auth_common.options import whole_number_in
+from flyte_auth_common.converters import whole_number_in
 from flyte_auth_injector import consts
 from flyte_auth_injector.config import TokenSettings
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from flyte_auth_common import contract
-from flyte_auth_common.options import add_options
+from flyte_auth_common.command_line import add_options
 from flyte_auth_exchange import config as exchange_config
 from flyte_auth_exchange import guard
 from flyte_auth_exchange.policy import Policy
