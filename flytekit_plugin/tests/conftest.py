@@ -1,6 +1,7 @@
-"""The chain a task sees: the stand-in cluster and FlyteAdmin, the real exchange server, a real
-agent on a real socket (discovering the exchange server from FlyteAdmin), and real flytekit
-calling FlyteAdmin over gRPC from worker threads."""
+"""What a task sees: `chain`, FlyteAdmin's stand-in and a fake agent that speaks the wire
+contract (fake_agent.py); `full_chain`, the real chain (the stand-in cluster and FlyteAdmin,
+the real exchange server, a real agent on a real socket discovering the exchange server from
+FlyteAdmin). Real flytekit calls FlyteAdmin over gRPC from worker threads in both."""
 
 from __future__ import annotations
 
@@ -10,16 +11,19 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from fake_agent import FakeAgent
 
+from devstack.admin_metadata import AuthMetadata
 from devstack.clock import FakeClock
+from devstack.flyteadmin import FlyteAdmin, start_flyteadmin
 from devstack.paths import short_temp_dir
-from devstack.world import World
+from devstack.world import ADMIN_URL, EXECUTOR, World, write_signing_key
 from flyte_auth_agent.config import AgentConfig
 from flyte_auth_agent.runtime import running_agent
 from flyte_auth_common import contract
 from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.runtime import running_exchange
-from plugin_helpers import Chain
+from plugin_helpers import EXECUTION, AdminSide, Chain, FullChain
 
 
 @pytest.fixture
@@ -28,13 +32,42 @@ def short_dir() -> Iterator[Path]:
         yield path
 
 
+def clear_flyte_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("FLYTE_")]:
+        monkeypatch.delenv(key)
+
+
 @pytest.fixture
 async def chain(tmp_path: Path, short_dir: Path, monkeypatch: pytest.MonkeyPatch,
                 ) -> AsyncIterator[Chain]:
+    """FlyteAdmin's stand-in and the fake agent, and this process's env set as the injector
+    sets a task container's."""
+    clear_flyte_env(monkeypatch)
+    key_file = tmp_path / "token_rsa_key.pem"
+    admin = FlyteAdmin(write_signing_key(key_file), authorized_uris=[ADMIN_URL])
+    admin.executions[EXECUTION] = EXECUTOR
+    server, target = await start_flyteadmin(admin, AuthMetadata(token_endpoint="",
+                                                                audience=ADMIN_URL))
+    agent = FakeAgent(short_dir / contract.SOCKET_NAME, key_file, admin_target=target,
+                      audience=ADMIN_URL, subject=EXECUTOR, execution=EXECUTION,
+                      clock=FakeClock(time.time()))
+    await agent.start()
+    try:
+        chain = Chain(AdminSide(admin, target), agent, agent.sock, agent.clock)
+        for key, value in chain.env().items():
+            monkeypatch.setenv(key, value)
+        yield chain
+    finally:
+        await agent.stop()
+        await server.stop(None)
+
+
+@pytest.fixture
+async def full_chain(tmp_path: Path, short_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                     ) -> AsyncIterator[FullChain]:
     """The agent and the exchange server, running against devstack's world, and this
     process's env set as the injector sets a task container's."""
-    for key in [k for k in os.environ if k.startswith("FLYTE_")]:
-        monkeypatch.delenv(key)
+    clear_flyte_env(monkeypatch)
     world = await World(tmp_path / "world").start()
     pod = world.task_pod()
     token_file = tmp_path / "sa-token"
@@ -51,7 +84,7 @@ async def chain(tmp_path: Path, short_dir: Path, monkeypatch: pytest.MonkeyPatch
                 assert await agent.source.wait(10) is not None
                 world.admin.bearers.clear()  # from here on: only what the task sends
                 world.admin.calls.clear()
-                chain = Chain(world, agent, sock, clock)
+                chain = FullChain(world, agent, sock, clock)
                 for key, value in chain.env().items():
                     monkeypatch.setenv(key, value)
                 yield chain

@@ -29,7 +29,7 @@ from flytekitplugins.auth_agent import (
     default_remote,
     whoami,
 )
-from plugin_helpers import EXECUTION, Chain, in_thread
+from plugin_helpers import EXECUTION, Chain, FullChain, in_thread
 
 EXECUTION_ID = WorkflowExecutionIdentifier(*EXECUTION)
 
@@ -44,7 +44,11 @@ def user_info(channel: grpc.Channel) -> str:
     return str(reply.subject)
 
 
-async def test_config_auto_carries_the_agent_token_from_the_first_call(chain: Chain) -> None:
+async def test_config_auto_carries_the_agent_token_from_the_first_call(
+        full_chain: FullChain) -> None:
+    """The one test on the real chain (agent, exchange server, stand-in cluster): the rest
+    run against the fake agent, which speaks only the contract."""
+    chain = full_chain
     principal = await in_thread(lambda: principal_via(FlyteRemote(Config.auto())))
     assert principal == EXECUTOR
     admin = chain.world.admin
@@ -149,7 +153,7 @@ async def test_a_rotated_agent_token_is_used_before_the_old_one_expires(chain: C
         first = chain.world.admin.bearers[-1]
         old = chain.agent.source.token()
         assert old is not None
-        await clock.run_next()  # the agent refreshes at half life (+ jitter)
+        chain.agent.rotate()  # as the agent's refresh at half life does
         new = chain.agent.source.token()
         assert new is not None and new.value != first
         clock.advance(old.issued_at + old.lifetime * 0.75)  # when the plugin looks again
@@ -266,10 +270,9 @@ async def test_an_agent_beyond_the_skew_rule_is_named_once_and_the_call_goes_on(
         caplog: pytest.LogCaptureFixture) -> None:
     """The agent's /v1/config names its version; a plugin more than one minor from it says
     so once, as a warning, and still authenticates."""
-    import flyte_auth_agent.server  # noqa: PLC0415
     from flytekitplugins.auth_agent import authenticator  # noqa: PLC0415
 
-    monkeypatch.setattr(flyte_auth_agent.server, "__version__", "7.0.0")
+    chain.agent.version = "7.0.0"
     monkeypatch.setattr(authenticator, "_skew_warned", set())
     with caplog.at_level("WARNING", logger="flytekitplugins.auth_agent"):
         for _ in range(2):
