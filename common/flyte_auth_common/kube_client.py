@@ -1,10 +1,15 @@
 """The one way a server reaches the Kubernetes API: a kubernetes-asyncio client from
---kubeconfig, else from the pod's own service account (in-cluster config)."""
+--kubeconfig, else from the pod's own service account (in-cluster config); and the one way
+it reads an answer (raw, `_preload_content=False`: kubernetes-asyncio then raises nothing
+for an error status, so every status is looked at here)."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio import config as kube_config
@@ -30,3 +35,33 @@ async def api_client(kubeconfig: Path | None, setting: str) -> client.ApiClient:
         where = f"--kubeconfig {kubeconfig}" if kubeconfig else "in-cluster config"
         raise ConfigError([f"{where}: cannot configure the Kubernetes client ({exc}); set "
                            f"{setting} outside a cluster"]) from None
+
+
+class KubeReadError(Exception):
+    """No object: the API server could not be asked, or answered with an error."""
+
+
+async def response_json(what: str, call: Awaitable[Any]) -> tuple[int, Any]:
+    """The status and parsed body (None if not JSON) of a raw call; KubeReadError naming
+    `what` if the API server could not be reached."""
+    try:
+        resp = await call
+        body = await resp.read()
+        status = int(resp.status)
+    except (OSError, TimeoutError, client.ApiException) as exc:
+        raise KubeReadError(f"{what}: {type(exc).__name__}") from None
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, None
+
+
+async def get_object(what: str, call: Awaitable[Any]) -> dict[str, Any] | None:
+    """The object; None if it does not exist (404); KubeReadError for any other answer
+    (401, 403, 5xx, a body that is not an object): an error is never taken for an object."""
+    status, doc = await response_json(what, call)
+    if status == 404:
+        return None
+    if status != 200 or not isinstance(doc, dict):
+        raise KubeReadError(f"{what}: HTTP {status}")
+    return doc

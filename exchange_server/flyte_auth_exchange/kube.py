@@ -7,7 +7,6 @@ and never a typed round trip of objects we do not own.
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from flyte_auth_common.contract import (
     TASKACTION_PLURAL,
     TASKACTION_VERSION,
 )
-from flyte_auth_common.kube_client import api_client
+from flyte_auth_common.kube_client import KubeReadError, api_client, response_json
 from flyte_auth_exchange.config import setting
 from flyte_auth_exchange.errors import TEMPORARILY_UNAVAILABLE, Refusal
 from flyte_auth_exchange.guard import GuardObjects, token_policy_name
@@ -63,16 +62,10 @@ class Kube:
 
     async def _json(self, what: str, call: Any) -> tuple[int, dict[str, Any]]:
         try:
-            resp = await call
-            body = await resp.read()
-            status = resp.status
-        except (OSError, TimeoutError, client.ApiException) as exc:
-            raise Refusal(TEMPORARILY_UNAVAILABLE, f"the Kubernetes API is unreachable "
-                          f"({what}: {type(exc).__name__})") from None
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            doc = {}
+            status, doc = await response_json(what, call)
+        except KubeReadError as exc:
+            raise Refusal(TEMPORARILY_UNAVAILABLE,
+                          f"the Kubernetes API is unreachable ({exc})") from None
         if status >= 500 or status in (401, 403, 429):
             raise Refusal(TEMPORARILY_UNAVAILABLE, f"the Kubernetes API answered {what} with "
                           f"HTTP {status}; check this server's RBAC and the API server")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,10 +12,9 @@ from typing import Any
 import structlog
 from aiohttp import web
 from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from flyte_auth_common.daemon import app_runner
-from flyte_auth_common.kube_client import api_client, in_cluster
+from flyte_auth_common.kube_client import api_client, get_object, in_cluster
 from flyte_auth_common.reload import FileReloader, ServingTLS
 from flyte_auth_common.tls_bootstrap import renew_forever, serving_certificate
 from flyte_auth_injector.config import InjectorConfig, read_ca_pem, setting
@@ -57,17 +55,8 @@ def pod_reader(api: client.ApiClient, timeout: float = 5.0) -> PodReader:
     core = client.CoreV1Api(api)
 
     async def read(namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            resp: Any = await core.read_namespaced_pod(name, namespace, _preload_content=False,
-                                                       _request_timeout=timeout)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        doc = json.loads(await resp.read())
-        if not isinstance(doc, dict):
-            raise ValueError("the API server answered a pod that is not an object")
-        return doc
+        return await get_object("get pod", core.read_namespaced_pod(
+            name, namespace, _preload_content=False, _request_timeout=timeout))
 
     return read
 

@@ -112,6 +112,17 @@ async def test_a_pod_that_cannot_be_read_is_refused_saying_why(
         answer["response"]["status"]["message"])
 
 
+async def test_a_read_the_api_server_refuses_is_refused_too(
+        connect: Connect, kube: StubKubeAPI) -> None:
+    """The API server answers the injector's pod read with an error (its RBAC revoked, its
+    token expired): that answer is no pod, and the connect is refused, not judged on it."""
+    kube.bearer = "another"  # the injector's token no longer authenticates
+    _, answer = await connect(review("task"))
+    assert answer["response"]["allowed"] is False
+    assert "cannot read pod flytesnacks-development/task" in (
+        answer["response"]["status"]["message"])
+
+
 async def test_without_a_kubernetes_client_every_connect_is_refused(
         tls_files: tuple[Path, Path], ca: trustme.CA) -> None:
     async with running_injector(injector_config(tls_files)) as injector, _client(ca) as http, \
