@@ -96,8 +96,10 @@ OPTIONS = (
            "(default: any namespace, --identity, --token-lifetime)", metavar="FILE"),
     Option("--kubeconfig", "kubeconfig for the Kubernetes API (default: in-cluster config)",
            metavar="FILE"),
-    Option("--cache-ttl", "seconds a pod -> execution -> principal lookup is reused; a deleted "
-           "pod can exchange for at most this long after deletion (0: no cache)", "5",
+    Option("--cache-ttl", "seconds a pod -> execution -> principal lookup is reused, and what "
+           "the pods of one execution share (its FlyteWorkflow, its launcher: one FlyteAdmin "
+           "question per execution); a deleted pod can exchange for at most this long after "
+           "deletion (0: no cache)", "5",
            metavar="SECONDS"),
     Option("--clock-skew", "seconds of clock skew tolerated on exp/nbf/iat", "60",
            metavar="SECONDS"),

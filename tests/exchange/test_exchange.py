@@ -565,3 +565,19 @@ async def test_an_agent_beyond_the_skew_rule_is_served_counted_and_named_once(
     assert [w["agent_version"] for w in warnings] == [far]
     assert f"an agent {far} and this exchange server {__version__}" in warnings[0]["reason"]
     assert "README: Versions" in warnings[0]["reason"]
+
+
+async def test_the_pods_of_one_execution_cost_one_flyteadmin_question(
+        world: World, exchange: StartExchange, http: aiohttp.ClientSession) -> None:
+    """A map task's pods (one execution) exchange at once and one after another: FlyteAdmin
+    is asked who launched it once, not once per pod; each pod is still read and judged."""
+    pods = [world.task_pod(f"f3a1b2c4d5e6-n0-0-{i}") for i in range(20)]
+    async with exchange("--cache-ttl", "60") as ex:
+        answers = await asyncio.gather(*(post(http, ex.url, form(world.kube.token_for(pod)))
+                                         for pod in pods[:10]))
+        answers += [await post(http, ex.url, form(world.kube.token_for(pod)))
+                    for pod in pods[10:]]
+    assert [status for status, _ in answers] == [200] * 20
+    assert [c for c in world.admin.calls if c[0] == "GetExecution"] == [
+        ("GetExecution", "flyte-auth-exchange")]
+    assert world.kube.pod_reads == 20  # a pod's existence and uid are its own
