@@ -25,6 +25,7 @@ v1.16.8) for what this project relies on:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -125,6 +126,9 @@ class FlyteAdmin(admin_pb2_grpc.AdminServiceServicer,  # type: ignore[misc]
     rejected: int = 0
     #: Refuse the next N calls with UNAUTHENTICATED whatever they carry (a revoked token).
     reject_next: int = 0
+    #: When set, GetExecution waits for it (a slow database); `held` is set while one waits.
+    hold: asyncio.Event | None = None
+    held: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.set_keys(self.public_key_pem, self.old_public_key_pem)
@@ -162,6 +166,9 @@ class FlyteAdmin(admin_pb2_grpc.AdminServiceServicer,  # type: ignore[misc]
 
     async def GetExecution(self, request: Any, context: Any) -> Any:
         await self._authenticate("GetExecution", context)
+        if self.hold is not None:
+            self.held.set()
+            await self.hold.wait()
         key = (request.id.project, request.id.domain, request.id.name)
         if key not in self.executions:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"execution {key} not found")

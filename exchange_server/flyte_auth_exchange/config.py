@@ -22,6 +22,7 @@ from flyte_auth_common.converters import (
     to_non_negative_float,
     to_path,
     to_positive_float,
+    to_positive_int,
 )
 from flyte_auth_common.options import LOG_OPTIONS, Option, Settings, option_names
 from flyte_auth_common.serving_options import Serving, serving_from, serving_options
@@ -103,6 +104,9 @@ OPTIONS = (
            metavar="SECONDS"),
     Option("--clock-skew", "seconds of clock skew tolerated on exp/nbf/iat", "60",
            metavar="SECONDS"),
+    Option("--max-inflight", "exchanges decided at once; beyond it a request is answered at "
+           "once with 503 temporarily_unavailable and Retry-After: 1 (agents retry with "
+           "jitter) instead of queueing into timeouts", "256", metavar="N"),
     *LOG_OPTIONS,
 )
 
@@ -137,6 +141,7 @@ class ExchangeConfig:
     kubeconfig: Path | None
     cache_ttl: float
     clock_skew: float
+    max_inflight: int
     log_level: str
     log_format: str
 
@@ -195,6 +200,7 @@ class ExchangeConfig:
             policy=s.get("policy", to_path), kubeconfig=s.get("kubeconfig", to_path),
             cache_ttl=s.value("cache_ttl", to_non_negative_float),
             clock_skew=s.value("clock_skew", to_non_negative_float),
+            max_inflight=s.value("max_inflight", to_positive_int),
             log_level=s.value("log_level", str),
             log_format=s.value("log_format", str),
         )

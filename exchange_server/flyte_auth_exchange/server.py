@@ -18,7 +18,12 @@ from structlog.contextvars import bind_contextvars
 from flyte_auth_common import __version__, contract
 from flyte_auth_common.probes import probe_routes
 from flyte_auth_exchange.decision import Form
-from flyte_auth_exchange.errors import INVALID_REQUEST, SERVER_ERROR, Refusal
+from flyte_auth_exchange.errors import (
+    INVALID_REQUEST,
+    SERVER_ERROR,
+    TEMPORARILY_UNAVAILABLE,
+    Refusal,
+)
 from flyte_auth_exchange.mint import Minter
 from flyte_auth_exchange.service import ExchangeService
 from flyte_auth_exchange.subject import IssuerKeys
@@ -40,6 +45,9 @@ class Metrics:
                                  "Time to decide one exchange", registry=self.registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                           0.5, 1, 2.5))
+        self.shed = Counter("flyte_auth_exchange_shed",
+                            "Exchange requests answered 503 at once past --max-inflight",
+                            registry=self.registry)
         self.skewed = Counter("flyte_auth_exchange_agent_skew",
                               "Exchange requests from agents further from this server's "
                               "version than the skew rule allows (README: Versions)",
@@ -57,15 +65,37 @@ def _too_large() -> Refusal:
 
 class ExchangeAPI:
     def __init__(self, service: ExchangeService, minter: Minter, keys: IssuerKeys | None,
-                 public_url: str) -> None:
+                 public_url: str, max_inflight: int = 256) -> None:
         self.service = service
         self.minter = minter
         self.keys = keys
         self.public_url = public_url
         self.metrics = Metrics()
         self._skew_warned: set[str] = set()
+        self.max_inflight = max_inflight
+        self.inflight = 0
 
     async def token(self, request: web.Request) -> web.Response:
+        """At most --max-inflight exchanges are decided at once; past that, shed."""
+        if self.inflight >= self.max_inflight:
+            return self._shed()
+        self.inflight += 1
+        try:
+            return await self._decide(request)
+        finally:
+            self.inflight -= 1
+
+    def _shed(self) -> web.Response:
+        """Past --max-inflight: a quick 503 the agent retries (with jitter) beats a queue that
+        makes every caller time out. Counted, not audited: nothing was decided."""
+        self.metrics.shed.inc()
+        return web.json_response(
+            {"error": TEMPORARILY_UNAVAILABLE, "error_description": (
+                f"this exchange server is deciding its --max-inflight ({self.max_inflight}) "
+                "exchanges at once; retry in a second")},
+            status=503, headers={**_NO_STORE, "Retry-After": "1"})
+
+    async def _decide(self, request: web.Request) -> web.Response:
         """The one place every outcome becomes an answer and an audit line: a grant, a
         Refusal, or (a bug, never a caller's input) anything else as `server_error`."""
         started = time.perf_counter()

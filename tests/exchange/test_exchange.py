@@ -581,3 +581,32 @@ async def test_the_pods_of_one_execution_cost_one_flyteadmin_question(
     assert [c for c in world.admin.calls if c[0] == "GetExecution"] == [
         ("GetExecution", "flyte-auth-exchange")]
     assert world.kube.pod_reads == 20  # a pod's existence and uid are its own
+
+
+async def test_past_max_inflight_a_request_is_shed_at_once_with_retry_after(
+        world: World, exchange: StartExchange, http: aiohttp.ClientSession) -> None:
+    """FlyteAdmin slow, two exchanges being decided (--max-inflight 2): a third is answered
+    503 temporarily_unavailable with Retry-After at once, not queued; the two finish once
+    FlyteAdmin answers, and the shed one is counted, not audited."""
+    world.admin.hold = asyncio.Event()
+    pods = [world.task_pod(f"f3a1b2c4d5e6-n0-0-{i}") for i in range(3)]
+    with logged() as logs:
+        async with exchange("--max-inflight", "2", "--cache-ttl", "0") as ex:
+            deciding = [asyncio.create_task(post(http, ex.url, form(world.kube.token_for(p))))
+                        for p in pods[:2]]
+            async with asyncio.timeout(10):
+                while ex.api.inflight < 2:  # both handlers have started and wait on FlyteAdmin
+                    await world.admin.held.wait()
+                    await asyncio.sleep(0)
+            async with http.post(ex.url + "/oauth2/token",
+                                 data=form(world.kube.token_for(pods[2]))) as resp:
+                shed = (resp.status, resp.headers.get("Retry-After"), await resp.json())
+            world.admin.hold.set()
+            done = await asyncio.gather(*deciding)
+            counted = ex.api.metrics.registry.get_sample_value("flyte_auth_exchange_shed_total")
+    assert shed[:2] == (503, "1")
+    assert shed[2]["error"] == "temporarily_unavailable"
+    assert "--max-inflight (2)" in shed[2]["error_description"]
+    assert [status for status, _ in done] == [200, 200]
+    assert counted == 1
+    assert len([e for e in logs if e["event"] == "exchange_decision"]) == 2
