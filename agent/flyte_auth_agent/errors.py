@@ -27,6 +27,8 @@ class AgentError(Exception):
     retryable: bool = True
     #: A short stable label for metrics and status (`oauth:invalid_grant`, `unreachable`, ...).
     kind: str = "error"
+    #: Seconds the upstream asked to wait first (its Retry-After), if it did.
+    retry_after: float | None = None
 
 
 class SubjectTokenError(AgentError):

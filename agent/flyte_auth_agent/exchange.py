@@ -26,6 +26,8 @@ from flyte_auth_common.jwt import redact
 
 log = structlog.get_logger("flyte_auth_agent")
 
+#: The longest Retry-After obeyed: an upstream cannot park an agent for longer.
+MAX_RETRY_AFTER = 300
 _MAX_BODY = 256 * 1024
 
 
@@ -112,6 +114,14 @@ def merge_upstream(c: AgentConfig, info: AdminAuthInfo | None) -> Upstream:
     return Upstream(endpoint, key, request, info.source if info else None)
 
 
+def retry_after_seconds(header: str) -> float | None:
+    """A Retry-After header's delay in seconds (RFC 9110 §10.2.3), at most MAX_RETRY_AFTER;
+    None if absent or given as a date (the backoff decides then)."""
+    value = header.strip()
+    return float(min(int(value), MAX_RETRY_AFTER)) \
+        if value.isascii() and value.isdigit() else None
+
+
 class Exchanger:
     """The I/O of a TokenSource: asks FlyteAdmin where to exchange, and exchanges."""
 
@@ -162,6 +172,7 @@ class Exchanger:
         return merge_upstream(self._config, info)
 
     async def fetch(self, upstream: Upstream) -> AccessToken:
+        """One exchange; an UpstreamError carries the endpoint's Retry-After, if any."""
         endpoint = upstream.token_endpoint
         subject = read_subject_token(self._config.token_file)
         headers = {"Accept": "application/json"}
@@ -178,6 +189,7 @@ class Exchanger:
                                           timeout=timeout, allow_redirects=False) as resp:
                 body = await resp.content.read(_MAX_BODY)
                 status, ctype = resp.status, resp.headers.get("Content-Type", "")
+                retry_after = resp.headers.get("Retry-After", "")
         except TimeoutError:
             raise UpstreamError(f"token endpoint {endpoint} did not answer within "
                                 f"{self._config.exchange_timeout:g} s (--exchange-timeout)",
@@ -186,5 +198,9 @@ class Exchanger:
             raise UpstreamError(f"token endpoint {endpoint} unreachable: {type(exc).__name__} "
                                 f"{redact(str(exc), *secrets)}".rstrip(),
                                 kind="unreachable") from None
-        return parse_token_response(status, ctype, body, now=self._clock.now(),
-                                    secrets=tuple(secrets))
+        try:
+            return parse_token_response(status, ctype, body, now=self._clock.now(),
+                                        secrets=tuple(secrets))
+        except UpstreamError as exc:
+            exc.retry_after = retry_after_seconds(retry_after)
+            raise

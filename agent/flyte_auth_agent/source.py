@@ -246,6 +246,10 @@ class TokenSource(Generic[U]):
         if self._observer:
             self._observer.exchanged(exc.kind, seconds, None)
         delay = self._backoff.next(retryable=exc.retryable)
+        if exc.retry_after is not None:
+            # The upstream shed the request (503 + Retry-After): wait that long, and the
+            # jittered backoff on top, so a burst of agents does not come back in step.
+            delay += exc.retry_after
         tok = self.token()
         if tok is not None:
             # Still holding a valid token: retry at least twice more before it expires.

@@ -12,6 +12,7 @@ from aiohttp import web
 from devstack.clock import FakeClock
 from devstack.issuer import StubIssuer
 from devstack.token_endpoint import TokenEndpoint
+from flyte_auth_agent.exchange import retry_after_seconds
 from flyte_auth_agent.runtime import running_agent
 from flyte_auth_agent.source import MIN_REMAINING
 from tests.helpers import H, outlive_the_token_endpoint_down
@@ -225,3 +226,28 @@ async def test_stopping_with_a_token_leaves_no_termination_message(
                                     str(log))) as agent:
         assert await agent.source.wait(10) is not None
     assert log.read_text() == ""
+
+
+async def test_a_shed_exchange_waits_its_retry_after_then_jitter(
+        sock_path: Path, token_file: Path, endpoint: TokenEndpoint,
+        http: aiohttp.ClientSession) -> None:
+    """The exchange server sheds load with 503 + Retry-After: the agent waits that long, and
+    its jittered backoff on top (a burst of agents does not come back in step)."""
+    endpoint.queued.append(lambda _: web.json_response(
+        {"error": "temporarily_unavailable"}, status=503, headers={"Retry-After": "7"}))
+    clock = FakeClock(time.time())
+    async with running_agent(config(sock_path, token_file, endpoint), clock=clock):
+        retry_at = await clock.next_sleep()  # the first attempt was shed
+        status = await (await http.get("/v1/status", headers=H)).json()
+        assert 7 <= retry_at - clock.now() <= 7 + 1  # Retry-After + backoff base * 2^0
+        await clock.run_next()
+        assert (await http.get("/v1/token", headers=H)).status == 200
+    assert status["last_error"]["kind"] == "oauth:temporarily_unavailable"
+
+
+@pytest.mark.parametrize(("header", "seconds"), [
+    ("7", 7.0), (" 12 ", 12.0), ("100000", 300.0), ("", None), ("-1", None), ("²", None),
+    ("Wed, 21 Oct 2026 07:28:00 GMT", None)])
+def test_retry_after_is_seconds_capped_else_the_backoff_decides(
+        header: str, seconds: float | None) -> None:
+    assert retry_after_seconds(header) == seconds
