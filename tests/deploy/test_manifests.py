@@ -430,6 +430,15 @@ def test_pod_security_reaches_the_exchange_server_only_when_not_the_default() ->
     assert "--pod-security=cluster-default" in args("exchange.podSecurity=cluster-default")
 
 
+def test_max_inflight_reaches_the_exchange_server_only_when_set() -> None:
+    def args(*sets: str) -> list[str]:
+        deployment = by_key(helm(*sets))[("Deployment", "flyte-auth-exchange")]
+        return list(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+
+    assert not any(a.startswith("--max-inflight") for a in args())  # the server's default
+    assert "--max-inflight=64" in args("exchange.maxInflight=64")
+
+
 def test_a_wrong_shape_is_a_schema_error_naming_the_value(tmp_path: Path) -> None:
     stderr = helm_refusal(tmp_path, "imagePullSecrets: [regcred]\nexchange: {nodeSelector: "
                           "{pool: 1}}\ninjector: {sidecar: {imagePullPolicy: Sometimes}}\n")
