@@ -1,5 +1,6 @@
 """A small async memo: concurrent callers for one key share one lookup (single flight);
-successful results are reused for `ttl` seconds. Failures are never cached."""
+successful results are reused for `ttl` seconds, unless `keep` says otherwise (e.g. an
+object not found yet). Failures are never cached."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ MAX_ENTRIES = 10_000
 
 
 class Memo(Generic[V]):
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic,
+                 keep: Callable[[V], bool] = lambda _: True) -> None:
         self._ttl = ttl
+        self._keep = keep
         self._clock = clock
         self._done: dict[Hashable, tuple[float, V]] = {}
         self._inflight: dict[Hashable, asyncio.Future[V]] = {}
@@ -45,7 +48,7 @@ class Memo(Generic[V]):
             raise
         else:
             future.set_result(value)
-            if self._ttl > 0:
+            if self._ttl > 0 and self._keep(value):
                 if len(self._done) >= MAX_ENTRIES:
                     self._done.clear()
                 self._done[key] = (self._clock() + self._ttl, value)

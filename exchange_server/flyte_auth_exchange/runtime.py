@@ -140,7 +140,7 @@ async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExcha
         policy_files = FileReloader("policy", policy_paths,
                                     lambda: load_policy(config, kube=needs_kube),
                                     service.set_policy)
-        api = ExchangeAPI(service, minter, keys, public_url, config.max_inflight)
+        api = ExchangeAPI(service, minter, keys, public_url, max_inflight=config.max_inflight)
         runner = app_runner(app(api), shutdown_timeout=10.0)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)

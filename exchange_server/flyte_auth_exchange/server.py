@@ -65,7 +65,7 @@ def _too_large() -> Refusal:
 
 class ExchangeAPI:
     def __init__(self, service: ExchangeService, minter: Minter, keys: IssuerKeys | None,
-                 public_url: str, max_inflight: int = 256) -> None:
+                 public_url: str, *, max_inflight: int) -> None:
         self.service = service
         self.minter = minter
         self.keys = keys

@@ -36,10 +36,6 @@ from flyte_auth_exchange.subject import IssuerKeys, Subject, check_claims, subje
 from flyte_auth_exchange.trust import Binding, ExecutionRef, TrustSettings, bind, check_guarded
 
 
-class _Missing(Exception):
-    """An object the API server does not have (the memo keeps only what it found)."""
-
-
 class ExchangeService:
     def __init__(self, config: ExchangeConfig, *, policy: Policy, keys: IssuerKeys | None,
                  minter: Minter, kube: Kube | None, admin: Admin | None,
@@ -57,7 +53,8 @@ class ExchangeService:
         # What many pods share (a map task's, a Ray cluster's): read once per execution, not
         # once per pod. A FlyteWorkflow is judged against each pod's owner uid, and an
         # execution's launcher never changes; both are reused for --cache-ttl.
-        self.workflows: Memo[dict[str, Any]] = Memo(config.cache_ttl)
+        self.workflows: Memo[dict[str, Any] | None] = Memo(
+            config.cache_ttl, keep=lambda found: found is not None)  # not found: ask again
         self.principals: Memo[str] = Memo(config.cache_ttl)
         self._trust = TrustSettings(
             namespace_template=config.namespace_template, v2_namespace=config.v2_namespace,
@@ -142,17 +139,8 @@ class ExchangeService:
     async def flyteworkflow(self, namespace: str, name: str) -> dict[str, Any] | None:
         assert self._kube is not None
         kube = self._kube
-
-        async def found() -> dict[str, Any]:
-            workflow = await kube.flyteworkflow(namespace, name)
-            if workflow is None:
-                raise _Missing  # not cached: the next pod asks again
-            return workflow
-
-        try:
-            return await self.workflows.get((namespace, name), found)
-        except _Missing:
-            return None
+        return await self.workflows.get((namespace, name),
+                                        lambda: kube.flyteworkflow(namespace, name))
 
     async def taskaction(self, namespace: str, name: str) -> dict[str, Any] | None:
         assert self._kube is not None

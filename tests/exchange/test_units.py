@@ -172,6 +172,20 @@ async def test_memo_single_flight_ttl_and_no_cached_failures() -> None:
     assert await memo.get("f", load) == 3  # the failure was not cached
 
 
+async def test_memo_keeps_only_what_keep_accepts() -> None:
+    """The exchange server's FlyteWorkflow memo: an object not found yet is asked for again
+    (the next pod may come once propeller's workflow exists); one found is reused."""
+    answers = iter([None, {"uid": "w"}, {"uid": "other"}])
+    memo: Memo[dict[str, str] | None] = Memo(ttl=60, keep=lambda found: found is not None)
+
+    async def load() -> dict[str, str] | None:
+        return next(answers)
+
+    assert await memo.get("wf", load) is None
+    assert await memo.get("wf", load) == {"uid": "w"}
+    assert await memo.get("wf", load) == {"uid": "w"}  # found: reused within the TTL
+
+
 def test_zero_cache_ttl_is_allowed_and_negative_is_a_clear_problem() -> None:
     base = ["--signing-key", "k", "--admin-audience", "http://a", "--subject-issuer",
             "https://k8s", "--subject-jwks", "j", "--identity", "service-account"]
