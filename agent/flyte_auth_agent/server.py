@@ -19,8 +19,9 @@ from flyte_auth_agent.exchange import Exchanger, Upstream
 from flyte_auth_agent.metrics import AgentMetrics
 from flyte_auth_agent.peercred import UNKNOWN, Peer, peer_of
 from flyte_auth_agent.source import TokenSource
-from flyte_auth_agent.tokens import AccessToken, rfc3339
+from flyte_auth_agent.tokens import AccessToken
 from flyte_auth_common import __version__, contract
+from flyte_auth_common.contract import rfc3339
 from flyte_auth_common.probes import probe_routes
 
 log = structlog.get_logger("flyte_auth_agent")

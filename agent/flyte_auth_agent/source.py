@@ -19,7 +19,8 @@ import structlog
 
 from flyte_auth_agent.errors import AgentError
 from flyte_auth_agent.schedule import Backoff, RefreshPolicy
-from flyte_auth_agent.tokens import AccessToken, rfc3339
+from flyte_auth_agent.tokens import AccessToken
+from flyte_auth_common.contract import rfc3339
 
 log = structlog.get_logger("flyte_auth_agent")
 

@@ -10,7 +10,6 @@ import math
 import os
 import stat
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,6 @@ DEFAULT_LIFETIME = 300.0
 MAX_LIFETIME = 86400.0
 #: A projected service-account token is a few KiB; more is not one.
 MAX_SUBJECT_TOKEN_BYTES = 64 * 1024
-
-
-def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(int(ts), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ It imports only the standard library, so a task image can use it without aiohttp
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Final, Literal, TypedDict
 
 # --- The socket --------------------------------------------------------------------------
@@ -175,6 +176,11 @@ TOKEN_TYPE_ACCESS_TOKEN: Final = "urn:ietf:params:oauth:token-type:access_token"
 # --- JSON shapes ---------------------------------------------------------------------------
 
 
+def rfc3339(ts: float) -> str:
+    """A time as every body here writes it: RFC 3339, UTC, whole seconds."""
+    return datetime.fromtimestamp(int(ts), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class TokenBody(TypedDict):
     """`GET /v1/token` → 200."""
 
@@ -203,7 +209,7 @@ class ConfigBody(TypedDict):
     project: str | None
     domain: str | None
     execution_id: str | None
-    agent_version: str  # the skew rule: a client may warn (absent before 0.1.0's agents)
+    agent_version: str  # the skew rule: a client may warn (absent from agents older than the field)
 
 
 # `error` codes the agent answers with.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,6 @@ from flyte_auth_common import __version__, contract
 from flyte_auth_common.jwt import fingerprint
 
 LIFETIME = 3600
-
-
-def rfc3339(when: float) -> str:
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -78,7 +73,7 @@ class FakeAgent:
             return web.Response(text=tok.value + "\n")
         body: contract.TokenBody = {
             "access_token": tok.value, "token_type": "Bearer",
-            "expires_at": rfc3339(tok.expires_at),
+            "expires_at": contract.rfc3339(tok.expires_at),
             "expires_in": max(0, int(tok.expires_at - self.clock.now())), "scope": "all"}
         return web.json_response(body)
 
@@ -94,7 +89,8 @@ class FakeAgent:
     async def _status_route(self, _: web.Request) -> web.Response:
         tok = self._token
         body: dict[str, Any] = {"state": "valid", "reason": None, "token": {
-            "expires_at": rfc3339(tok.expires_at), "issued_at": rfc3339(tok.issued_at),
+            "expires_at": contract.rfc3339(tok.expires_at),
+            "issued_at": contract.rfc3339(tok.issued_at),
             "scope": "all", "fingerprint": fingerprint(tok.value), "subject": self._subject}}
         return web.json_response(body)
 

@@ -15,8 +15,8 @@ from flyte_auth_agent.tokens import (
     AccessToken,
     parse_token_response,
     read_subject_token,
-    rfc3339,
 )
+from flyte_auth_common.contract import rfc3339
 
 NOW = 1_800_000_000.0
 SUBJECT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW0ifQ.c2lnbmF0dXJl"
