@@ -153,7 +153,7 @@ class _UnixConnection(http.client.HTTPConnection):
 
 def no_token_reason(status: Mapping[str, Any]) -> str:
     """Why the agent whose /v1/status this is holds no valid token, as the agent words it
-    (its `reason`; before 0.1.0's agents, its last error)."""
+    (its `reason`; from an agent older than that field, its last error)."""
     last = status.get("last_error")
     return str(status.get("reason") or (last.get("message") if isinstance(last, dict) else None)
                or "the agent gave no reason")
