@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from flyte_auth_common.contract import PATH_HEALTHZ, PATH_METRICS, PATH_READYZ
-from flyte_auth_common.metrics import metrics_response
 
 Why = Callable[[], str | None]
 
@@ -34,7 +33,8 @@ def probe_routes(registry: CollectorRegistry, *, broken: Why = lambda: None,
             web.Response(status=503, text=f"not ready: {why}\n")
 
     async def metrics(_: web.Request) -> web.Response:
-        return metrics_response(registry)
+        return web.Response(body=generate_latest(registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return [web.get(PATH_HEALTHZ, healthz), web.get(PATH_READYZ, readyz),
             web.get(PATH_METRICS, metrics)]

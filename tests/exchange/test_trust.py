@@ -51,7 +51,7 @@ def shipped_guard() -> dict[str, Mapping[str, Any] | None]:
 class Scene:
     """What the reads answer (trust.Reads), and which reads were made."""
 
-    pod: dict[str, Any]
+    pod_doc: dict[str, Any]
     namespaces: dict[str, dict[str, str]]
     workflows: dict[str, dict[str, Any]]
     taskactions: dict[str, dict[str, Any]]
@@ -59,10 +59,10 @@ class Scene:
     guard: dict[str, Mapping[str, Any] | None] = field(default_factory=shipped_guard)
     reads: list[str] = field(default_factory=list)
 
-    async def pod_(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+    async def pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         self.reads.append("pod")
-        meta = self.pod.get("metadata") or {}
-        return self.pod if (meta.get("namespace"), meta.get("name")) == (namespace, name) \
+        meta = self.pod_doc.get("metadata") or {}
+        return self.pod_doc if (meta.get("namespace"), meta.get("name")) == (namespace, name) \
             else None
 
     async def guarded(self, namespace: str) -> None:
@@ -81,15 +81,6 @@ class Scene:
     async def principal(self, execution: ExecutionRef) -> str:
         self.reads.append("principal")
         return self.principals.get(execution, "")
-
-
-class Reads:
-    """The Scene under trust.Reads' method names (`pod` is also the Scene's pod)."""
-
-    def __init__(self, scene: Scene) -> None:
-        self.pod, self.guarded = scene.pod_, scene.guarded
-        self.flyteworkflow, self.taskaction = scene.flyteworkflow, scene.taskaction
-        self.principal = scene.principal
 
 
 def flyte1() -> Scene:
@@ -126,8 +117,8 @@ def flyte2() -> Scene:
 
 def plain() -> Scene:
     scene = flyte1()
-    scene.pod["metadata"]["labels"] = {"app": "notebook"}
-    scene.pod["metadata"]["ownerReferences"] = []
+    scene.pod_doc["metadata"]["labels"] = {"app": "notebook"}
+    scene.pod_doc["metadata"]["ownerReferences"] = []
     return scene
 
 
@@ -140,7 +131,7 @@ def changed(base: Callable[[], Scene], change: Callable[[Scene], object]) -> Cal
 
 
 def meta(scene: Scene) -> dict[str, Any]:
-    return scene.pod["metadata"]  # type: ignore[no-any-return]
+    return scene.pod_doc["metadata"]  # type: ignore[no-any-return]
 
 
 def owner(scene: Scene) -> dict[str, Any]:
@@ -167,7 +158,7 @@ REFUSALS: dict[str, tuple[Callable[[], Scene], dict[str, Any], str, str | None, 
                  "invalid_grant", None, "does not exist"),
     "pod re-created": (changed(flyte1, lambda s: meta(s).update(uid="new")), {},
                        "invalid_grant", None, "another uid"),
-    "pod finished": (changed(flyte1, lambda s: s.pod.update(status={"phase": "Succeeded"})),
+    "pod finished": (changed(flyte1, lambda s: s.pod_doc.update(status={"phase": "Succeeded"})),
                      {}, "invalid_grant", None, "has finished (phase Succeeded)"),
     "owner but no execution labels": (
         changed(flyte1, lambda s: meta(s).update(labels={"node-id": "n0"})), {},
@@ -236,9 +227,9 @@ def _failing_open(binding: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def verdict(scene: Scene, settings: TrustSettings = SETTINGS) -> Binding:
-    meta_ = scene.pod.get("metadata") or {}
+    meta_ = scene.pod_doc.get("metadata") or {}
     namespace = str(meta_.get("namespace"))
-    return asyncio.run(bind(namespace, POD, UID, settings, Reads(scene)))
+    return asyncio.run(bind(namespace, POD, UID, settings, scene))
 
 
 @pytest.mark.parametrize("name", sorted(GRANTS))
