@@ -72,9 +72,15 @@ class Kube:
         return status, doc if isinstance(doc, dict) else {}
 
     async def _get(self, what: str, call: Any) -> dict[str, Any] | None:
-        """The object as raw JSON, or None if it does not exist."""
+        """The object as raw JSON, or None if it does not exist (404); any other answer is
+        never taken for the object."""
         status, doc = await self._json(what, call)
-        return None if status == 404 else doc
+        if status == 404:
+            return None
+        if status != 200:
+            raise Refusal(TEMPORARILY_UNAVAILABLE, f"the Kubernetes API answered {what} with "
+                          f"HTTP {status}; check this server's version and the API server")
+        return doc
 
     def _opts(self) -> dict[str, Any]:
         return {"_preload_content": False, "_request_timeout": self._timeout}
