@@ -19,6 +19,14 @@ v1.16.8) for what this project relies on:
   `x-forwarded-host` only; without it, it chooses as FlyteAdmin does for a host that matches
   no authorized URI (the first entry). Tests that need another host send the header; the
   e2e parity table sends the same header to the real FlyteAdmin.
+- External mode (`authServerType: External`; resource_server.go and go-oidc v3.6.0's
+  RemoteKeySet, read, and compared with the real one in `make e2e`): `ExternalAuthServer`
+  fetches `externalAuthServer.baseUrl` + `metadataUrl` once at start (no retry, no timeout; a
+  failure stops it) and verifies tokens against that document's `jwks_uri`: keys cached with
+  no expiry, fetched again (one fetch at a time) when no cached key with the token's `kid`
+  verifies it; a token without `kid` is tried with every key. `aud` must be in
+  `allowedAudience` or be the authorized URI for the dialled host; the other claim checks
+  are Self mode's (zero clock skew; `iss` unchecked).
 - IdentityService.UserInfo returns the token's subject; AdminService.GetExecution returns an
   execution from an in-memory table (NOT_FOUND otherwise) with spec.metadata.principal.
 """
@@ -33,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import grpc
 from flyteidl.admin import execution_pb2
 from flyteidl.service import admin_pb2_grpc, identity_pb2, identity_pb2_grpc
@@ -73,9 +82,8 @@ def public_url_for(dialled: str | None, authorized_uris: list[str]) -> str:
     return host_port_match or host_match or authorized_uris[0]
 
 
-def validate_bearer(value: str | None, keys: list[tuple[str, RSAKey]], audience: str,
-                    now: float) -> dict[str, Any]:
-    """FlyteAdmin's checks on a bearer token, in its order; the claims if they pass."""
+def bearer_token(value: str | None) -> tuple[str, dict[str, Any]]:
+    """The token of an authorization value and its JOSE header."""
     if not value or not value.startswith("Bearer "):
         raise Unauthenticated("no bearer token")
     token = value.removeprefix("Bearer ").strip()
@@ -83,18 +91,30 @@ def validate_bearer(value: str | None, keys: list[tuple[str, RSAKey]], audience:
         header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
     except (ValueError, IndexError):
         raise Unauthenticated("malformed token") from None
-    key = dict(keys).get(header.get("key_id"), keys[0][1])
-    registry = jws.JWSRegistry(strict_check_header=False, algorithms=["RS256"])
+    if not isinstance(header, dict):
+        raise Unauthenticated("malformed token")
+    return token, header
+
+
+def verified_claims(token: str, key: RSAKey, algorithms: list[str]) -> dict[str, Any]:
+    registry = jws.JWSRegistry(strict_check_header=False, algorithms=algorithms)
     try:
         claims = json.loads(jws.deserialize_compact(token, key, registry=registry).payload)
     except (JoseError, ValueError):
         raise Unauthenticated("signature") from None
+    if not isinstance(claims, dict):
+        raise Unauthenticated("claims are not an object")
+    return claims
+
+
+def check_claims(claims: dict[str, Any], audiences: list[str], now: float) -> dict[str, Any]:
+    """FlyteAdmin's claim checks after the signature, in its order; the claims if they pass."""
     exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
     if (exp is not None and now >= exp) or (nbf is not None and now < nbf) or (
             iat is not None and now < iat):
         raise Unauthenticated("exp/nbf/iat check failed")
     aud = claims.get("aud")
-    if audience not in ([aud] if isinstance(aud, str) else aud or []):
+    if not set(audiences) & set([aud] if isinstance(aud, str) else aud or []):
         raise Unauthenticated("audience")
     if "client_id" in claims and not isinstance(claims["client_id"], str):
         raise Internal("client_id is not a string")
@@ -108,6 +128,71 @@ def validate_bearer(value: str | None, keys: list[tuple[str, RSAKey]], audience:
     if "all" not in scopes:
         raise Unauthenticated("scope all required")
     return dict(claims)
+
+
+def validate_bearer(value: str | None, keys: list[tuple[str, RSAKey]], audience: str,
+                    now: float) -> dict[str, Any]:
+    """Self mode: the header's `key_id` picks one of token_rsa_key(_old).pem, else the first."""
+    token, header = bearer_token(value)
+    key = dict(keys).get(str(header.get("key_id")), keys[0][1])
+    return check_claims(verified_claims(token, key, ["RS256"]), [audience], now)
+
+
+@dataclass
+class ExternalAuthServer:
+    """FlyteAdmin's `auth.appAuth.externalAuthServer` (External mode)."""
+
+    #: baseUrl + metadataUrl, resolved as FlyteAdmin does.
+    metadata_url: str
+    allowed_audience: list[str]
+    jwks_uri: str = ""
+    keys: list[tuple[str | None, RSAKey]] = field(default_factory=list)
+    key_fetches: int = 0
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def start(self) -> None:
+        """The one GET at start-up; any failure raises (FlyteAdmin exits)."""
+        async with aiohttp.ClientSession() as session, \
+                session.get(self.metadata_url) as resp:
+            resp.raise_for_status()
+            self.jwks_uri = str((await resp.json(content_type=None))["jwks_uri"])
+
+    async def _fetch_keys(self) -> None:
+        self.key_fetches += 1
+        async with aiohttp.ClientSession() as session, session.get(self.jwks_uri) as resp:
+            resp.raise_for_status()
+            listed = (await resp.json(content_type=None))["keys"]
+        keys: list[tuple[str | None, RSAKey]] = []
+        for jwk in listed:
+            try:
+                keys.append((jwk.get("kid"), RSAKey.import_key(jwk)))
+            except (JoseError, ValueError, TypeError):
+                continue  # go-jose skips keys it cannot use
+        self.keys = keys
+
+    def _verify(self, token: str, kid: str | None) -> dict[str, Any] | None:
+        for key_id, key in self.keys:
+            if kid is None or key_id == kid:
+                try:
+                    return verified_claims(token, key, ["RS256", "RS384", "RS512"])
+                except Unauthenticated:
+                    continue
+        return None
+
+    async def validate(self, value: str | None, audience: str, now: float) -> dict[str, Any]:
+        token, header = bearer_token(value)
+        kid = header.get("kid") if isinstance(header.get("kid"), str) else None
+        claims = self._verify(token, kid)
+        if claims is None:
+            async with self._lock:  # one fetch at a time; no rate limit
+                try:
+                    await self._fetch_keys()
+                except (aiohttp.ClientError, KeyError, TypeError, ValueError):
+                    raise Unauthenticated("the key set could not be fetched") from None
+            claims = self._verify(token, kid)
+        if claims is None:
+            raise Unauthenticated("no key of the key set verifies the token")
+        return check_claims(claims, [*self.allowed_audience, audience], now)
 
 
 @dataclass
@@ -129,6 +214,8 @@ class FlyteAdmin(admin_pb2_grpc.AdminServiceServicer,  # type: ignore[misc]
     #: When set, GetExecution waits for it (a slow database); `held` is set while one waits.
     hold: asyncio.Event | None = None
     held: asyncio.Event = field(default_factory=asyncio.Event)
+    #: External mode: tokens are verified against this IdP's key set, not the keys above.
+    external: ExternalAuthServer | None = None
 
     def __post_init__(self) -> None:
         self.set_keys(self.public_key_pem, self.old_public_key_pem)
@@ -149,8 +236,10 @@ class FlyteAdmin(admin_pb2_grpc.AdminServiceServicer,  # type: ignore[misc]
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "token rejected: revoked")
         try:
             audience = public_url_for(md.get("x-forwarded-host"), self.authorized_uris)
-            claims = validate_bearer(md.get(HEADER) or md.get("authorization"), self.keys,
-                                     audience, time.time())
+            presented_value = md.get(HEADER) or md.get("authorization")
+            claims = await self.external.validate(presented_value, audience, time.time()) \
+                if self.external is not None else \
+                validate_bearer(presented_value, self.keys, audience, time.time())
         except Unauthenticated as exc:
             self.rejected += 1
             code = grpc.StatusCode.INTERNAL if isinstance(exc, Internal) else \

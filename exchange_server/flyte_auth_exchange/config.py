@@ -41,13 +41,19 @@ OPTIONS = (
            "flyte-auth", metavar="NAME"),
     Option("--public-url", "URL clients reach this server at (issuer and token_endpoint in "
            "the metadata; default: from --listen)", metavar="URL"),
-    Option("--signing-key", "RSA private key that signs minted tokens: FlyteAdmin's "
-           "token_rsa_key.pem (PKCS#1 PEM)", metavar="PEM"),
+    Option("--signing-key", "RSA private key (PEM) that signs minted tokens: FlyteAdmin's "
+           "token_rsa_key.pem; with --idp-metadata-url, this server's own key", metavar="PEM"),
     Option("--key-id", "key id put in minted tokens' `kid` and `key_id` headers (default: the "
            "key's RFC 7638 thumbprint, the id FlyteAdmin gives the same key; with another id "
            "FlyteAdmin tries only its first key, which breaks key rotation)", metavar="ID"),
-    Option("--admin-audience", "FlyteAdmin's public URL, as in its authorizedUris; minted "
-           "tokens carry it in `aud`", metavar="URL", repeatable=True),
+    Option("--admin-audience", "FlyteAdmin's public URL, as in its authorizedUris (External "
+           "mode: an entry of its externalAuthServer.allowedAudience); minted tokens carry it "
+           "in `aud`", metavar="URL", repeatable=True),
+    Option("--idp-metadata-url", "External mode (FlyteAdmin's authServerType: External): the "
+           "IdP's metadata document URL (RFC 8414 or OIDC discovery). This server serves it at "
+           "<--public-url>/external/.well-known/oauth-authorization-server with jwks_uri naming "
+           "the union of the IdP's keys and this server's; FlyteAdmin's "
+           "externalAuthServer.baseUrl is then <--public-url>/external/", metavar="URL"),
     Option("--token-lifetime", "lifetime of minted tokens in seconds (a policy may cap it)",
            "3600", metavar="SECONDS"),
     Option("--subject-issuer", "expected `iss` of service-account tokens (the cluster's "
@@ -102,7 +108,8 @@ OPTIONS = (
            "question per execution); a deleted pod can exchange for at most this long after "
            "deletion (0: no cache)", "5",
            metavar="SECONDS"),
-    Option("--clock-skew", "seconds of clock skew tolerated on exp/nbf/iat", "60",
+    Option("--clock-skew", "seconds of clock skew tolerated on subject tokens' exp/nbf/iat, "
+           "and set back on minted tokens' iat/nbf (FlyteAdmin tolerates none)", "60",
            metavar="SECONDS"),
     Option("--max-inflight", "exchanges decided at once; beyond it a request is answered at "
            "once with 503 temporarily_unavailable and Retry-After: 1 (agents retry with "
@@ -122,6 +129,7 @@ class ExchangeConfig:
     signing_key: Path
     key_id: str | None
     admin_audiences: tuple[str, ...]
+    idp_metadata_url: str | None  # External mode
     token_lifetime: float
     subject_issuer: str
     subject_audience: str
@@ -150,11 +158,14 @@ class ExchangeConfig:
         s = Settings(ENV_PREFIX, OPTIONS, args, environ)
         serving = serving_from(s)
         signing_key = s.get("signing_key", to_path)
+        idp_metadata_url = s.get("idp_metadata_url", to_http_url)
         if signing_key is None:
-            s.problem("signing_key", "required: the PEM of the RSA key that signs tokens "
-                      "(FlyteAdmin's token_rsa_key.pem)")
+            s.problem("signing_key", "required: the PEM of the RSA key that signs tokens ("
+                      + ("External mode: this server's own key, e.g. from openssl genrsa "
+                         "-traditional 2048; never FlyteAdmin's)" if idp_metadata_url else
+                         "FlyteAdmin's token_rsa_key.pem)"))
         audiences = s.values("admin_audience")
-        for aud in audiences:
+        for aud in audiences if idp_metadata_url is None else ():  # External: any string
             try:
                 to_http_url(aud)
             except ValueError as exc:
@@ -186,6 +197,7 @@ class ExchangeConfig:
             signing_key=signing_key or Path(),
             key_id=s.text("key_id"),
             admin_audiences=audiences,
+            idp_metadata_url=idp_metadata_url,
             token_lifetime=s.value("token_lifetime", to_positive_float),
             subject_issuer=issuer or "",
             subject_audience=s.value("subject_audience", str),
@@ -211,8 +223,8 @@ class ExchangeConfig:
         """Why tasks that dial FlyteAdmin as --admin-endpoint may have their tokens refused:
         FlyteAdmin expects the authorizedUris entry with the dialled hostname (else its first
         entry), and no --admin-audience has that hostname."""
-        if self.admin is None:
-            return None
+        if self.admin is None or self.idp_metadata_url is not None:
+            return None  # External mode: FlyteAdmin takes any allowedAudience entry
         host = urlsplit("//" + self.admin.host_port).hostname
         if any(urlsplit(a).hostname == host for a in self.admin_audiences):
             return None

@@ -1,10 +1,12 @@
 """Minting tokens FlyteAdmin accepts (as flyteadmin/auth at v1.16.8 validates
 bearer tokens; `make e2e` presents them to the real FlyteAdmin).
 
-RS256; the header names the key with `key_id` (what FlyteAdmin reads) and `kid` (what
-everyone else reads); claims `aud` (FlyteAdmin's public URL), `sub`, `scp` as a list (FlyteAdmin
-reads `scp`, not `scope`, and needs `all`), `iat`, `exp`, `jti`, RFC 8693 `act` naming the
-service account that asked, and the execution the pod runs.
+RS256; the header names the key with `key_id` (what FlyteAdmin reads in Self mode) and `kid`
+(what it reads in External mode, and everyone else); claims `aud` (FlyteAdmin's public URL or
+allowed audience), `sub`, `scp` as a list (FlyteAdmin reads `scp`, not `scope`, and needs
+`all`), `iat` and `nbf` set back by the tolerated clock skew (FlyteAdmin tolerates none),
+`exp`, `jti`, RFC 8693 `act` naming the service account that asked, and the execution the pod
+runs.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Minter:
     and FlyteAdmin would try only its first key."""
 
     def __init__(self, key: RSAKey, key_id: str | None, issuer: str, *, retain: float = 0.0,
+                 lead: float = 0.0, backdate: float = 0.0,
                  clock: Callable[[], float] = time.time) -> None:
         self._key = key
         self._key_id = key_id
@@ -49,27 +52,48 @@ class Minter:
         #: How long a replaced key stays in /jwks: the longest lifetime of a token this
         #: server mints, plus the time every replica takes to see the new key file.
         self._retain = retain
+        #: How long a new key is published before it signs (External mode: every replica
+        #: must list it before FlyteAdmin meets its first token; 0: it signs at once).
+        self._lead = lead
+        #: Seconds `iat` and `nbf` are set back: FlyteAdmin allows no clock skew at all.
+        self._backdate = int(backdate)
         self._clock = clock
         self._retired: list[tuple[RSAKey, str, float]] = []  # (key, kid, published until)
+        self._pending: tuple[RSAKey, float] | None = None  # (key, signs from)
 
     @property
     def key_id(self) -> str:
+        self._promote()
         return self._key_id_of(self._key)
 
     def _key_id_of(self, key: RSAKey) -> str:
         return self._key_id or key.thumbprint()
 
     def set_key(self, key: RSAKey) -> None:
-        """Sign with `key` from now on (the mounted key file changed). The replaced key stays
-        published until the last token it may have signed has expired: verifiers that find
-        keys through /jwks (Flyte 2's auth proxy) re-fetch it for the new key's first token,
+        """Sign with `key` from now on, or once it has been published for the lead time (the
+        mounted key file changed). The replaced key stays published until the last token it
+        may have signed has expired: verifiers that find keys through a key set (FlyteAdmin
+        in External mode, Flyte 2's auth proxy) re-fetch it for the new key's first token,
         and would refuse every older one if the old key were gone from it."""
+        self._promote()
         if key.thumbprint() == self._key.thumbprint():
-            return  # the same key written again (a Secret re-synced)
+            self._pending = None  # the same key written again, or a rotation rolled back
+            return
+        if self._pending is not None and self._pending[0].thumbprint() == key.thumbprint():
+            return  # the new key synced again: its lead time runs on
+        self._pending = (key, self._clock() + self._lead)
+        self._promote()
+
+    def _promote(self) -> None:
+        """The pending key signs once its lead time is over; the key it replaces retires."""
+        if self._pending is None or self._clock() < self._pending[1]:
+            return
+        key, _ = self._pending
+        self._pending = None
         now = self._clock()
         self._retired = [(k, kid, until) for k, kid, until in self._retired
                          if until > now and k.thumbprint() != key.thumbprint()]
-        self._retired.append((self._key, self.key_id, now + self._retain))
+        self._retired.append((self._key, self._key_id_of(self._key), now + self._retain))
         self._key = key
 
     @staticmethod
@@ -91,9 +115,13 @@ class Minter:
         return key
 
     def jwks(self) -> dict[str, Any]:
-        """The signing key's public half first, then each replaced key still published."""
+        """The signing key's public half first, then a new key waiting out its lead time,
+        then each replaced key still published."""
+        self._promote()
         now = self._clock()
+        pending = [self._pending[0]] if self._pending else []
         published = [(self._key, self.key_id)] + [
+            (key, self._key_id_of(key)) for key in pending] + [
             (key, kid) for key, kid, until in self._retired if until > now]
         return {"keys": [key.as_dict(private=False) | {"kid": kid, "use": "sig", "alg": "RS256"}
                          for key, kid in published]}
@@ -101,7 +129,7 @@ class Minter:
     def mint(self, *, subject: str, audience: list[str], scopes: list[str], lifetime: int,
              now: float, extra: dict[str, Any] | None = None) -> Minted:
         jti = str(uuid.uuid4())
-        iat = int(now)
+        iat = int(now) - self._backdate
         claims: dict[str, Any] = {
             "iss": self.issuer,
             "aud": audience,
@@ -109,7 +137,7 @@ class Minter:
             "scp": scopes,
             "iat": iat,
             "nbf": iat,
-            "exp": iat + lifetime,
+            "exp": int(now) + lifetime,
             "jti": jti,
             **(extra or {}),
         }

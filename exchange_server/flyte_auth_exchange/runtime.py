@@ -20,12 +20,13 @@ from flyte_auth_common.errors import ConfigError
 from flyte_auth_common.reload import FileReloader, ServingTLS, load_once
 from flyte_auth_common.tls_bootstrap import renew_forever, serving_certificate
 from flyte_auth_exchange.config import ExchangeConfig, setting
+from flyte_auth_exchange.external import ExternalIdP
 from flyte_auth_exchange.flyteadmin import SELF_SUBJECT, Admin, SelfToken
 from flyte_auth_exchange.kube import Kube
 from flyte_auth_exchange.mint import Minter
 from flyte_auth_exchange.policy import Policy
 from flyte_auth_exchange.runs import Runs
-from flyte_auth_exchange.server import ExchangeAPI, app
+from flyte_auth_exchange.server import ExchangeAPI, Metrics, app
 from flyte_auth_exchange.service import ExchangeService
 from flyte_auth_exchange.subject import IssuerKeys
 
@@ -96,7 +97,9 @@ def _log_started(config: ExchangeConfig, url: str, public_url: str, policy: Poli
     if warning is not None:
         log.warning("admin_audience_mismatch", message=warning)
     log.info("exchange_started", listen=url, public_url=public_url, identity=config.identity,
-             token_review=config.token_review, rules=[r.name for r in policy.rules])
+             token_review=config.token_review, rules=[r.name for r in policy.rules],
+             flyteadmin_auth="External" if config.idp_metadata_url else "Self",
+             idp_metadata_url=config.idp_metadata_url)
 
 
 @contextlib.asynccontextmanager
@@ -115,9 +118,12 @@ async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExcha
         def load_key() -> RSAKey:
             return Minter.load_key(config.signing_key)
 
+        # External mode: a new key is published by every replica before any signs with it.
         minter = Minter(load_once("signing key", [config.signing_key], load_key),
                         config.key_id, public_url, retain=max(
-                            config.token_lifetime, SELF_TOKEN_LIFETIME) + KEY_FILE_PROPAGATION)
+                            config.token_lifetime, SELF_TOKEN_LIFETIME) + KEY_FILE_PROPAGATION,
+                        lead=KEY_FILE_PROPAGATION if config.idp_metadata_url else 0.0,
+                        backdate=config.clock_skew)
         key_file = FileReloader("signing key", [config.signing_key], load_key, minter.set_key)
         session = await stack.enter_async_context(aiohttp.ClientSession())
         kube = await Kube.connect(config.kubeconfig) if needs_kube else None
@@ -140,7 +146,12 @@ async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExcha
         policy_files = FileReloader("policy", policy_paths,
                                     lambda: load_policy(config, kube=needs_kube),
                                     service.set_policy)
-        api = ExchangeAPI(service, minter, keys, public_url, max_inflight=config.max_inflight)
+        metrics = Metrics()
+        external = ExternalIdP(config.idp_metadata_url, minter.jwks, public_url, session,
+                               ssl_ctx=client_ssl, on_failure=metrics.idp_failures.inc) \
+            if config.idp_metadata_url else None
+        api = ExchangeAPI(service, minter, keys, public_url, max_inflight=config.max_inflight,
+                          external=external, metrics=metrics)
         runner = app_runner(app(api), shutdown_timeout=10.0)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)

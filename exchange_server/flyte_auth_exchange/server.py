@@ -5,6 +5,8 @@ contextvars, which the service binds as it learns them."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -24,6 +26,9 @@ from flyte_auth_exchange.errors import (
     TEMPORARILY_UNAVAILABLE,
     Refusal,
 )
+from flyte_auth_exchange.external import JWKS_PATH as EXTERNAL_JWKS_PATH
+from flyte_auth_exchange.external import METADATA_PATHS as EXTERNAL_METADATA_PATHS
+from flyte_auth_exchange.external import ExternalIdP, Unavailable
 from flyte_auth_exchange.mint import Minter
 from flyte_auth_exchange.service import ExchangeService
 from flyte_auth_exchange.subject import IssuerKeys
@@ -48,6 +53,10 @@ class Metrics:
         self.shed = Counter("flyte_auth_exchange_shed",
                             "Exchange requests answered 503 at once past --max-inflight",
                             registry=self.registry)
+        self.idp_failures = Counter("flyte_auth_exchange_idp_fetch_failures",
+                                    "External mode: fetches of the IdP's metadata or keys that "
+                                    "failed (the last good copy was served)",
+                                    registry=self.registry)
         self.skewed = Counter("flyte_auth_exchange_agent_skew",
                               "Exchange requests from agents further from this server's "
                               "version than the skew rule allows (README: Versions)",
@@ -65,15 +74,17 @@ def _too_large() -> Refusal:
 
 class ExchangeAPI:
     def __init__(self, service: ExchangeService, minter: Minter, keys: IssuerKeys | None,
-                 public_url: str, *, max_inflight: int) -> None:
+                 public_url: str, *, max_inflight: int,
+                 external: ExternalIdP | None = None, metrics: Metrics | None = None) -> None:
         self.service = service
         self.minter = minter
         self.keys = keys
         self.public_url = public_url
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
         self._skew_warned: set[str] = set()
         self.max_inflight = max_inflight
         self.inflight = 0
+        self.external = external
 
     async def token(self, request: web.Request) -> web.Response:
         """At most --max-inflight exchanges are decided at once; past that, shed."""
@@ -194,6 +205,26 @@ class ExchangeAPI:
     async def jwks(self, _: web.Request) -> web.Response:
         return web.json_response(self.minter.jwks())
 
+    async def external_metadata(self, _: web.Request) -> web.Response:
+        """External mode: the IdP's metadata for FlyteAdmin, `jwks_uri` ours."""
+        assert self.external is not None
+        return await self._external(self.external.document)
+
+    async def external_jwks(self, _: web.Request) -> web.Response:
+        """External mode: the IdP's keys and this server's, in one key set."""
+        assert self.external is not None
+        return await self._external(self.external.key_set)
+
+    @staticmethod
+    async def _external(read: Callable[[], Awaitable[dict[str, Any]]]) -> web.Response:
+        try:
+            return web.json_response(await read(), headers={"Cache-Control": "no-cache"})
+        except Unavailable as exc:
+            return web.json_response(
+                {"error": TEMPORARILY_UNAVAILABLE, "error_description": (
+                    f"{exc}: check that this exchange server reaches the IdP (its log has "
+                    "idp_unreachable)")}, status=503, headers={"Retry-After": "5"})
+
     def not_ready(self) -> str | None:
         if self.keys is not None and not self.keys.ready:
             return "the service-account issuer's keys are not loaded yet"
@@ -206,5 +237,9 @@ def app(api: ExchangeAPI) -> web.Application:
     application.router.add_get("/.well-known/oauth-authorization-server", api.metadata)
     application.router.add_get("/.well-known/openid-configuration", api.openid_configuration)
     application.router.add_get(JWKS_PATH, api.jwks)
+    if api.external is not None:
+        for path in EXTERNAL_METADATA_PATHS:
+            application.router.add_get(path, api.external_metadata)
+        application.router.add_get(EXTERNAL_JWKS_PATH, api.external_jwks)
     application.add_routes(probe_routes(api.metrics.registry, not_ready=api.not_ready))
     return application

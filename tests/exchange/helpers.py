@@ -6,10 +6,13 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 
 import aiohttp
+import grpc
+from flyteidl.service import identity_pb2, identity_pb2_grpc
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
+from devstack.world import World
 from flyte_auth_common import contract
 from flyte_auth_exchange.runtime import RunningExchange
 
@@ -30,3 +33,20 @@ def logged() -> AbstractContextManager[list[EventDict]]:
     """The exchange server's log events, with the request context its handler and service bind
     (structlog contextvars) merged in, as the configured logger writes them."""
     return capture_logs(processors=[merge_contextvars])
+
+
+async def user_info_code(world: World, token: str) -> str:
+    """"OK", or the gRPC status name FlyteAdmin (the stand-in) answers UserInfo with."""
+    try:
+        await user_info(world, token)
+    except grpc.aio.AioRpcError as exc:
+        return str(exc.code().name)
+    return "OK"
+
+
+async def user_info(world: World, token: str) -> str:
+    async with grpc.aio.insecure_channel(world.admin_target) as channel:
+        stub = identity_pb2_grpc.IdentityServiceStub(channel)
+        reply = await stub.UserInfo(identity_pb2.UserInfoRequest(),
+                                    metadata=(("flyte-authorization", f"Bearer {token}"),))
+    return str(reply.subject)

@@ -25,29 +25,12 @@ from flyte_auth_common import __version__, contract
 from flyte_auth_common.contract import GUARD_NAME
 from flyte_auth_common.jwt import jwt_claims
 from flyte_auth_exchange.mint import Minter
-from tests.exchange.helpers import StartExchange, form, logged, post
+from tests.exchange.helpers import StartExchange, form, logged, post, user_info
 
 
 def header(token: str) -> dict[str, Any]:
     head = base64.urlsafe_b64decode(token.split(".", maxsplit=1)[0] + "==")
     return cast(dict[str, Any], json.loads(head))
-
-
-async def user_info_code(world: World, token: str) -> str:
-    """"OK", or the gRPC status name FlyteAdmin (the stand-in) answers UserInfo with."""
-    try:
-        await user_info(world, token)
-    except grpc.aio.AioRpcError as exc:
-        return str(exc.code().name)
-    return "OK"
-
-
-async def user_info(world: World, token: str) -> str:
-    async with grpc.aio.insecure_channel(world.admin_target) as channel:
-        stub = identity_pb2_grpc.IdentityServiceStub(channel)
-        reply = await stub.UserInfo(identity_pb2.UserInfoRequest(),
-                                    metadata=(("flyte-authorization", f"Bearer {token}"),))
-    return str(reply.subject)
 
 
 async def test_executor_identity_round_trip(world: World, exchange: StartExchange,
@@ -69,7 +52,9 @@ async def test_executor_identity_round_trip(world: World, exchange: StartExchang
     assert claims["sub"] == EXECUTOR
     assert claims["aud"] == [ADMIN_URL]
     assert claims["scp"] == ["all"]
-    assert claims["exp"] - claims["iat"] == 3600
+    # iat and nbf set back by --clock-skew (60 s): FlyteAdmin allows no skew at all.
+    assert claims["exp"] - claims["iat"] == 3600 + 60
+    assert claims["nbf"] == claims["iat"]
     assert claims["act"] == {"sub": f"system:serviceaccount:{NAMESPACE}:default"}
     assert claims["execution_id"] == {"project": "flytesnacks", "domain": "development",
                                       "name": "f3a1b2c4d5e6"}

@@ -12,8 +12,7 @@ from structlog.typing import EventDict
 
 from devstack.world import World, write_signing_key
 from flyte_auth_exchange.mint import Minter
-from tests.exchange.helpers import StartExchange, form, logged, post
-from tests.exchange.test_exchange import user_info_code
+from tests.exchange.helpers import StartExchange, form, logged, post, user_info_code
 
 
 async def test_a_changed_policy_applies_without_a_restart_and_a_broken_one_is_ignored(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from joserfc.jwk import RSAKey
 
 from devstack.flyteadmin import public_url_for
 from flyte_auth_common.errors import ConfigError
+from flyte_auth_common.jwt import jwt_claims
 from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.memo import Memo
 from flyte_auth_exchange.mint import Minter
@@ -255,6 +258,31 @@ def test_a_replaced_signing_key_stays_in_jwks_until_its_last_token_expired() -> 
     assert kids() == [new.thumbprint()]
     minter.set_key(old)  # rolled back: the key signing now is never also "retired"
     assert kids() == [old.thumbprint(), new.thumbprint()]
+
+
+def test_with_a_lead_a_new_key_is_published_first_and_signs_only_after_it() -> None:
+    """External mode: every replica lists a new key before any replica signs with it."""
+    now = [1000.0]
+    old, new = RSAKey.generate_key(2048), RSAKey.generate_key(2048)
+    minter = Minter(old, None, "https://exchange", retain=3600, lead=120, backdate=60,
+                    clock=lambda: now[0])
+
+    def signer() -> str:
+        token = minter.mint(subject="a", audience=["x"], scopes=["all"], lifetime=600,
+                            now=now[0]).token
+        return str(json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))["kid"])
+
+    minter.set_key(new)
+    assert [k["kid"] for k in minter.jwks()["keys"]] == [old.thumbprint(), new.thumbprint()]
+    assert signer() == old.thumbprint()
+    now[0] += 60
+    minter.set_key(new)  # synced again: the lead time is not restarted
+    now[0] += 60
+    assert signer() == new.thumbprint()
+    assert [k["kid"] for k in minter.jwks()["keys"]] == [new.thumbprint(), old.thumbprint()]
+    claims = jwt_claims(minter.mint(subject="a", audience=["x"], scopes=["all"], lifetime=600,
+                                    now=now[0]).token) or {}
+    assert (claims["iat"], claims["nbf"], claims["exp"]) == (1120 - 60, 1120 - 60, 1120 + 600)
 
 
 def test_the_executor_identity_without_its_source_stops_the_start_in_one_line(
