@@ -7,7 +7,7 @@ It imports only the standard library, so a task image can use it without aiohttp
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Final, Literal, TypedDict
 
 # --- The socket --------------------------------------------------------------------------
@@ -178,7 +178,9 @@ TOKEN_TYPE_ACCESS_TOKEN: Final = "urn:ietf:params:oauth:token-type:access_token"
 
 def rfc3339(ts: float) -> str:
     """A time as every body here writes it: RFC 3339, UTC, whole seconds."""
-    return datetime.fromtimestamp(int(ts), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # timezone.utc, not datetime.UTC: task images run this module on Python 3.10 too.
+    utc = timezone.utc  # noqa: UP017
+    return datetime.fromtimestamp(int(ts), tz=utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class TokenBody(TypedDict):

@@ -47,9 +47,10 @@ async def running_keycloak(workdir: Path, cluster: Cluster) -> AsyncIterator[str
 
 
 @contextlib.asynccontextmanager
-async def admin_api(url: str) -> AsyncIterator[Callable[[str, object], Awaitable[None]]]:
-    """`post(path, body)` against Keycloak's admin REST API (/admin/realms + path), as the
-    bootstrap admin; each call must be answered 201 or 204."""
+async def admin_api(url: str) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """`call(path, body, method="POST")` against Keycloak's admin REST API (/admin/realms +
+    path), as the bootstrap admin; each call must be answered 201 or 204, and answers the id
+    of what it created (the last segment of `Location`), if anything."""
     async with aiohttp.ClientSession() as session:
         async with session.post(url + "/realms/master/protocol/openid-connect/token", data={
                 "grant_type": "password", "client_id": "admin-cli", "username": ADMIN_USER,
@@ -57,9 +58,10 @@ async def admin_api(url: str) -> AsyncIterator[Callable[[str, object], Awaitable
             admin = (await resp.json())["access_token"]
         headers = {"Authorization": f"Bearer {admin}"}
 
-        async def post(path: str, body: object) -> None:
-            async with session.post(url + "/admin/realms" + path, json=body,
-                                    headers=headers) as resp:
+        async def call(path: str, body: object, method: str = "POST") -> str:
+            async with session.request(method, url + "/admin/realms" + path, json=body,
+                                       headers=headers) as resp:
                 assert resp.status in (201, 204), f"{path}: {resp.status} {await resp.text()}"
+                return resp.headers.get("Location", "").rsplit("/", 1)[-1]
 
-        yield post
+        yield call

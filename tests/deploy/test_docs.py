@@ -31,9 +31,12 @@ def exchange_args() -> list[str]:
     return list(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
 
 
+def flyteadmin_snippets() -> list[dict[str, Any]]:
+    return [yaml.safe_load(b)["auth"] for b in blocks("yaml")]
+
+
 def test_authorized_uris_snippet_contains_every_minted_audience() -> None:
-    (snippet,) = blocks("yaml")
-    uris = yaml.safe_load(snippet)["auth"]["authorizedUris"]
+    (uris,) = [a["authorizedUris"] for a in flyteadmin_snippets() if "authorizedUris" in a]
     audiences = [a.split("=", 1)[1] for a in exchange_args()
                  if a.startswith("--admin-audience=")]
     assert len(audiences) == 4
@@ -85,3 +88,18 @@ def test_every_helm_value_is_in_the_values_table() -> None:
     for leaf in _leaves(values):
         parent, _, last = leaf.rpartition(".")
         assert f"`{leaf}`" in table or (f"`{parent}." in table and last in table), leaf
+
+
+def test_the_external_mode_snippet_names_what_the_chart_serves() -> None:
+    """FlyteAdmin's externalAuthServer, as the guide writes it, reaches the exchange server's
+    /external/ (its Service name and --public-url), the path it serves the IdP's document at
+    under FlyteAdmin's default metadataUrl, and carries the audience it mints."""
+    from flyte_auth_exchange.external import METADATA_PATHS  # noqa: PLC0415
+    from tests.deploy.test_manifests import EXTERNAL, exchange_container, helm  # noqa: PLC0415
+
+    (external,) = [a["appAuth"]["externalAuthServer"] for a in flyteadmin_snippets()
+                   if "appAuth" in a]
+    args = exchange_container(helm(*EXTERNAL))["containers"][0]["args"]
+    public_url = next(a.split("=", 1)[1] for a in args if a.startswith("--public-url="))
+    assert external["baseUrl"] == public_url + "/external/"
+    assert "/external/.well-known/oauth-authorization-server" in METADATA_PATHS

@@ -5,7 +5,9 @@ matter, and read back through our own config loaders so flags and files stay in 
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from flyte_auth_common import contract
 from flyte_auth_common.command_line import add_options
 from flyte_auth_exchange import config as exchange_config
 from flyte_auth_exchange import guard
+from flyte_auth_exchange.mint import Minter
 from flyte_auth_exchange.policy import Policy
 from flyte_auth_injector import config as injector_config
 from tests.renderers import renderer
@@ -719,5 +722,61 @@ def test_the_kustomize_flyte2_component_renders_what_helms_flyte2_values_do(
     policy = ("ConfigMap", "flyte-auth-exchange-policy")
     for objs in (k, h):
         objs[policy]["data"]["policy.yaml"] = yaml.safe_load(objs[policy]["data"]["policy.yaml"])
+    for key, obj in k.items():
+        assert obj == h[key], key
+
+
+IDP = "https://keycloak.example/realms/flyte/.well-known/openid-configuration"
+EXTERNAL = ("flyteAdmin.authServerType=External", f"flyteAdmin.idpMetadataUrl={IDP}",
+            "flyteAdmin.audiences={flyteadmin}")
+
+
+def exchange_container(objs: tuple[Obj, ...]) -> Obj:
+    deployment = by_key(objs)[("Deployment", "flyte-auth-exchange")]
+    return deployment["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def test_external_mode_signs_with_its_own_key_kept_across_upgrades(tmp_path: Path) -> None:
+    """FlyteAdmin's key Secret is not mounted; the chart makes the server's own key once
+    (helm lookup keeps it on upgrade; `keep` leaves it on uninstall) unless one is named."""
+    objs = helm(*EXTERNAL)
+    spec = exchange_container(objs)
+    args = spec["containers"][0]["args"]
+    assert f"--idp-metadata-url={IDP}" in args
+    assert [a for a in args if a.startswith("--admin-audience")] == ["--admin-audience=flyteadmin"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "signing-key")
+    assert volume["secret"]["secretName"] == "flyte-auth-exchange-own-key"
+    assert not any("flyte-auth-exchange-signing-key" in json.dumps(o) for o in objs)
+    secret = by_key(objs)[("Secret", "flyte-auth-exchange-own-key")]
+    assert secret["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    pem = tmp_path / "key.pem"
+    pem.write_bytes(base64.b64decode(secret["data"]["token_rsa_key.pem"]))
+    assert Minter.load_key(pem).is_private  # what the server loads
+    named = helm(*EXTERNAL, "exchange.ownKeySecret=my-key")
+    assert ("Secret", "my-key") not in by_key(named)
+    assert next(v for v in exchange_container(named)["volumes"]
+                if v["name"] == "signing-key")["secret"]["secretName"] == "my-key"
+
+
+def test_external_mode_needs_the_idp_and_self_mode_needs_url_audiences(tmp_path: Path) -> None:
+    assert "flyteAdmin.idpMetadataUrl: required with flyteAdmin.authServerType External" in \
+        helm_refusal(tmp_path, "", "flyteAdmin.authServerType=External")
+    assert '"flyteadmin" is not an http(s)://HOST[:PORT] URL' in \
+        helm_refusal(tmp_path, "", "flyteAdmin.audiences={flyteadmin}")
+    assert "authServerType" in helm_refusal(tmp_path, "", "flyteAdmin.authServerType=Okta")
+
+
+def test_the_kustomize_external_idp_component_renders_what_helms_external_values_do(
+        tmp_path: Path) -> None:
+    deploy = Path(os.path.relpath(ROOT / "deploy/kustomize", tmp_path))
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [str(deploy / "overlays/cert-manager")],
+        "components": [str(deploy / "components/external-idp")]}))
+    out = run(renderer("kustomize"), "build", str(tmp_path))
+    k = by_key(tuple(d for d in yaml.safe_load_all(out) if d))
+    h = {key: without_helm_bookkeeping(obj) for key, obj in by_key(helm(
+        *EXTERNAL, "exchange.ownKeySecret=flyte-auth-exchange-own-key")).items()}
+    k.pop(("Namespace", "flyte-auth"))
+    assert sorted(k) == sorted(h)
     for key, obj in k.items():
         assert obj == h[key], key

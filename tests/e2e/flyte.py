@@ -31,22 +31,27 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 import grpc
 import yaml
 from aiohttp import web
-from flyteidl.service import auth_pb2, auth_pb2_grpc
+from flyteidl.admin import execution_pb2
+from flyteidl.core import identifier_pb2
+from flyteidl.service import admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 
 from devstack.real import peers
-from devstack.real.cluster import free_port
+from devstack.real.cluster import ADMIN_TOKEN, Cluster, free_port, running_cluster
 from devstack.real.images import AGENT_DEBS, PythonImage, python_image
-from devstack.real.node import TOLERATION
+from devstack.real.node import NODE_USERS, TOLERATION, Node, running_node
 from devstack.world import write_signing_key
+from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests
 
 TASK_IMAGE = "flyte-auth.e2e/task:1"
 #: A Flyte task image as a user builds one: flytekit (the version the suite tests) and our
@@ -134,6 +139,11 @@ class Flyte:
     http_port: int = field(default_factory=free_port)
     postgres: Postgres = field(default_factory=Postgres)
     process: subprocess.Popen[bytes] | None = None
+    #: External mode: FlyteAdmin's auth.appAuth (authServerType External), the login IdP's
+    #: OIDC base URL, and flytepropeller's client secret at that IdP.
+    app_auth: dict[str, object] | None = None
+    login_base: str | None = None
+    propeller_secret: str = PROPELLER_CLIENT_SECRET
     _oidc: web.AppRunner | None = None
 
     @property
@@ -210,7 +220,7 @@ class Flyte:
                            ("cookie_block_key", 32)):
             (secrets / name).write_text(base64.b64encode(os.urandom(size)).decode().rstrip("="))
         (secrets / "oidc_client_secret").write_text("unused")
-        (self.workdir / "propeller-secret").write_text(PROPELLER_CLIENT_SECRET)
+        (self.workdir / "propeller-secret").write_text(self.propeller_secret)
         for store in (self.blob / "flyte", self.blob / "raw"):
             store.mkdir(parents=True, exist_ok=True)
             store.chmod(0o777)
@@ -226,18 +236,9 @@ class Flyte:
                        "kube-config": str(self.admin_kubeconfig),
                        "security": {"secure": False, "useAuth": True}},
             "auth": {"authorizedUris": self.authorized_uris,
-                     "appAuth": {"authServerType": "Self", "selfAuthServer": {
-                         "staticClients": {"flytepropeller": {
-                             "id": "flytepropeller",
-                             "client_secret": base64.b64encode(bcrypt.hashpw(
-                                 PROPELLER_CLIENT_SECRET.encode(), bcrypt.gensalt(6))).decode(),
-                             "redirect_uris": ["http://localhost:3000/callback"],
-                             "grant_types": ["refresh_token", "client_credentials"],
-                             "response_types": ["token"],
-                             "scopes": ["all", "offline", "access_token"],
-                             "audience": None, "public": False}}}},
-                     "userAuth": {"openId": {"baseUrl": self.oidc_base, "clientId": "flyte",
-                                             "scopes": ["openid"]}}},
+                     "appAuth": self.app_auth or self._self_auth_server(),
+                     "userAuth": {"openId": {"baseUrl": self.login_base or self.oidc_base,
+                                             "clientId": "flyte", "scopes": ["openid"]}}},
             "secrets": {"secrets-prefix": str(w / "secrets")},
             "database": {"postgres": {"host": "127.0.0.1", "port": self.postgres.port,
                                       "username": "postgres", "dbname": "postgres",
@@ -252,7 +253,10 @@ class Flyte:
             "flyteadmin": {"profilerPort": free_port()},
             "admin": {"endpoint": f"dns:///{self.target}", "insecure": True,
                       "authType": "ClientSecret", "clientId": "flytepropeller",
-                      "clientSecretLocation": str(w / "propeller-secret")},
+                      "clientSecretLocation": str(w / "propeller-secret"),
+                      # FlyteAdmin's public client config asks for `offline` too, which an
+                      # external IdP need not know.
+                      **({"scopes": ["all"]} if self.app_auth else {})},
             "tasks": {"task-plugins": {"enabled-plugins": ["container", "sidecar"],
                                        "default-for-task-types": {"container": "container"}}},
             "plugins": {"k8s": {"default-pod-template-name": POD_TEMPLATE}},
@@ -262,6 +266,19 @@ class Flyte:
             "namespace_mapping": {"template": "{{ project }}-{{ domain }}"},
             "logger": {"level": 4},
         }
+
+    @staticmethod
+    def _self_auth_server() -> dict[str, object]:
+        """FlyteAdmin's own authorization server, flytepropeller its static client."""
+        return {"authServerType": "Self", "selfAuthServer": {"staticClients": {
+            "flytepropeller": {
+                "id": "flytepropeller",
+                "client_secret": base64.b64encode(bcrypt.hashpw(
+                    PROPELLER_CLIENT_SECRET.encode(), bcrypt.gensalt(6))).decode(),
+                "redirect_uris": ["http://localhost:3000/callback"],
+                "grant_types": ["refresh_token", "client_credentials"],
+                "response_types": ["token"], "scopes": ["all", "offline", "access_token"],
+                "audience": None, "public": False}}}}
 
     async def _wait_ready(self) -> None:
         async with asyncio.timeout(180), grpc.aio.insecure_channel(self.target) as channel:
@@ -294,9 +311,10 @@ class Flyte:
 
 
 @contextlib.asynccontextmanager
-async def running_flyte(workdir: Path, admin_kubeconfig: Path,
-                        propeller_kubeconfig: Path) -> AsyncIterator[Flyte]:
-    flyte = Flyte(workdir, admin_kubeconfig, propeller_kubeconfig)
+async def running_flyte(workdir: Path, admin_kubeconfig: Path, propeller_kubeconfig: Path,
+                        flyte: Flyte | None = None) -> AsyncIterator[Flyte]:
+    """Flyte with its own authorization server, or `flyte` as configured (External mode)."""
+    flyte = flyte or Flyte(workdir, admin_kubeconfig, propeller_kubeconfig)
     try:
         await flyte.start()
         yield flyte
@@ -305,3 +323,116 @@ async def running_flyte(workdir: Path, admin_kubeconfig: Path,
         raise
     finally:
         await flyte.stop()
+
+
+# --- the cluster Flyte 1 runs on ------------------------------------------------------------
+
+PROJECT, DOMAIN = "flytesnacks", "development"
+NAMESPACE = f"{PROJECT}-{DOMAIN}"
+
+
+@dataclass
+class FlyteCluster:
+    """The suite's API server and node, prepared as a Flyte 1 site's: Flyte's and our
+    namespaces, the project namespace labelled for injection, propeller's service account,
+    deploy/'s manifests (the guard), the FlyteWorkflow CRD, Flyte's default pod template."""
+
+    cluster: Cluster
+    node: Node
+    workdir: Path
+
+    async def kubeconfig(self, namespace: str, account: str) -> Path:
+        """A kubeconfig that acts as that service account."""
+        token = await self.cluster.token(namespace, account, audience=self.cluster.url)
+        return self.cluster.kubeconfig(self.workdir / f"{account}.kubeconfig", token)
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.cluster.kubeconfig(self.workdir / "admin.kubeconfig", ADMIN_TOKEN)
+
+    async def propeller_kubeconfig(self) -> Path:
+        return await self.kubeconfig("flyte", "flytepropeller")
+
+
+async def grant_propeller(cluster: Cluster) -> None:
+    """flytepropeller's service account as propeller runs in a cluster: cluster-wide rights
+    on pods and FlyteWorkflows (cluster-admin here; the guard checks who, not how much)."""
+    await cluster.apply({"apiVersion": "v1", "kind": "ServiceAccount",
+                         "metadata": {"name": "flytepropeller", "namespace": "flyte"}})
+    await cluster.bind_role("e2e-flytepropeller", "cluster-admin",
+                            {"kind": "ServiceAccount", "name": "flytepropeller",
+                             "namespace": "flyte"})
+
+
+@contextlib.asynccontextmanager
+async def flyte_cluster(workdir: Path) -> AsyncIterator[FlyteCluster]:
+    async with running_cluster(workdir / "cluster", users=NODE_USERS) as cluster, \
+            running_node(cluster, (task_image(),)) as node:
+        try:
+            for name, labels in (("flyte-auth", {}), ("flyte", {}), (NAMESPACE, {
+                    "flyte-auth.flyte.org/inject": "enabled"})):
+                await cluster.namespace(name, labels)
+            await grant_propeller(cluster)
+            await cluster.apply_all(rendered_manifests(), "flyte-auth")
+            await cluster.crd(FLYTEWORKFLOW_CRD)
+            await cluster.apply(task_pod_template(workdir / "flyte/blob"))
+            yield FlyteCluster(cluster, node, workdir)
+        except BaseException:
+            print(cluster.logs(), node.logs())
+            raise
+
+
+# --- what a user and a test do with it --------------------------------------------------------
+
+def flytekit_as(target: str, token: str) -> Any:  # a FlyteRemote
+    """A FlyteRemote that authenticates as the holder of `token`, as a user's CLI would."""
+    from flytekit.configuration import Config, PlatformConfig  # noqa: PLC0415
+    from flytekit.remote import FlyteRemote  # noqa: PLC0415
+
+    platform = PlatformConfig(endpoint=target, insecure=True, auth_mode="ExternalCommand",
+                              command=["echo", token])
+    return FlyteRemote(Config(platform=platform), default_project=PROJECT,
+                       default_domain=DOMAIN)
+
+
+async def register(remote: Any, image: str, *workflows: Any) -> str:
+    """Register `workflows` (without fast registration: the image has the code) at a new
+    version; the version."""
+    from flytekit.configuration import ImageConfig, SerializationSettings  # noqa: PLC0415
+
+    version = uuid.uuid4().hex[:8]
+    settings = SerializationSettings(image_config=ImageConfig.auto(img_name=image),
+                                     project=PROJECT, domain=DOMAIN, version=version)
+    for wf in workflows:
+        await asyncio.to_thread(remote.register_workflow, wf, serialization_settings=settings,
+                                version=version)
+    return version
+
+
+async def execute(remote: Any, workflow: Any, at: str, **inputs: Any) -> Any:
+    """Launch `workflow`'s default launch plan at version `at`; the execution."""
+    plan = await asyncio.to_thread(remote.fetch_launch_plan, name=workflow.name, version=at)
+    return await asyncio.to_thread(remote.execute, plan, inputs=inputs)
+
+
+async def principal(target: str, name: str, token: str) -> str:
+    """Whom FlyteAdmin records as the launcher of execution `name`."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        execution = await admin_pb2_grpc.AdminServiceStub(channel).GetExecution(
+            execution_pb2.WorkflowExecutionGetRequest(id=identifier_pb2.WorkflowExecutionIdentifier(
+                project=PROJECT, domain=DOMAIN, name=name)),
+            metadata=(("flyte-authorization", f"Bearer {token}"),))
+    return str(execution.spec.metadata.principal)
+
+
+async def wait_for_pod(cluster: Cluster, execution: str) -> dict[str, Any]:
+    """The first pod flytepropeller creates for `execution`."""
+    async with asyncio.timeout(180):
+        while True:
+            pods = await cluster.request(
+                "GET", f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=execution-id%3D"
+                f"{execution}")
+            if pods["items"]:
+                pod: dict[str, Any] = pods["items"][0]
+                return pod
+            await asyncio.sleep(0.5)  # flytepropeller's next round

@@ -29,31 +29,37 @@ import aiohttp
 import grpc
 import pytest
 import pytest_asyncio
-from flyteidl.admin import execution_pb2
-from flyteidl.core import identifier_pb2
-from flyteidl.service import admin_pb2_grpc, identity_pb2, identity_pb2_grpc
+from flyteidl.service import identity_pb2, identity_pb2_grpc
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 from joserfc.jws import JWSRegistry
 
 from devstack.admin_metadata import AuthMetadata
 from devstack.flyteadmin import FlyteAdmin, start_flyteadmin
-from devstack.real.cluster import ADMIN_TOKEN, Cluster, running_cluster
+from devstack.real.cluster import Cluster
 from devstack.real.images import AGENT_IMAGE
-from devstack.real.node import NODE_USERS, Node, running_node
+from devstack.real.node import Node
 from devstack.real.webhook import injecting
 from flyte_auth_agent.discovery import _via_grpc, _via_http
 from flyte_auth_common.admin import AdminEndpoint
 from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.mint import Minter
 from flyte_auth_exchange.runtime import running_exchange
-from tests.e2e.flyte import TASK_IMAGE, Flyte, running_flyte, task_image, task_pod_template
-from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests
+from tests.e2e.flyte import (
+    NAMESPACE,
+    TASK_IMAGE,
+    Flyte,
+    execute,
+    flyte_cluster,
+    flytekit_as,
+    principal,
+    register,
+    running_flyte,
+    wait_for_pod,
+)
 from tests.exchange.helpers import form, post
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
-PROJECT, DOMAIN = "flytesnacks", "development"
-NAMESPACE = f"{PROJECT}-{DOMAIN}"
 ALICE = "alice@example.com"
 AUDIENCE = "flyte-auth"
 LENIENT = JWSRegistry(strict_check_header=False)  # FlyteAdmin's `key_id` header
@@ -84,63 +90,34 @@ class RealFlyte:
         return self.mint({k: v for k, v in claims.items() if v is not None})
 
 
-async def grant_propeller(cluster: Cluster) -> None:
-    """flytepropeller's service account as propeller runs in a cluster: cluster-wide rights
-    on pods and FlyteWorkflows (cluster-admin here; the guard checks who, not how much)."""
-    await cluster.apply({"apiVersion": "v1", "kind": "ServiceAccount",
-                         "metadata": {"name": "flytepropeller", "namespace": "flyte"}})
-    await cluster.bind_role("e2e-flytepropeller", "cluster-admin",
-                            {"kind": "ServiceAccount", "name": "flytepropeller",
-                             "namespace": "flyte"})
-
-
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def real(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RealFlyte]:
     workdir = tmp_path_factory.mktemp("real-flyte")
-    async with running_cluster(workdir / "cluster", users=NODE_USERS) as cluster, \
-            running_node(cluster, (task_image(),)) as node:
-        try:
-            for name, labels in (("flyte-auth", {}), ("flyte", {}), (NAMESPACE, {
-                    "flyte-auth.flyte.org/inject": "enabled"})):
-                await cluster.namespace(name, labels)
-            await grant_propeller(cluster)
-            await cluster.apply_all(rendered_manifests(), "flyte-auth")
-            await cluster.crd(FLYTEWORKFLOW_CRD)
-            await cluster.apply(task_pod_template(workdir / "flyte/blob"))
-
-            async def kubeconfig(namespace: str, account: str) -> Path:
-                token = await cluster.token(namespace, account, audience=cluster.url)
-                return cluster.kubeconfig(workdir / f"{account}.kubeconfig", token)
-
-            admin_kc = cluster.kubeconfig(workdir / "admin.kubeconfig", ADMIN_TOKEN)
-            async with running_flyte(workdir / "flyte", admin_kc,
-                                     await kubeconfig("flyte", "flytepropeller")) as flyte:
-                assert flyte.blob == workdir / "flyte/blob"  # what the pod template mounts
-                audiences = [a for uri in flyte.authorized_uris
-                             for a in ("--admin-audience", uri)]
-                # Its pods run on the suite's node with hostNetwork (there is no CNI),
-                # which Pod Security baseline forbids: the namespace is not labelled
-                # baseline, and the exchange server is told the cluster vouches for it.
-                exchange_config = ExchangeConfig.load([
-                    "--pod-security", "cluster-default",
-                    "--listen", "127.0.0.1:0", "--signing-key", str(flyte.key_file),
-                    *audiences,
-                    "--subject-issuer", cluster.url, "--subject-discovery", cluster.url,
-                    "--ca-cert-file", str(cluster.ca_file), "--subject-audience", AUDIENCE,
-                    "--token-review", "--cache-ttl", "0", "--admin-endpoint", flyte.target,
-                    "--admin-insecure", "--kubeconfig",
-                    str(await kubeconfig("flyte-auth", "flyte-auth-exchange"))], {})
-                async with running_exchange(exchange_config) as exchange, injecting(
-                        cluster, workdir, [
-                            "--admin-endpoint", flyte.target, "--admin-insecure",
-                            "--token-endpoint", exchange.url + "/oauth2/token",
-                            "--agent-image", AGENT_IMAGE, "--agent-image-pull-policy", "Never",
-                            "--kubeconfig",
-                            str(await kubeconfig("flyte-auth", "flyte-auth-injector"))]):
-                    yield RealFlyte(cluster, flyte, exchange.url, workdir, node)
-        except BaseException:
-            print(cluster.logs(), node.logs())
-            raise
+    async with flyte_cluster(workdir) as site, running_flyte(
+            workdir / "flyte", site.admin_kubeconfig, await site.propeller_kubeconfig()
+    ) as flyte:
+        cluster = site.cluster
+        assert flyte.blob == workdir / "flyte/blob"  # what the pod template mounts
+        audiences = [a for uri in flyte.authorized_uris for a in ("--admin-audience", uri)]
+        # Its pods run on the suite's node with hostNetwork (there is no CNI), which Pod
+        # Security baseline forbids: the namespace is not labelled baseline, and the exchange
+        # server is told the cluster vouches for it.
+        exchange_config = ExchangeConfig.load([
+            "--pod-security", "cluster-default",
+            "--listen", "127.0.0.1:0", "--signing-key", str(flyte.key_file), *audiences,
+            "--subject-issuer", cluster.url, "--subject-discovery", cluster.url,
+            "--ca-cert-file", str(cluster.ca_file), "--subject-audience", AUDIENCE,
+            "--token-review", "--cache-ttl", "0", "--admin-endpoint", flyte.target,
+            "--admin-insecure", "--kubeconfig",
+            str(await site.kubeconfig("flyte-auth", "flyte-auth-exchange"))], {})
+        async with running_exchange(exchange_config) as exchange, injecting(
+                cluster, workdir, [
+                    "--admin-endpoint", flyte.target, "--admin-insecure",
+                    "--token-endpoint", exchange.url + "/oauth2/token",
+                    "--agent-image", AGENT_IMAGE, "--agent-image-pull-policy", "Never",
+                    "--kubeconfig",
+                    str(await site.kubeconfig("flyte-auth", "flyte-auth-injector"))]):
+            yield RealFlyte(cluster, flyte, exchange.url, workdir, site.node)
 
 
 # --- 1. verdict parity ------------------------------------------------------------------------
@@ -228,56 +205,15 @@ async def test_real_flyteadmin_and_the_stand_in_give_the_same_verdicts(real: Rea
 
 # --- 2. a real execution ----------------------------------------------------------------------
 
-def flytekit_as(real: RealFlyte, token: str) -> Any:  # a FlyteRemote
-    """A FlyteRemote that authenticates as the holder of `token`, as a user's CLI would."""
-    from flytekit.configuration import Config, PlatformConfig  # noqa: PLC0415
-    from flytekit.remote import FlyteRemote  # noqa: PLC0415
-
-    platform = PlatformConfig(endpoint=real.flyte.target, insecure=True,
-                              auth_mode="ExternalCommand", command=["echo", token])
-    return FlyteRemote(Config(platform=platform), default_project=PROJECT,
-                       default_domain=DOMAIN)
-
-
-async def principal(real: RealFlyte, name: str) -> str:
-    async with grpc.aio.insecure_channel(real.flyte.target) as channel:
-        execution = await admin_pb2_grpc.AdminServiceStub(channel).GetExecution(
-            execution_pb2.WorkflowExecutionGetRequest(id=identifier_pb2.WorkflowExecutionIdentifier(
-                project=PROJECT, domain=DOMAIN, name=name)),
-            metadata=(("flyte-authorization", f"Bearer {real.user_token('admin')}"),))
-    return str(execution.spec.metadata.principal)
-
-
-async def wait_for_pod(cluster: Cluster, execution: str) -> dict[str, Any]:
-    async with asyncio.timeout(180):
-        while True:
-            pods = await cluster.request(
-                "GET", f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=execution-id%3D"
-                f"{execution}")
-            if pods["items"]:
-                pod: dict[str, Any] = pods["items"][0]
-                return pod
-            await asyncio.sleep(0.5)  # flytepropeller's next round
-
-
 async def test_a_real_execution_launched_by_alice(real: RealFlyte) -> None:
-    from flytekit.configuration import ImageConfig, SerializationSettings  # noqa: PLC0415
-
     from tests.e2e import workflows  # noqa: PLC0415
 
-    alice = flytekit_as(real, real.user_token())
-    version = uuid.uuid4().hex[:8]
-    settings = SerializationSettings(
-        image_config=ImageConfig.auto(img_name=TASK_IMAGE), project=PROJECT, domain=DOMAIN,
-        version=version)
-    for wf in (workflows.greet, workflows.launcher):
-        await asyncio.to_thread(alice.register_workflow, wf, serialization_settings=settings,
-                                version=version)
-    launch_plan = await asyncio.to_thread(
-        alice.fetch_launch_plan, name=workflows.launcher.name, version=version)
-    execution = await asyncio.to_thread(alice.execute, launch_plan, inputs={"version": version})
+    alice = flytekit_as(real.flyte.target, real.user_token())
+    version = await register(alice, TASK_IMAGE, workflows.greet, workflows.launcher)
+    execution = await execute(alice, workflows.launcher, version, version=version)
     name = execution.id.name
-    assert await principal(real, name) == ALICE  # FlyteAdmin records her
+    admin = real.user_token("admin")
+    assert await principal(real.flyte.target, name, admin) == ALICE  # FlyteAdmin records her
 
     pod = await wait_for_pod(real.cluster, name)
     meta = pod["metadata"]
@@ -302,7 +238,7 @@ async def test_a_real_execution_launched_by_alice(real: RealFlyte) -> None:
                                        poll_interval=timedelta(seconds=1))
     uid, child = finished.outputs["o0"].split()
     assert uid == "1000"  # the task ran as the image's user, not root
-    assert await principal(real, child) == ALICE  # the eager case: alice launched it
+    assert await principal(real.flyte.target, child, admin) == ALICE  # the eager case
 
     await real.cluster.request("DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods/"
                                          f"{meta['name']}")

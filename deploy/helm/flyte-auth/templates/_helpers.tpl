@@ -60,6 +60,16 @@ imagePullPolicy: {{ .Values.image.server.pullPolicy }}
 the authorizedUris entry with that hostname, else its first entry. Refuse an install where
 no audience has that hostname: every task's token would be refused. */ -}}
 {{- define "flyte-auth.checkAudiences" -}}
+{{- if eq .Values.flyteAdmin.authServerType "External" -}}
+{{- if not .Values.flyteAdmin.idpMetadataUrl -}}
+{{- fail "flyteAdmin.idpMetadataUrl: required with flyteAdmin.authServerType External: the IdP's metadata document URL (e.g. https://keycloak.example/realms/flyte/.well-known/openid-configuration)" -}}
+{{- end -}}
+{{- else -}}
+{{- range .Values.flyteAdmin.audiences -}}
+{{- if not (regexMatch "^https?://[^/]+$" .) -}}
+{{- fail (printf "flyteAdmin.audiences: %q is not an http(s)://HOST[:PORT] URL; with authServerType Self each is an entry of FlyteAdmin's auth.authorizedUris" .) -}}
+{{- end -}}
+{{- end -}}
 {{- $host := regexReplaceAll ":[0-9]+$" .Values.flyteAdmin.grpcEndpoint "" -}}
 {{- $found := false -}}
 {{- range .Values.flyteAdmin.audiences -}}
@@ -67,6 +77,7 @@ no audience has that hostname: every task's token would be refused. */ -}}
 {{- end -}}
 {{- if not $found -}}
 {{- fail (printf "flyteAdmin.audiences has no URL with host %q, the host tasks dial (flyteAdmin.grpcEndpoint): FlyteAdmin would expect its first authorizedUris entry as the audience and refuse every task's token. Add http://%s:80 (as listed in FlyteAdmin's authorizedUris) to flyteAdmin.audiences" $host $host) -}}
+{{- end -}}
 {{- end -}}
 {{- end }}
 
