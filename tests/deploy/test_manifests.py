@@ -706,19 +706,27 @@ def test_flyte2_is_off_by_default_and_needs_the_runs_url(tmp_path: Path) -> None
         tmp_path, "", *FLYTE2, "flyte2.networkPolicy.runsPort=0")
 
 
+def component_and_chart(tmp_path: Path, component: str, *sets: str
+                        ) -> tuple[dict[tuple[str, str], Obj], dict[tuple[str, str], Obj]]:
+    """The cert-manager overlay with kustomize's `component`, and the chart with `sets`,
+    by kind and name (Helm's bookkeeping dropped); both hold the same objects."""
+    deploy = Path(os.path.relpath(ROOT / "deploy/kustomize", tmp_path))
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [str(deploy / "overlays/cert-manager")],
+        "components": [str(deploy / f"components/{component}")]}))
+    out = run(renderer("kustomize"), "build", str(tmp_path))
+    k = by_key(tuple(d for d in yaml.safe_load_all(out) if d))
+    h = {key: without_helm_bookkeeping(obj) for key, obj in by_key(helm(*sets)).items()}
+    k.pop(("Namespace", "flyte-auth"))
+    assert sorted(k) == sorted(h)
+    return k, h
+
+
 def test_the_kustomize_flyte2_component_renders_what_helms_flyte2_values_do(
         tmp_path: Path) -> None:
     """An overlay with components/flyte2 and the chart with flyte2.enabled give the same
     objects; the policy files hold the same rules (the chart's is re-serialised YAML)."""
-    deploy = Path(os.path.relpath(ROOT / "deploy/kustomize", tmp_path))
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "resources": [str(deploy / "overlays/cert-manager")],
-        "components": [str(deploy / "components/flyte2")]}))
-    out = run(renderer("kustomize"), "build", str(tmp_path))
-    k = by_key(tuple(d for d in yaml.safe_load_all(out) if d))
-    h = {key: without_helm_bookkeeping(obj) for key, obj in by_key(helm(*FLYTE2)).items()}
-    k.pop(("Namespace", "flyte-auth"))
-    assert sorted(k) == sorted(h)
+    k, h = component_and_chart(tmp_path, "flyte2", *FLYTE2)
     policy = ("ConfigMap", "flyte-auth-exchange-policy")
     for objs in (k, h):
         objs[policy]["data"]["policy.yaml"] = yaml.safe_load(objs[policy]["data"]["policy.yaml"])
@@ -768,15 +776,7 @@ def test_external_mode_needs_the_idp_and_self_mode_needs_url_audiences(tmp_path:
 
 def test_the_kustomize_external_idp_component_renders_what_helms_external_values_do(
         tmp_path: Path) -> None:
-    deploy = Path(os.path.relpath(ROOT / "deploy/kustomize", tmp_path))
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "resources": [str(deploy / "overlays/cert-manager")],
-        "components": [str(deploy / "components/external-idp")]}))
-    out = run(renderer("kustomize"), "build", str(tmp_path))
-    k = by_key(tuple(d for d in yaml.safe_load_all(out) if d))
-    h = {key: without_helm_bookkeeping(obj) for key, obj in by_key(helm(
-        *EXTERNAL, "exchange.ownKeySecret=flyte-auth-exchange-own-key")).items()}
-    k.pop(("Namespace", "flyte-auth"))
-    assert sorted(k) == sorted(h)
+    k, h = component_and_chart(tmp_path, "external-idp", *EXTERNAL,
+                               "exchange.ownKeySecret=flyte-auth-exchange-own-key")
     for key, obj in k.items():
         assert obj == h[key], key
