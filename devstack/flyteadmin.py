@@ -198,7 +198,8 @@ class ExternalAuthServer:
 @dataclass
 class FlyteAdmin(admin_pb2_grpc.AdminServiceServicer,  # type: ignore[misc]
                  identity_pb2_grpc.IdentityServiceServicer):  # type: ignore[misc]
-    public_key_pem: bytes
+    #: The public half of token_rsa_key.pem (Self mode; empty in External mode).
+    public_key_pem: bytes = b""
     #: The public half of token_rsa_key_old.pem, during a key rotation.
     old_public_key_pem: bytes | None = None
     #: FlyteAdmin's auth.authorizedUris, in its order.
@@ -223,7 +224,7 @@ class FlyteAdmin(admin_pb2_grpc.AdminServiceServicer,  # type: ignore[misc]
     def set_keys(self, current_pem: bytes, old_pem: bytes | None = None) -> None:
         """token_rsa_key.pem and token_rsa_key_old.pem, as FlyteAdmin loads them at start."""
         self.public_key_pem, self.old_public_key_pem = current_pem, old_pem
-        pems = [current_pem] + ([old_pem] if old_pem else [])
+        pems = [pem for pem in (current_pem, old_pem) if pem]
         self.keys = [(key.thumbprint(), key) for key in map(RSAKey.import_key, pems)]
 
     async def _authenticate(self, method: str, context: Any) -> dict[str, Any]:

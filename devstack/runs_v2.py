@@ -7,7 +7,9 @@ by connect-go):
   a GetRunDetailsRequest (Content-Type application/proto), the answer a
   GetRunDetailsResponse. The run is looked up by project, domain and name (org is ignored).
   Its root action's `metadata.executed_by` is the identity the run was created with: a user
-  whose `id.subject` is the caller's `sub`, or nothing for a run created without one.
+  whose `id.subject` is the caller's `sub` and whose `spec` holds the `email`, `given_name`
+  and `family_name` the service found (runs/service/identity.go), or nothing for a run
+  created without one.
 - A run that does not exist: HTTP 404, {"code": "not_found", "message": ...}
   (application/json). A request without run_id: 400 invalid_argument.
 - The service authenticates nobody; the requests it got are kept in `requests`, headers and
@@ -35,6 +37,8 @@ def connect_error(status: int, code: str, message: str) -> web.Response:
 class StubRuns:
     #: (project, domain, run name) -> the launcher's subject, or None: no executed_by
     runs: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
+    #: (project, domain, run name) -> the launcher's UserSpec fields (first_name, ...)
+    profiles: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict)
     requests: list[dict[str, str]] = field(default_factory=list)
     #: When set, every answer is this body with status 200 (an upstream returning garbage).
     garbage: bytes | None = None
@@ -72,7 +76,8 @@ class StubRuns:
         subject = self.runs[key]
         if subject is not None:
             metadata.executed_by.CopyFrom(identity_pb2.EnrichedIdentity(user=identity_pb2.User(
-                id=identifier_pb2.UserIdentifier(subject=subject))))
+                id=identifier_pb2.UserIdentifier(subject=subject),
+                spec=identity_pb2.UserSpec(**self.profiles.get(key, {})))))
         details = run_definition_pb2.RunDetails(action=run_definition_pb2.ActionDetails(
             id=identifier_pb2.ActionIdentifier(run=run_id, name=run_id.name),
             metadata=metadata))

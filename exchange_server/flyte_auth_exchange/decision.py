@@ -124,7 +124,7 @@ def identity(subject: Subject, rule: Rule, binding: Binding | None,
     execution = {f"{ref.kind}_id": {"project": ref.project, "domain": ref.domain,
                                      "name": ref.name}}
     if binding.principal:
-        return binding.principal, execution
+        return binding.principal, execution | dict(binding.launcher.profile)
     if rule.no_principal == REFUSE:
         raise refuse(CHECK_PRINCIPAL, f"{ref.kind} {ref} has no principal and policy rule "
                      f"{rule.name!r} refuses such executions (no_principal: refuse)")

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 
 from flyte_auth_common.contract import V2_GET_RUN_DETAILS_PATH
 from flyte_auth_exchange.errors import INVALID_GRANT, TEMPORARILY_UNAVAILABLE, Refusal
-from flyte_auth_exchange.trust import ExecutionRef
+from flyte_auth_exchange.trust import ExecutionRef, Launcher
 
 PROTO = "application/proto"
 
@@ -34,9 +34,9 @@ class Runs:
         self._ssl = ssl_ctx
         self._timeout = aiohttp.ClientTimeout(total=timeout)
 
-    async def launcher(self, run: ExecutionRef) -> str:
-        """The subject of the run's `executed_by` ('' if it has none); Refusal if the run
-        cannot be read."""
+    async def launcher(self, run: ExecutionRef) -> Launcher:
+        """The run's `executed_by`: its subject ('' if it has none) and, for a user, the
+        profile it records; Refusal if the run cannot be read."""
         request = run_service_pb2.GetRunDetailsRequest(run_id=identifier_pb2.RunIdentifier(
             project=run.project, domain=run.domain, name=run.name))
         where = f"the Flyte 2 runs service at {self.url}"
@@ -69,7 +69,13 @@ class Runs:
         identity = details.action.metadata.executed_by
         principal = identity.WhichOneof("principal")
         if principal == "user":
-            return str(identity.user.id.subject)
+            spec = identity.user.spec
+            # As OIDC names them: the runs service reads these claims from a bearer token
+            # when it records who launched a child run, and asks userinfo only if one lacks.
+            profile = {"email": spec.email, "given_name": spec.first_name,
+                       "family_name": spec.last_name}
+            return Launcher(str(identity.user.id.subject),
+                            {k: str(v) for k, v in profile.items() if v})
         if principal == "application":
-            return str(identity.application.id.subject)
-        return ""
+            return Launcher(str(identity.application.id.subject))
+        return Launcher("")

@@ -33,7 +33,14 @@ from flyte_auth_exchange.mint import Minter
 from flyte_auth_exchange.policy import Policy
 from flyte_auth_exchange.runs import Runs
 from flyte_auth_exchange.subject import IssuerKeys, Subject, check_claims, subject_from_claims
-from flyte_auth_exchange.trust import Binding, ExecutionRef, TrustSettings, bind, check_guarded
+from flyte_auth_exchange.trust import (
+    Binding,
+    ExecutionRef,
+    Launcher,
+    TrustSettings,
+    bind,
+    check_guarded,
+)
 
 
 class ExchangeService:
@@ -55,7 +62,7 @@ class ExchangeService:
         # execution's launcher never changes; both are reused for --cache-ttl.
         self.workflows: Memo[dict[str, Any] | None] = Memo(
             config.cache_ttl, keep=lambda found: found is not None)  # not found: ask again
-        self.principals: Memo[str] = Memo(config.cache_ttl)
+        self.launchers: Memo[Launcher] = Memo(config.cache_ttl)
         self._trust = TrustSettings(
             namespace_template=config.namespace_template, v2_namespace=config.v2_namespace,
             guard=config.guard, audience=config.subject_audience,
@@ -146,15 +153,15 @@ class ExchangeService:
         assert self._kube is not None
         return await self._kube.taskaction(namespace, name)
 
-    async def principal(self, execution: ExecutionRef) -> str:
-        return await self.principals.get(execution, lambda: self._ask_principal(execution))
+    async def launcher(self, execution: ExecutionRef) -> Launcher:
+        return await self.launchers.get(execution, lambda: self._ask_launcher(execution))
 
-    async def _ask_principal(self, execution: ExecutionRef) -> str:
+    async def _ask_launcher(self, execution: ExecutionRef) -> Launcher:
         if execution.flyte == 2:
             assert self._runs is not None
             return await self._runs.launcher(execution)
         assert self._admin is not None
-        return await self._admin.principal(execution)
+        return Launcher(await self._admin.principal(execution))
 
     async def _check_guard(self, namespace: str) -> None:
         assert self._kube is not None

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from flyte_auth_common.contract import (
@@ -99,12 +99,26 @@ class Owner:
 
 
 @dataclass(frozen=True)
+class Launcher:
+    """Who launched an execution: the principal ("" if FlyteAdmin or the runs service records
+    no one) and what the record says of them (Flyte 2's `executed_by`: `email`, `given_name`,
+    `family_name`, as OIDC names them; FlyteAdmin records none)."""
+
+    principal: str
+    profile: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Binding:
     """What the pod is bound to: its execution (None for a pod that claims none) and who
-    launched it ("" if FlyteAdmin or the runs service records no one)."""
+    launched it."""
 
     execution: ExecutionRef | None
-    principal: str
+    launcher: Launcher = Launcher("")
+
+    @property
+    def principal(self) -> str:
+        return self.launcher.principal
 
 
 @dataclass(frozen=True)
@@ -134,7 +148,7 @@ class Reads(Protocol):
 
     async def taskaction(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
 
-    async def principal(self, execution: ExecutionRef) -> str:
+    async def launcher(self, execution: ExecutionRef) -> Launcher:
         """Who launched the execution (FlyteAdmin) or run (the runs service)."""
 
 
@@ -145,7 +159,7 @@ async def bind(namespace: str, pod_name: str, pod_uid: str | None, settings: Tru
     where = f"{namespace}/{pod_name}"
     meta = check_pod(where, await reads.pod(namespace, pod_name), pod_uid)
     if not is_flyte_claim(meta):
-        return Binding(None, "")
+        return Binding(None)
     taskaction = taskaction_owner(where, meta)
     if taskaction is not None:
         if not settings.flyte2:
@@ -155,7 +169,7 @@ async def bind(namespace: str, pod_name: str, pod_uid: str | None, settings: Tru
         check_v2_namespace(where, namespace, settings.v2_namespace)
         await reads.guarded(namespace)
         run = run_of(where, taskaction, await reads.taskaction(namespace, taskaction.name))
-        return Binding(run, await reads.principal(run))
+        return Binding(run, await reads.launcher(run))
     if not settings.flyte1:
         raise refuse(CHECK_OWNER, f"pod {where} is a Flyte 1 task pod, and this server has "
                      "no FlyteAdmin to ask who launched it (--admin-endpoint)")
@@ -164,9 +178,9 @@ async def bind(namespace: str, pod_name: str, pod_uid: str | None, settings: Tru
     await reads.guarded(namespace)
     owner = controller_owner(where, meta)
     check_workflow(where, owner, await reads.flyteworkflow(namespace, owner.name), execution)
-    principal = await reads.principal(execution)
-    check_identity_label(meta, principal, execution)
-    return Binding(execution, principal)
+    launcher = await reads.launcher(execution)
+    check_identity_label(meta, launcher.principal, execution)
+    return Binding(execution, launcher)
 
 
 def check_pod(where: str, pod: Mapping[str, Any] | None, uid: str | None) -> Mapping[str, Any]:

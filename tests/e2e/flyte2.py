@@ -210,12 +210,17 @@ async def create_run(http: aiohttp.ClientSession, base: str, spec: task_definiti
     return (200, answer.run.action.id.run.name) if status == 200 else (status, answer)
 
 
-async def executed_by(http: aiohttp.ClientSession, base: str, run: str) -> str | None:
-    """The subject the runs service recorded as the run's executed_by (None: no identity)."""
+async def run_identity(http: aiohttp.ClientSession, base: str, run: str) -> Any:
+    """The run's executed_by, as the runs service recorded it (an EnrichedIdentity)."""
     request = run_service_pb2.GetRunDetailsRequest(
         run_id=common_ids.RunIdentifier(project=PROJECT, domain=DOMAIN, name=run))
     status, answer = await connect(http, base, f"{RUNS}/GetRunDetails", request,
                                    run_service_pb2.GetRunDetailsResponse)
     assert status == 200, answer
-    who = answer.details.action.metadata.executed_by
+    return answer.details.action.metadata.executed_by
+
+
+async def executed_by(http: aiohttp.ClientSession, base: str, run: str) -> str | None:
+    """The subject the runs service recorded as the run's executed_by (None: no identity)."""
+    who = await run_identity(http, base, run)
     return str(who.user.id.subject) if who.HasField("user") else None

@@ -294,7 +294,7 @@ async def token_table(external: ExternalSite) -> dict[str, str | None]:
 async def test_real_flyteadmin_and_the_stand_in_agree_in_external_mode(
         external: ExternalSite) -> None:
     flyte = external.flyte
-    stand_in = FlyteAdmin(b"", authorized_uris=flyte.authorized_uris,
+    stand_in = FlyteAdmin(authorized_uris=flyte.authorized_uris,
                           external=ExternalAuthServer(
                               external.exchange.url +
                               "/external/.well-known/oauth-authorization-server",

@@ -50,7 +50,7 @@ from flyte_auth_exchange.config import ExchangeConfig
 from flyte_auth_exchange.errors import Refusal
 from flyte_auth_exchange.runs import Runs
 from flyte_auth_exchange.runtime import running_exchange
-from flyte_auth_exchange.trust import ExecutionRef
+from flyte_auth_exchange.trust import ExecutionRef, Launcher
 from tests.e2e.flyte2 import (
     DOMAIN,
     NAMESPACE,
@@ -60,6 +60,7 @@ from tests.e2e.flyte2 import (
     create_run,
     deploy_task,
     executed_by,
+    run_identity,
     running_flyte2,
     task_pod_template,
     task_spec,
@@ -265,11 +266,17 @@ async def test_a_task_pod_of_alices_run_launches_child_runs_as_alice(v2: V2) -> 
     claims = jwt_claims(token) or {}
     assert claims["sub"] == v2.alice_sub
     assert claims["run_id"] == {"project": PROJECT, "domain": DOMAIN, "name": run}
+    # Her profile as the runs service recorded it: a child run needs no userinfo call.
+    assert (claims["email"], claims["given_name"], claims["family_name"]) == (
+        "alice@example.com", "Alice", "Example")
 
     via_proxy = await create_run(v2.http, v2.proxy, SPEC, token)
     direct = await create_run(v2.http, v2.runs_url, SPEC, token)
     assert via_proxy[0] == direct[0] == 200, (via_proxy, direct)
     assert await executed_by(v2.http, v2.runs_url, via_proxy[1]) == v2.alice_sub
+    child = (await run_identity(v2.http, v2.runs_url, via_proxy[1])).user.spec
+    assert (child.email, child.first_name, child.last_name) == (
+        "alice@example.com", "Alice", "Example")
     assert await executed_by(v2.http, v2.runs_url, direct[1]) == v2.alice_sub
 
 
@@ -300,24 +307,29 @@ async def test_the_runs_stand_in_answers_as_the_real_runs_service(v2: V2) -> Non
     assert status == 200, alices
     status, nobodys = await create_run(v2.http, v2.runs_url, SPEC)  # no identity at all
     assert status == 200, nobodys
+    # alice's Keycloak token carries her profile; the runs service records it with her sub.
     stand_in = StubRuns(runs={(PROJECT, DOMAIN, alices): v2.alice_sub,
-                              (PROJECT, DOMAIN, nobodys): None})
+                              (PROJECT, DOMAIN, nobodys): None},
+                        profiles={(PROJECT, DOMAIN, alices): {
+                            "first_name": "Alice", "last_name": "Example",
+                            "email": "alice@example.com"}})
     await stand_in.start()
     try:
         cases = {"alices": alices, "nobodys": nobodys, "unknown": "rnotarun0000000000"}
-        verdicts = {}
+        verdicts: dict[tuple[str, str], object] = {}
         for where, url in (("real", v2.runs_url), ("stand-in", stand_in.url)):
             runs = Runs(url, lambda: "unused", v2.http)
             for case, name in cases.items():
                 try:
-                    answer = await runs.launcher(ExecutionRef(PROJECT, DOMAIN, name, flyte=2))
+                    verdicts[where, case] = await runs.launcher(
+                        ExecutionRef(PROJECT, DOMAIN, name, flyte=2))
                 except Refusal as refusal:
-                    answer = refusal.code
-                verdicts[where, case] = answer
+                    verdicts[where, case] = refusal.code
     finally:
         await stand_in.stop()
-    assert verdicts["real", "alices"] == v2.alice_sub
-    assert verdicts["real", "nobodys"] == ""
+    assert verdicts["real", "alices"] == Launcher(v2.alice_sub, {
+        "email": "alice@example.com", "given_name": "Alice", "family_name": "Example"})
+    assert verdicts["real", "nobodys"] == Launcher("")
     assert verdicts["real", "unknown"] == "invalid_grant"
     assert {c: verdicts["stand-in", c] for c in cases} == {c: verdicts["real", c] for c in cases}
 

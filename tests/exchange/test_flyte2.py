@@ -42,6 +42,22 @@ async def test_a_flyte2_pod_gets_the_launcher_of_its_run(world: World, exchange:
     assert (jwt_claims(asked) or {})["sub"] == SELF_SUBJECT
 
 
+async def test_the_launchers_profile_the_runs_service_records_reaches_the_token(
+        world: World, exchange: StartExchange, http: aiohttp.ClientSession) -> None:
+    """Flyte 2's runs service reads email, given_name and family_name from a bearer token
+    when it records a child run's launcher (and asks userinfo only for what is missing): the
+    minted token carries what it recorded of the parent's, and nothing it did not."""
+    pod = world.flyte2_task_pod()
+    world.runs.profiles[("flytesnacks", "development", RUN["name"])] = {
+        "first_name": "Alice", "email": "alice@example.com"}
+    async with exchange() as ex:
+        _, body = await post(http, ex.url, form(world.kube.token_for(pod)))
+    claims = jwt_claims(str(body["access_token"])) or {}
+    assert (claims["sub"], claims["email"], claims["given_name"]) == (
+        EXECUTOR, "alice@example.com", "Alice")
+    assert "family_name" not in claims
+
+
 def _forged(world: World, **owner: Any) -> str:
     """A pod whose creator copied a real Flyte 2 pod's labels and changed its owner."""
     real = world.flyte2_task_pod()

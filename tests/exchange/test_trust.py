@@ -21,6 +21,7 @@ from flyte_auth_exchange.guard import GuardObjects, token_policy_name
 from flyte_auth_exchange.trust import (
     Binding,
     ExecutionRef,
+    Launcher,
     TrustSettings,
     bind,
     check_guarded,
@@ -78,9 +79,9 @@ class Scene:
         self.reads.append("taskaction")
         return self.taskactions.get(f"{namespace}/{name}")
 
-    async def principal(self, execution: ExecutionRef) -> str:
+    async def launcher(self, execution: ExecutionRef) -> Launcher:
         self.reads.append("principal")
-        return self.principals.get(execution, "")
+        return Launcher(self.principals.get(execution, ""))
 
 
 def flyte1() -> Scene:
@@ -139,17 +140,17 @@ def owner(scene: Scene) -> dict[str, Any]:
 
 
 GRANTS: dict[str, tuple[Callable[[], Scene], Binding]] = {
-    "flyte 1 pod: its execution's launcher": (flyte1, Binding(EXECUTION, ALICE)),
-    "flyte 2 pod: its run's launcher": (flyte2, Binding(RUN, ALICE)),
-    "a pod that claims nothing is bound to nothing": (plain, Binding(None, "")),
+    "flyte 1 pod: its execution's launcher": (flyte1, Binding(EXECUTION, Launcher(ALICE))),
+    "flyte 2 pod: its run's launcher": (flyte2, Binding(RUN, Launcher(ALICE))),
+    "a pod that claims nothing is bound to nothing": (plain, Binding(None)),
     "the identity label as propeller writes it": (
         changed(flyte1, lambda s: meta(s)["labels"].update(
-            {"execution-identity": "alice-example-com"})), Binding(EXECUTION, ALICE)),
+            {"execution-identity": "alice-example-com"})), Binding(EXECUTION, Launcher(ALICE))),
     "the owner kind as the API spells it": (
         changed(flyte1, lambda s: owner(s).update(kind="FlyteWorkflow")),
-        Binding(EXECUTION, ALICE)),
+        Binding(EXECUTION, Launcher(ALICE))),
     "an execution with no principal: the policy decides": (
-        changed(flyte1, lambda s: s.principals.clear()), Binding(EXECUTION, "")),
+        changed(flyte1, lambda s: s.principals.clear()), Binding(EXECUTION)),
 }
 
 #: name -> (scene, settings changes, code, check, words in the description)
