@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -103,9 +104,11 @@ def _log_started(config: ExchangeConfig, url: str, public_url: str, policy: Poli
 
 
 @contextlib.asynccontextmanager
-async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExchange]:
+async def running_exchange(config: ExchangeConfig, *,
+                           monotonic: Callable[[], float] = time.monotonic
+                           ) -> AsyncIterator[RunningExchange]:
     """Start in dependency order (each value built once from what it needs); stop in the
-    reverse order, whatever failed."""
+    reverse order, whatever failed. `monotonic` is the caches' clock (tests move it)."""
     policy_paths = [config.policy] if config.policy else []
     policy = load_once("policy", policy_paths, lambda: load_policy(config, kube=None))
     needs_kube = config.token_review or policy.uses_executor or bool(config.serving.tls_bootstrap)
@@ -142,7 +145,7 @@ async def running_exchange(config: ExchangeConfig) -> AsyncIterator[RunningExcha
             if config.runs_url else None
         keys = await _issuer_keys(config, session, client_ssl)
         service = ExchangeService(config, policy=policy, keys=keys, minter=minter, kube=kube,
-                                  admin=admin, runs=runs)
+                                  admin=admin, runs=runs, monotonic=monotonic)
         policy_files = FileReloader("policy", policy_paths,
                                     lambda: load_policy(config, kube=needs_kube),
                                     service.set_policy)

@@ -46,7 +46,8 @@ from flyte_auth_exchange.trust import (
 class ExchangeService:
     def __init__(self, config: ExchangeConfig, *, policy: Policy, keys: IssuerKeys | None,
                  minter: Minter, kube: Kube | None, admin: Admin | None,
-                 runs: Runs | None = None, clock: Callable[[], float] = time.time) -> None:
+                 runs: Runs | None = None, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._config = config
         self._policy = policy
         self._keys = keys
@@ -55,14 +56,15 @@ class ExchangeService:
         self._admin = admin
         self._runs = runs
         self._clock = clock
-        self.bindings: Memo[Binding] = Memo(config.cache_ttl)
-        self.guards: Memo[None] = Memo(config.cache_ttl)
+        ttl = config.cache_ttl
+        self.bindings: Memo[Binding] = Memo(ttl, monotonic)
+        self.guards: Memo[None] = Memo(ttl, monotonic)
         # What many pods share (a map task's, a Ray cluster's): read once per execution, not
         # once per pod. A FlyteWorkflow is judged against each pod's owner uid, and an
         # execution's launcher never changes; both are reused for --cache-ttl.
         self.workflows: Memo[dict[str, Any] | None] = Memo(
-            config.cache_ttl, keep=lambda found: found is not None)  # not found: ask again
-        self.launchers: Memo[Launcher] = Memo(config.cache_ttl)
+            ttl, monotonic, keep=lambda found: found is not None)  # not found: ask again
+        self.launchers: Memo[Launcher] = Memo(ttl, monotonic)
         self._trust = TrustSettings(
             namespace_template=config.namespace_template, v2_namespace=config.v2_namespace,
             guard=config.guard, audience=config.subject_audience,
@@ -143,10 +145,11 @@ class ExchangeService:
     async def guarded(self, namespace: str) -> None:
         await self.guards.get(namespace, lambda: self._check_guard(namespace))
 
-    async def flyteworkflow(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def flyteworkflow(self, namespace: str, name: str, uid: str
+                            ) -> dict[str, Any] | None:
         assert self._kube is not None
         kube = self._kube
-        return await self.workflows.get((namespace, name),
+        return await self.workflows.get((namespace, name, uid),
                                         lambda: kube.flyteworkflow(namespace, name))
 
     async def taskaction(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -144,7 +144,10 @@ class Reads(Protocol):
         """Raise the guard check's Refusal unless `namespace` is guarded (`check_guarded` on
         the namespace's labels and the guard objects; the service caches the verdict)."""
 
-    async def flyteworkflow(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+    async def flyteworkflow(self, namespace: str, name: str, uid: str
+                            ) -> Mapping[str, Any] | None:
+        """The FlyteWorkflow `name`; `uid` is the one the pod's owner reference names, so a
+        cache keyed on it never judges a pod by an object since re-created under that name."""
 
     async def taskaction(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
 
@@ -177,7 +180,8 @@ async def bind(namespace: str, pod_name: str, pod_uid: str | None, settings: Tru
     check_namespace(settings.namespace_template, namespace, execution)
     await reads.guarded(namespace)
     owner = controller_owner(where, meta)
-    check_workflow(where, owner, await reads.flyteworkflow(namespace, owner.name), execution)
+    check_workflow(where, owner, await reads.flyteworkflow(namespace, owner.name, owner.uid),
+                   execution)
     launcher = await reads.launcher(execution)
     check_identity_label(meta, launcher.principal, execution)
     return Binding(execution, launcher)

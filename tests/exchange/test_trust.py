@@ -71,7 +71,8 @@ class Scene:
         check_guarded(namespace, self.namespaces.get(namespace), GuardObjects(**self.guard),
                       SETTINGS)
 
-    async def flyteworkflow(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+    async def flyteworkflow(self, namespace: str, name: str, uid: str
+                            ) -> Mapping[str, Any] | None:
         self.reads.append("flyteworkflow")
         return self.workflows.get(f"{namespace}/{name}")
 
