@@ -27,7 +27,9 @@ SELF_SUBJECT = "flyte-auth-exchange"
 class Admin:
     def __init__(self, endpoint: AdminEndpoint, token: Callable[[], str], *,
                  ca_pem: bytes | None = None, timeout: float = 10.0,
-                 header: str = contract.DEFAULT_AUTHORIZATION_METADATA_KEY) -> None:
+                 header: str = contract.DEFAULT_AUTHORIZATION_METADATA_KEY,
+                 counted: Callable[[str], None] = lambda _: None) -> None:
+        self._counted = counted
         self._channel = admin_channel(endpoint, ca_pem)
         self._stub: Any = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._token = token
@@ -43,6 +45,7 @@ class Admin:
         request = execution_pb2.WorkflowExecutionGetRequest(
             id=identifier_pb2.WorkflowExecutionIdentifier(
                 project=ref.project, domain=ref.domain, name=ref.name))
+        self._counted("GetExecution")
         try:
             execution = await self._stub.GetExecution(
                 request, timeout=self._timeout,

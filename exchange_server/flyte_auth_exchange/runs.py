@@ -27,7 +27,9 @@ PROTO = "application/proto"
 
 class Runs:
     def __init__(self, url: str, token: Callable[[], str], session: aiohttp.ClientSession, *,
-                 ssl_ctx: ssl.SSLContext | bool = True, timeout: float = 10.0) -> None:
+                 ssl_ctx: ssl.SSLContext | bool = True, timeout: float = 10.0,
+                 counted: Callable[[str], None] = lambda _: None) -> None:
+        self._counted = counted
         self.url = url.rstrip("/")
         self._token = token
         self._session = session
@@ -40,6 +42,7 @@ class Runs:
         request = run_service_pb2.GetRunDetailsRequest(run_id=identifier_pb2.RunIdentifier(
             project=run.project, domain=run.domain, name=run.name))
         where = f"the Flyte 2 runs service at {self.url}"
+        self._counted("GetRunDetails")
         try:
             async with self._session.post(
                     self.url + V2_GET_RUN_DETAILS_PATH, data=request.SerializeToString(),

@@ -129,7 +129,13 @@ async def running_exchange(config: ExchangeConfig, *,
                         backdate=config.clock_skew)
         key_file = FileReloader("signing key", [config.signing_key], load_key, minter.set_key)
         session = await stack.enter_async_context(aiohttp.ClientSession())
-        kube = await Kube.connect(config.kubeconfig) if needs_kube else None
+        metrics = Metrics()
+
+        def counted(upstream: str) -> Callable[[str], None]:
+            return lambda request: metrics.upstream.labels(upstream, request).inc()
+
+        kube = await Kube.connect(config.kubeconfig, counted=counted("kubernetes")) \
+            if needs_kube else None
         if kube is not None:
             stack.push_async_callback(kube.close)
         serving, bootstrap = await serving_certificate(
@@ -138,18 +144,18 @@ async def running_exchange(config: ExchangeConfig, *,
         # FlyteAdmin and the runs service are built even when the policy does not use the
         # executor identity yet: a reloaded one may.
         self_token = _self_token(config, minter)
-        admin = Admin(config.admin, self_token, ca_pem=ca_pem) if config.admin else None
+        admin = Admin(config.admin, self_token, ca_pem=ca_pem,
+                      counted=counted("flyteadmin")) if config.admin else None
         if admin is not None:
             stack.push_async_callback(admin.close)
-        runs = Runs(config.runs_url, self_token, session, ssl_ctx=client_ssl) \
-            if config.runs_url else None
+        runs = Runs(config.runs_url, self_token, session, ssl_ctx=client_ssl,
+                    counted=counted("runs")) if config.runs_url else None
         keys = await _issuer_keys(config, session, client_ssl)
         service = ExchangeService(config, policy=policy, keys=keys, minter=minter, kube=kube,
                                   admin=admin, runs=runs, monotonic=monotonic)
         policy_files = FileReloader("policy", policy_paths,
                                     lambda: load_policy(config, kube=needs_kube),
                                     service.set_policy)
-        metrics = Metrics()
         external = ExternalIdP(config.idp_metadata_url, minter.jwks, public_url, session,
                                ssl_ctx=client_ssl, on_failure=metrics.idp_failures.inc) \
             if config.idp_metadata_url else None

@@ -57,6 +57,10 @@ class Metrics:
                                     "External mode: fetches of the IdP's metadata or keys that "
                                     "failed (the last good copy was served)",
                                     registry=self.registry)
+        self.upstream = Counter("flyte_auth_exchange_upstream_requests",
+                                "Requests this server made to what it asks (upstream: "
+                                "kubernetes, flyteadmin, runs; request: what it asked)",
+                                ["upstream", "request"], registry=self.registry)
         self.skewed = Counter("flyte_auth_exchange_agent_skew",
                               "Exchange requests from agents further from this server's "
                               "version than the skew rule allows (README: Versions)",

@@ -63,6 +63,16 @@ async def test_an_executions_launcher_and_workflow_are_asked_again_after_the_ttl
             assert await exchange_code(http, ex, world.kube.token_for(pod)) == "ok"
         asked = [c for c in world.admin.calls if c[0] == "GetExecution"]
         assert len(asked) == 1  # three pods, one execution: one question
+        async with http.get(ex.url + "/metrics") as resp:
+            metrics = await resp.text()
+        # What operators watch: what the server asked, by upstream and request.
+        for line in ('flyte_auth_exchange_upstream_requests_total{request="GetExecution",'
+                     'upstream="flyteadmin"} 1.0',
+                     'flyte_auth_exchange_upstream_requests_total{request="get pod",'
+                     'upstream="kubernetes"} 3.0',
+                     'flyte_auth_exchange_upstream_requests_total{request="get flyteworkflow",'
+                     'upstream="kubernetes"} 1.0'):
+            assert line in metrics, line
         clock.advance(clock.now() + TTL)
         assert await exchange_code(http, ex, world.kube.token_for(pods[0])) == "ok"
         assert len([c for c in world.admin.calls if c[0] == "GetExecution"]) == 2
