@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 PYPROJECTS := common/pyproject.toml pyproject.toml flytekit_plugin/pyproject.toml
 
 .PHONY: help venv test unit unit-agent unit-exchange unit-injector unit-plugin lint fmt run bench bench-agent bench-exchange bench-injector \
-        bench-plugin bench-pod-start dist tools task-envs e2e-peers kustomize-path helm-path manifests chart images e2e e2e-long \
+        bench-plugin bench-pod-start bench-burst dist tools task-envs e2e-peers kustomize-path helm-path manifests chart images e2e e2e-long \
         e2e-deps clean
 
 help:
@@ -22,6 +22,7 @@ help:
 	@echo "make e2e-long  the end-to-end cases that wait minutes of real time (token rotation)"
 	@echo "make bench  run the benchmarks (prints figures and ratios)"
 	@echo "make bench-pod-start  pod start latency on the real node, injected vs not (root)"
+	@echo "make bench-burst  N pods exchanging at once against the real API server and FlyteAdmin"
 	@echo "make fmt    format and auto-fix with ruff"
 
 $(STAMP): $(PYPROJECTS)
@@ -129,6 +130,10 @@ bench-plugin: $(STAMP)
 # On the real node (root, and make e2e's peers); not part of `make bench`.
 bench-pod-start: e2e-peers
 	$(PY) bench/pod_start.py
+
+# A burst of pods exchanging at once against the real API server and FlyteAdmin (no node).
+bench-burst: e2e-peers
+	$(PY) bench/exchange_burst.py
 
 # Renderers, built from the Go module proxy into a cache outside the repo (once per machine).
 TOOLS              := $(HOME)/.cache/flyte-auth-agent/tools
