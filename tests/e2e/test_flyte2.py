@@ -266,17 +266,17 @@ async def test_a_task_pod_of_alices_run_launches_child_runs_as_alice(v2: V2) -> 
     claims = jwt_claims(token) or {}
     assert claims["sub"] == v2.alice_sub
     assert claims["run_id"] == {"project": PROJECT, "domain": DOMAIN, "name": run}
-    # Her profile as the runs service recorded it: a child run needs no userinfo call.
-    assert (claims["email"], claims["given_name"], claims["family_name"]) == (
-        "alice@example.com", "Alice", "Example")
+    # Her profile as the runs service recorded it (the proxy forwarded her email), and
+    # nothing it did not record.
+    assert claims["email"] == "alice@example.com"
+    assert "given_name" not in claims and "family_name" not in claims
 
     via_proxy = await create_run(v2.http, v2.proxy, SPEC, token)
     direct = await create_run(v2.http, v2.runs_url, SPEC, token)
     assert via_proxy[0] == direct[0] == 200, (via_proxy, direct)
     assert await executed_by(v2.http, v2.runs_url, via_proxy[1]) == v2.alice_sub
-    child = (await run_identity(v2.http, v2.runs_url, via_proxy[1])).user.spec
-    assert (child.email, child.first_name, child.last_name) == (
-        "alice@example.com", "Alice", "Example")
+    assert (await run_identity(v2.http, v2.runs_url, via_proxy[1])).user.spec.email == \
+        "alice@example.com"  # the child run records her email too
     assert await executed_by(v2.http, v2.runs_url, direct[1]) == v2.alice_sub
 
 
@@ -307,12 +307,11 @@ async def test_the_runs_stand_in_answers_as_the_real_runs_service(v2: V2) -> Non
     assert status == 200, alices
     status, nobodys = await create_run(v2.http, v2.runs_url, SPEC)  # no identity at all
     assert status == 200, nobodys
-    # alice's Keycloak token carries her profile; the runs service records it with her sub.
+    # Through the proxy the runs service records her sub and the email it forwards
+    # (X-Auth-Request-Email); a proxy-established identity is not enriched further.
     stand_in = StubRuns(runs={(PROJECT, DOMAIN, alices): v2.alice_sub,
                               (PROJECT, DOMAIN, nobodys): None},
-                        profiles={(PROJECT, DOMAIN, alices): {
-                            "first_name": "Alice", "last_name": "Example",
-                            "email": "alice@example.com"}})
+                        profiles={(PROJECT, DOMAIN, alices): {"email": "alice@example.com"}})
     await stand_in.start()
     try:
         cases = {"alices": alices, "nobodys": nobodys, "unknown": "rnotarun0000000000"}
@@ -327,8 +326,7 @@ async def test_the_runs_stand_in_answers_as_the_real_runs_service(v2: V2) -> Non
                     verdicts[where, case] = refusal.code
     finally:
         await stand_in.stop()
-    assert verdicts["real", "alices"] == Launcher(v2.alice_sub, {
-        "email": "alice@example.com", "given_name": "Alice", "family_name": "Example"})
+    assert verdicts["real", "alices"] == Launcher(v2.alice_sub, {"email": "alice@example.com"})
     assert verdicts["real", "nobodys"] == Launcher("")
     assert verdicts["real", "unknown"] == "invalid_grant"
     assert {c: verdicts["stand-in", c] for c in cases} == {c: verdicts["real", c] for c in cases}
