@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +104,16 @@ def test_the_external_mode_snippet_names_what_the_chart_serves() -> None:
     public_url = next(a.split("=", 1)[1] for a in args if a.startswith("--public-url="))
     assert external["baseUrl"] == public_url + "/external/"
     assert "/external/.well-known/oauth-authorization-server" in METADATA_PATHS
+
+
+def test_the_guide_says_what_helm_template_needs() -> None:
+    """`helm template` without --kube-version fails on the chart's kubeVersion; the install
+    step quotes Helm's message and the flag."""
+    from tests.renderers import renderer  # noqa: PLC0415
+
+    out = subprocess.run([renderer("helm"), "template", "x", "deploy/helm/flyte-auth"],
+                         capture_output=True, text=True, cwd=ROOT, check=False)
+    assert out.returncode != 0
+    message = out.stderr.split("Error: ", 1)[1].splitlines()[0]
+    assert message in " ".join(GUIDE.split())
+    assert "--kube-version 1.30" in GUIDE

@@ -780,3 +780,31 @@ def test_the_kustomize_external_idp_component_renders_what_helms_external_values
                                "exchange.ownKeySecret=flyte-auth-exchange-own-key")
     for key, obj in k.items():
         assert obj == h[key], key
+
+
+def test_the_chart_works_as_a_dependency_of_an_umbrella_chart(tmp_path: Path) -> None:
+    """Helm adds `global` to a subchart's values: the schema takes it, and the release's
+    values reach the subchart under its name."""
+    parent = tmp_path / "site"
+    parent.mkdir()
+    (parent / "Chart.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "v2", "name": "site", "version": "1.0.0", "dependencies": [{
+            "name": "flyte-auth", "version": "*",
+            "repository": f"file://{ROOT / 'deploy/helm/flyte-auth'}"}]}))
+    (parent / "values.yaml").write_text(yaml.safe_dump({
+        "global": {"imageRegistry": "registry.example"},
+        "flyte-auth": {"exchange": {"replicas": 3}}}))
+    run(renderer("helm"), "dependency", "update", str(parent))
+    out = run(renderer("helm"), "template", "site", str(parent), "--namespace", "flyte-auth",
+              "--kube-version", "1.30.0")
+    objs = by_key(tuple(d for d in yaml.safe_load_all(out) if d))
+    assert objs[("Deployment", "site-flyte-auth-exchange")]["spec"]["replicas"] == 3
+
+
+def test_monitoring_objects_are_named_for_the_release() -> None:
+    on = ("metrics.agentPodMonitor.enabled=true", "metrics.prometheusRule.enabled=true")
+    names = {(o["kind"], o["metadata"]["name"]) for o in helm_named("other", *on)}
+    assert {("PodMonitor", "other-flyte-auth-agents"),
+            ("PrometheusRule", "other-flyte-auth")} <= names
+    default = {(o["kind"], o["metadata"]["name"]) for o in helm(*on)}
+    assert {("PodMonitor", "flyte-auth-agents"), ("PrometheusRule", "flyte-auth")} <= default
