@@ -500,11 +500,9 @@ def test_prometheus_objects_are_optional_and_alert_on_metrics_that_exist() -> No
 
 
 def test_every_object_carries_the_standard_labels() -> None:
-    for obj in helm():
-        if obj["kind"] in ("ConfigMap", "MutatingWebhookConfiguration", "Issuer",
-                           "Certificate", "ValidatingAdmissionPolicy",
-                           "ValidatingAdmissionPolicyBinding"):
-            continue
+    on = ("metrics.agentPodMonitor.enabled=true", "metrics.prometheusRule.enabled=true",
+          "metrics.serviceMonitor.enabled=true")
+    for obj in (*helm(*on), *helm("tls.mode=self-signed"), *helm(*EXTERNAL)):
         labels = obj["metadata"]["labels"]
         assert HELM_ONLY_LABELS | {"app.kubernetes.io/name", "app.kubernetes.io/part-of"} \
             <= set(labels), (obj["kind"], obj["metadata"]["name"])
