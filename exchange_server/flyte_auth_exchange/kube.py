@@ -22,7 +22,7 @@ from flyte_auth_common.contract import (
     TASKACTION_PLURAL,
     TASKACTION_VERSION,
 )
-from flyte_auth_common.kube_client import KubeReadError, api_client, response_json
+from flyte_auth_common.kube_client import Getter, KubeReadError, api_client, response_json
 from flyte_auth_exchange.config import setting
 from flyte_auth_exchange.errors import TEMPORARILY_UNAVAILABLE, Refusal
 from flyte_auth_exchange.guard import GuardObjects, token_policy_name
@@ -50,10 +50,8 @@ class Kube:
                  counted: Counted = lambda _: None) -> None:
         self._api = api
         self._counted = counted
-        self._core = client.CoreV1Api(api)
+        self._getter = Getter(api)
         self._authn = client.AuthenticationV1Api(api)
-        self._custom = client.CustomObjectsApi(api)
-        self._admission = client.AdmissionregistrationV1Api(api)
         self._timeout = timeout
 
     @classmethod
@@ -66,12 +64,13 @@ class Kube:
         return self._api
 
     async def close(self) -> None:
+        await self._getter.close()
         await self._api.close()
 
     async def _json(self, what: str, call: Any) -> tuple[int, dict[str, Any]]:
         self._counted(what)
         try:
-            status, doc = await response_json(what, call)
+            status, doc = await call
         except KubeReadError as exc:
             raise Refusal(TEMPORARILY_UNAVAILABLE,
                           f"the Kubernetes API is unreachable ({exc})") from None
@@ -80,10 +79,11 @@ class Kube:
                           f"HTTP {status}; check this server's RBAC and the API server")
         return status, doc if isinstance(doc, dict) else {}
 
-    async def _get(self, what: str, call: Any) -> dict[str, Any] | None:
-        """The object as raw JSON, or None if it does not exist (404); any other answer is
-        never taken for the object."""
-        status, doc = await self._json(what, call)
+    async def _get(self, what: str, path: str, **names: str) -> dict[str, Any] | None:
+        """The object at `path` (Getter.get) as raw JSON, or None if it does not exist
+        (404); any other answer is never taken for the object."""
+        status, doc = await self._json(what, self._getter.get(what, path, timeout=self._timeout,
+                                                              **names))
         if status == 404:
             return None
         if status != 200:
@@ -91,40 +91,39 @@ class Kube:
                           f"HTTP {status}; check this server's version and the API server")
         return doc
 
-    def _opts(self) -> dict[str, Any]:
-        return {"_preload_content": False, "_request_timeout": self._timeout}
-
     async def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self._get("get pod", self._core.read_namespaced_pod(
-            name, namespace, **self._opts()))
+        return await self._get("get pod", "api/v1/namespaces/{ns}/pods/{name}",
+                               ns=namespace, name=name)
 
     async def namespace(self, name: str) -> dict[str, Any] | None:
-        return await self._get("get namespace", self._core.read_namespace(name, **self._opts()))
+        return await self._get("get namespace", "api/v1/namespaces/{name}", name=name)
 
     async def flyteworkflow(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self._get("get flyteworkflow", self._custom.get_namespaced_custom_object(
-            FLYTEWORKFLOW_GROUP, FLYTEWORKFLOW_VERSION, namespace, FLYTEWORKFLOW_PLURAL, name,
-            **self._opts()))
+        return await self._get(
+            "get flyteworkflow", f"apis/{FLYTEWORKFLOW_GROUP}/{FLYTEWORKFLOW_VERSION}/"
+            f"namespaces/{{ns}}/{FLYTEWORKFLOW_PLURAL}/{{name}}", ns=namespace, name=name)
 
     async def taskaction(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self._get("get taskaction", self._custom.get_namespaced_custom_object(
-            TASKACTION_GROUP, TASKACTION_VERSION, namespace, TASKACTION_PLURAL, name,
-            **self._opts()))
+        return await self._get(
+            "get taskaction", f"apis/{TASKACTION_GROUP}/{TASKACTION_VERSION}/"
+            f"namespaces/{{ns}}/{TASKACTION_PLURAL}/{{name}}", ns=namespace, name=name)
+
+    async def _admission(self, what: str, plural: str, name: str) -> dict[str, Any] | None:
+        return await self._get(f"get {what}",
+                               f"apis/admissionregistration.k8s.io/v1/{plural}/{{name}}",
+                               name=name)
 
     async def admission_policy(self, name: str) -> dict[str, Any] | None:
-        return await self._get("get validatingadmissionpolicy",
-                               self._admission.read_validating_admission_policy(
-                                   name, **self._opts()))
+        return await self._admission("validatingadmissionpolicy",
+                                     "validatingadmissionpolicies", name)
 
     async def admission_binding(self, name: str) -> dict[str, Any] | None:
-        return await self._get("get validatingadmissionpolicybinding",
-                               self._admission.read_validating_admission_policy_binding(
-                                   name, **self._opts()))
+        return await self._admission("validatingadmissionpolicybinding",
+                                     "validatingadmissionpolicybindings", name)
 
     async def mutating_webhook(self, name: str) -> dict[str, Any] | None:
-        return await self._get("get mutatingwebhookconfiguration",
-                               self._admission.read_mutating_webhook_configuration(
-                                   name, **self._opts()))
+        return await self._admission("mutatingwebhookconfiguration",
+                                     "mutatingwebhookconfigurations", name)
 
     async def guard(self, guard: str, webhook: str) -> GuardObjects:
         """The guard's objects (guard.GuardObjects), read at once."""
@@ -138,8 +137,9 @@ class Kube:
     async def review(self, token: str, audiences: list[str]) -> Review:
         body: Any = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
                 "spec": {"token": token, "audiences": audiences}}
-        _, doc = await self._json("create tokenreview", self._authn.create_token_review(
-            body, _preload_content=False, _request_timeout=self._timeout))
+        _, doc = await self._json("create tokenreview", response_json(
+            "create tokenreview", self._authn.create_token_review(
+                body, _preload_content=False, _request_timeout=self._timeout)))
         status = doc.get("status") or {}
         user = status.get("user") or {}
         extra = user.get("extra") or {}

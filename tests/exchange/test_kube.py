@@ -23,6 +23,17 @@ def status_doc(code: int) -> dict[str, object]:
             "metadata": {}, "message": "no"}
 
 
+def kubeconfig(tmp_path: Path, port: int) -> Path:
+    """A kubeconfig for the API server stand-in on `port`, with a bearer token."""
+    config = tmp_path / "kubeconfig"
+    config.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+    return config
+
+
 @asynccontextmanager
 async def kube_answering(tmp_path: Path, code: int) -> AsyncIterator[Kube]:
     async def pod(_: web.Request) -> web.Response:
@@ -31,13 +42,7 @@ async def kube_answering(tmp_path: Path, code: int) -> AsyncIterator[Kube]:
     app.router.add_get("/api/v1/namespaces/ns/pods/p", pod)
     runner, port = await serve(app)
     try:
-        config = tmp_path / "kubeconfig"
-        config.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "c",
-            "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-            "users": [{"name": "u", "user": {"token": "t"}}],
-            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
-        kube = await Kube.connect(config)
+        kube = await Kube.connect(kubeconfig(tmp_path, port))
         try:
             yield kube
         finally:
@@ -60,3 +65,25 @@ async def test_any_other_answer_is_unavailable_not_an_object(tmp_path: Path, cod
             await kube.pod("ns", "p")
         assert refused.value.code == TEMPORARILY_UNAVAILABLE
         assert f"HTTP {code}" in refused.value.description
+
+
+async def test_a_name_never_adds_a_path_segment(tmp_path: Path) -> None:
+    """A name is escaped whole: `../secrets/x` asks for a pod of that (impossible) name, not
+    for another resource."""
+    seen: list[str] = []
+
+    async def anything(request: web.Request) -> web.Response:
+        seen.append(request.raw_path)
+        return web.json_response(status_doc(404), status=404)
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", anything)
+    runner, port = await serve(app)
+    try:
+        kube = await Kube.connect(kubeconfig(tmp_path, port))
+        try:
+            assert await kube.pod("ns", "../secrets/x") is None
+        finally:
+            await kube.close()
+    finally:
+        await runner.cleanup()
+    assert seen == ["/api/v1/namespaces/ns/pods/..%2Fsecrets%2Fx"]
