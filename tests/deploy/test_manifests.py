@@ -806,3 +806,14 @@ def test_monitoring_objects_are_named_for_the_release() -> None:
             ("PrometheusRule", "other-flyte-auth")} <= names
     default = {(o["kind"], o["metadata"]["name"]) for o in helm(*on)}
     assert {("PodMonitor", "flyte-auth-agents"), ("PrometheusRule", "flyte-auth")} <= default
+
+
+def test_a_registry_and_digests_reach_both_images(tmp_path: Path) -> None:
+    digest = "sha256:" + "ab" * 32
+    objs = helm("image.registry=registry.example.com/flyte/", f"image.agent.digest={digest}")
+    images = {c["image"] for spec in pod_specs(objs) for c in spec["containers"]}
+    assert images == {"registry.example.com/flyte/flyte-auth-server:0.1.0"}
+    injector = yaml.safe_load(by_key(objs)[("ConfigMap", "flyte-auth-injector-config")]
+                              ["data"]["injector.yaml"])
+    assert injector["agent_image"] == f"registry.example.com/flyte/flyte-auth-agent@{digest}"
+    assert "/image/server/digest" in helm_refusal(tmp_path, "", "image.server.digest=latest")

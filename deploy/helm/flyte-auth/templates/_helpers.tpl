@@ -51,8 +51,17 @@ podAntiAffinity:
           matchLabels: {{- include "flyte-auth.selector" . | nindent 12 }}
 {{- end }}
 
+{{- /* An image reference: [image.registry/]repository, then @digest if set, else :tag (the
+chart's appVersion when empty). Call with (dict "root" $ "image" .Values.image.server). */ -}}
+{{- define "flyte-auth.imageRef" -}}
+{{- $registry := .root.Values.image.registry -}}
+{{- if $registry }}{{ trimSuffix "/" $registry }}/{{ end -}}
+{{- .image.repository -}}
+{{- if .image.digest }}@{{ .image.digest }}{{ else }}:{{ .image.tag | default .root.Chart.AppVersion }}{{ end -}}
+{{- end }}
+
 {{- define "flyte-auth.serverImage" -}}
-image: {{ .Values.image.server.repository }}:{{ .Values.image.server.tag | default .Chart.AppVersion }}
+image: {{ include "flyte-auth.imageRef" (dict "root" . "image" .Values.image.server) }}
 imagePullPolicy: {{ .Values.image.server.pullPolicy }}
 {{- end }}
 
@@ -115,7 +124,7 @@ affinity: {{- include "flyte-auth.antiAffinity" . | nindent 2 }}
 
 {{- /* The injector's config file; its checksum rolls the injector's pods when it changes. */ -}}
 {{- define "flyte-auth.injectorConfig" -}}
-agent_image: {{ .Values.image.agent.repository }}:{{ .Values.image.agent.tag | default .Chart.AppVersion }}
+agent_image: {{ include "flyte-auth.imageRef" (dict "root" . "image" .Values.image.agent) }}
 admin_endpoint: {{ .Values.flyteAdmin.grpcEndpoint }}
 admin_insecure: {{ .Values.flyteAdmin.insecure }}
 token_endpoint: {{ ternary "http" "https" .Values.exchange.plainHTTP }}://{{ include "flyte-auth.fullname" . }}-exchange.{{ .Release.Namespace }}.svc.cluster.local/oauth2/token
