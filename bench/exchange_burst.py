@@ -50,11 +50,10 @@ from tests.e2e.flyte import (  # noqa: E402
     Flyte,
     execute,
     flytekit_as,
-    grant_propeller,
+    prepare,
     register,
     running_flyte,
 )
-from tests.e2e.manifests import FLYTEWORKFLOW_CRD, rendered_manifests  # noqa: E402
 
 PROPELLER = ("system:serviceaccount:flyte:flytepropeller",
              ("system:serviceaccounts", "system:serviceaccounts:flyte", "system:authenticated"))
@@ -84,12 +83,7 @@ class Site:
 @contextlib.asynccontextmanager
 async def site(workdir: Path) -> AsyncIterator[Site]:
     async with running_cluster(workdir / "cluster") as cluster:
-        for name, labels in (("flyte-auth", {}), ("flyte", {}), (NAMESPACE, {
-                "flyte-auth.flyte.org/inject": "enabled"})):
-            await cluster.namespace(name, labels)
-        await grant_propeller(cluster)
-        await cluster.apply_all(rendered_manifests(), "flyte-auth")
-        await cluster.crd(FLYTEWORKFLOW_CRD)
+        await prepare(cluster)
 
         async def kubeconfig(namespace: str, account: str) -> Path:
             token = await cluster.token(namespace, account, audience=cluster.url,

@@ -364,17 +364,23 @@ async def grant_propeller(cluster: Cluster) -> None:
                              "namespace": "flyte"})
 
 
+async def prepare(cluster: Cluster) -> None:
+    """Flyte's and our namespaces, the project namespace labelled for injection,
+    propeller's service account, deploy/'s manifests (the guard), the FlyteWorkflow CRD."""
+    for name, labels in (("flyte-auth", {}), ("flyte", {}), (NAMESPACE, {
+            "flyte-auth.flyte.org/inject": "enabled"})):
+        await cluster.namespace(name, labels)
+    await grant_propeller(cluster)
+    await cluster.apply_all(rendered_manifests(), "flyte-auth")
+    await cluster.crd(FLYTEWORKFLOW_CRD)
+
+
 @contextlib.asynccontextmanager
 async def flyte_cluster(workdir: Path) -> AsyncIterator[FlyteCluster]:
     async with running_cluster(workdir / "cluster", users=NODE_USERS) as cluster, \
             running_node(cluster, (task_image(),)) as node:
         try:
-            for name, labels in (("flyte-auth", {}), ("flyte", {}), (NAMESPACE, {
-                    "flyte-auth.flyte.org/inject": "enabled"})):
-                await cluster.namespace(name, labels)
-            await grant_propeller(cluster)
-            await cluster.apply_all(rendered_manifests(), "flyte-auth")
-            await cluster.crd(FLYTEWORKFLOW_CRD)
+            await prepare(cluster)
             await cluster.apply(task_pod_template(workdir / "flyte/blob"))
             yield FlyteCluster(cluster, node, workdir)
         except BaseException:
