@@ -817,3 +817,44 @@ def test_a_registry_and_digests_reach_both_images(tmp_path: Path) -> None:
                               ["data"]["injector.yaml"])
     assert injector["agent_image"] == f"registry.example.com/flyte/flyte-auth-agent@{digest}"
     assert "/image/server/digest" in helm_refusal(tmp_path, "", "image.server.digest=latest")
+
+
+def test_extra_args_env_log_settings_and_spread_reach_both_servers(tmp_path: Path) -> None:
+    spread = "{maxSkew: 1, topologyKey: topology.kubernetes.io/zone, " \
+             "whenUnsatisfiable: ScheduleAnyway}"
+    values = tmp_path / "values.yaml"
+    values.write_text(f"""
+logLevel: debug
+logFormat: console
+injector:
+  extraArgs: [--token-wait=60]
+  extraEnv: [{{name: HTTPS_PROXY, value: "http://proxy:3128"}}]
+  serviceAccountAnnotations: {{iam.example/role: injector}}
+exchange:
+  extraArgs: [--max-inflight=64]
+  extraEnv: [{{name: HTTPS_PROXY, value: "http://proxy:3128"}}]
+  serviceAccountAnnotations: {{iam.example/role: exchange}}
+  topologySpreadConstraints: [{spread}]
+""")
+    out = run(renderer("helm"), "template", "flyte-auth", "deploy/helm/flyte-auth",
+              "--namespace", "flyte-auth", "--kube-version", "1.30.0", "-f", str(values))
+    objs = by_key(tuple(d for d in yaml.safe_load_all(out) if d))
+    for component, extra in (("injector", "--token-wait=60"), ("exchange", "--max-inflight=64")):
+        name = f"flyte-auth-{component}"
+        spec = objs[("Deployment", name)]["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        assert container["args"][-3:] == ["--log-level=debug", "--log-format=console", extra]
+        assert {"name": "HTTPS_PROXY", "value": "http://proxy:3128"} in container["env"]
+        assert objs[("ServiceAccount", name)]["metadata"]["annotations"] == {
+            "iam.example/role": component}
+        options = injector_config.OPTIONS if component == "injector" else \
+            exchange_config.OPTIONS
+        prefix = injector_config.ENV_PREFIX if component == "injector" else \
+            exchange_config.ENV_PREFIX
+        parsed = _parse(options, prefix, container["args"])  # the program takes them
+        assert (parsed.log_level, parsed.log_format) == ("debug", "console")
+    exchange_spec = objs[("Deployment", "flyte-auth-exchange")]["spec"]["template"]["spec"]
+    assert exchange_spec["topologySpreadConstraints"][0]["maxSkew"] == 1
+    assert "topologySpreadConstraints" not in \
+        objs[("Deployment", "flyte-auth-injector")]["spec"]["template"]["spec"]
+    assert "/exchange/extraArgs/0" in helm_refusal(tmp_path, "exchange: {extraArgs: [oops]}")

@@ -115,6 +115,9 @@ nodeSelector: {{- toYaml . | nindent 2 }}
 {{- with .c.tolerations }}
 tolerations: {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- with .c.topologySpreadConstraints }}
+topologySpreadConstraints: {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- if .c.affinity }}
 affinity: {{- toYaml .c.affinity | nindent 2 }}
 {{- else }}
@@ -149,4 +152,24 @@ Flyte 1 keeps its own components). */ -}}
 {{- else -}}
 {{- .Values.exchange.policy -}}
 {{- end -}}
+{{- end }}
+
+{{- /* What operators add to a server's container: the log settings when not the default,
+then extraArgs; extraEnv. Call with (dict "root" $ "c" .Values.exchange). */ -}}
+{{- define "flyte-auth.extraArgs" -}}
+{{- if ne .root.Values.logLevel "info" }}
+- --log-level={{ .root.Values.logLevel }}
+{{- end }}
+{{- if ne .root.Values.logFormat "json" }}
+- --log-format={{ .root.Values.logFormat }}
+{{- end }}
+{{- range .c.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "flyte-auth.serviceAccountMeta" -}}
+{{- with .c.serviceAccountAnnotations }}
+annotations: {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
