@@ -858,3 +858,40 @@ exchange:
     assert "topologySpreadConstraints" not in \
         objs[("Deployment", "flyte-auth-injector")]["spec"]["template"]["spec"]
     assert "/exchange/extraArgs/0" in helm_refusal(tmp_path, "exchange: {extraArgs: [oops]}")
+
+
+def test_the_injectors_sidecar_settings_reach_its_config_and_load(tmp_path: Path) -> None:
+    objs = helm("injector.tokenWait=0", "injector.maxExpiration=7200",
+                "injector.probePort=9800", "injector.allowedAudiences={flyte-auth,vault}",
+                "injector.sidecar.securityContext.runAsNonRoot=true")
+    text = by_key(objs)[("ConfigMap", "flyte-auth-injector-config")]["data"]["injector.yaml"]
+    (tmp_path / "injector.yaml").write_text(text)
+    config = injector_config.InjectorConfig.load(
+        ["--listen", "127.0.0.1:0", "--config", str(tmp_path / "injector.yaml")], {})
+    sidecar, tokens = config.sidecar, config.tokens
+    assert (tokens.token_wait, tokens.max_expiration, sidecar.probe_port) == (0, 7200, 9800)
+    assert tokens.allowed_audiences == ("flyte-auth", "vault")
+    assert sidecar.security_context == {"runAsNonRoot": True}
+    default = by_key(helm())[("ConfigMap", "flyte-auth-injector-config")]["data"]
+    assert "token_wait" not in default["injector.yaml"]  # defaults stay the program's
+
+
+def test_a_rendering_with_no_fixed_uid_is_valid(tmp_path: Path) -> None:
+    """OpenShift's restricted SCC assigns the uid: pods and the injected sidecar can be
+    rendered without one, and still valid and locked down."""
+    values = tmp_path / "values.yaml"
+    restricted = "{runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}"
+    values.write_text(f"injector: {{podSecurityContext: {restricted}, sidecar: "
+                      f"{{securityContext: {{runAsNonRoot: true, allowPrivilegeEscalation: "
+                      f"false, capabilities: {{drop: [ALL]}}}}}}}}\n"
+                      f"exchange: {{podSecurityContext: {restricted}}}\n")
+    out = run(renderer("helm"), "template", "flyte-auth", "deploy/helm/flyte-auth",
+              "--namespace", "flyte-auth", "--kube-version", "1.30.0", "-f", str(values))
+    objs = tuple(d for d in yaml.safe_load_all(out) if d)
+    assert "runAsUser" not in json.dumps([o for o in objs if o["kind"] == "Deployment"])
+    for obj in objs:
+        if obj["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(obj, "1.30", strict=True)
+    injector = yaml.safe_load(by_key(objs)[("ConfigMap", "flyte-auth-injector-config")]
+                              ["data"]["injector.yaml"])
+    assert "runAsUser" not in injector["security_context"]

@@ -139,6 +139,21 @@ allowed_scopes: {{ toJson . }}
 {{- end }}
 agent_image_pull_policy: {{ .Values.injector.sidecar.imagePullPolicy }}
 resources: {{ toJson .Values.injector.sidecar.resources }}
+{{- with .Values.injector.sidecar.securityContext }}
+security_context: {{ toJson . }}
+{{- end }}
+{{- with .Values.injector.allowedAudiences }}
+allowed_audiences: {{ toJson . }}
+{{- end }}
+{{- if ne (int .Values.injector.tokenWait) 300 }}
+token_wait: {{ .Values.injector.tokenWait }}
+{{- end }}
+{{- if ne (int .Values.injector.maxExpiration) 86400 }}
+max_expiration: {{ .Values.injector.maxExpiration }}
+{{- end }}
+{{- if ne (int .Values.injector.probePort) 9787 }}
+probe_port: {{ .Values.injector.probePort }}
+{{- end }}
 {{- end }}
 
 {{- /* The exchange server's policy file: exchange.policy; with flyte2.enabled, a first rule
