@@ -895,3 +895,16 @@ def test_a_rendering_with_no_fixed_uid_is_valid(tmp_path: Path) -> None:
     injector = yaml.safe_load(by_key(objs)[("ConfigMap", "flyte-auth-injector-config")]
                               ["data"]["injector.yaml"])
     assert "runAsUser" not in injector["security_context"]
+
+
+def test_the_exchange_server_can_autoscale_and_its_budget_can_be_set() -> None:
+    objs = by_key(helm("exchange.autoscaling.enabled=true", "exchange.autoscaling.maxReplicas=6",
+                       "exchange.maxUnavailable=50%"))
+    hpa = objs[("HorizontalPodAutoscaler", "flyte-auth-exchange")]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "flyte-auth-exchange"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    kubernetes_validate.validate(hpa, "1.30", strict=True)
+    assert "replicas" not in objs[("Deployment", "flyte-auth-exchange")]["spec"]
+    assert objs[("PodDisruptionBudget", "flyte-auth-exchange")]["spec"]["maxUnavailable"] == \
+        "50%"
+    assert ("HorizontalPodAutoscaler", "flyte-auth-exchange") not in by_key(helm())
