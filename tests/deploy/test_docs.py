@@ -117,3 +117,17 @@ def test_the_guide_says_what_helm_template_needs() -> None:
     message = out.stderr.split("Error: ", 1)[1].splitlines()[0]
     assert message in " ".join(GUIDE.split())
     assert "--kube-version 1.30" in GUIDE
+
+
+def test_the_secrets_left_after_uninstall_are_the_ones_the_servers_make() -> None:
+    """The cleanup command names every Secret created at run time or kept by the chart."""
+    from tests.deploy.test_manifests import EXTERNAL, helm  # noqa: PLC0415
+
+    (cleanup,) = [c for c in commands() if c[:4] == ["kubectl", "-n", "flyte-auth", "delete"]]
+    named = set(cleanup[5:]) - {"--ignore-not-found"}
+    made = {a.split("=", 1)[1] for o in helm("tls.mode=self-signed")
+            if o["kind"] == "Deployment"
+            for a in o["spec"]["template"]["spec"]["containers"][0]["args"]
+            if a.startswith("--tls-bootstrap=")}
+    kept = {o["metadata"]["name"] for o in helm(*EXTERNAL) if o["kind"] == "Secret"}
+    assert made | kept | {"flyte-auth-exchange-signing-key"} == named
