@@ -131,3 +131,13 @@ def test_the_secrets_left_after_uninstall_are_the_ones_the_servers_make() -> Non
             if a.startswith("--tls-bootstrap=")}
     kept = {o["metadata"]["name"] for o in helm(*EXTERNAL) if o["kind"] == "Secret"}
     assert made | kept | {"flyte-auth-exchange-signing-key"} == named
+
+
+def test_the_packaged_charts_readme_is_the_guides_values_table() -> None:
+    from devstack.release import chart_readme  # noqa: PLC0415
+
+    readme = chart_readme(GUIDE)
+    table = GUIDE.split("## Helm values", 1)[1].split("\n## ", 1)[0].strip()
+    assert table.startswith("| value | default | meaning |")
+    assert table in readme
+    assert "helm install flyte-auth" in readme

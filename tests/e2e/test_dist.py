@@ -36,6 +36,9 @@ def test_the_packaged_chart_is_the_release() -> None:
                          capture_output=True, text=True, check=True).stdout
     assert f"image: flyte-auth-server:{__version__}" in out
     assert f"agent_image: flyte-auth-agent:{__version__}" in out
+    readme = subprocess.run([renderer("helm"), "show", "readme", str(package)],
+                            capture_output=True, text=True, check=True).stdout
+    assert "| `exchange.replicas` | `2` |" in readme  # the guide's values table
 
 
 @pytest.mark.parametrize(("wheel", "python"), [("flyte_auth_common", ">=3.10"),
