@@ -908,3 +908,18 @@ def test_the_exchange_server_can_autoscale_and_its_budget_can_be_set() -> None:
     assert objs[("PodDisruptionBudget", "flyte-auth-exchange")]["spec"]["maxUnavailable"] == \
         "50%"
     assert ("HorizontalPodAutoscaler", "flyte-auth-exchange") not in by_key(helm())
+
+
+def test_injection_can_be_narrowed_but_the_guard_is_not(tmp_path: Path) -> None:
+    objs = by_key(helm("webhook.excludedNamespaces={team-b}",
+                       "webhook.objectSelector.matchLabels.team=ml"))
+    hooks = {h["name"]: h for h in
+             objs[("MutatingWebhookConfiguration", "flyte-auth-injector")]["webhooks"]}
+    inject, connect = hooks["inject.flyte-auth.flyte.org"], hooks["connect.flyte-auth.flyte.org"]
+    assert "team-b" in inject["namespaceSelector"]["matchExpressions"][1]["values"]
+    assert inject["objectSelector"] == {"matchLabels": {"team": "ml"}}
+    assert "team-b" not in json.dumps(connect) and "objectSelector" not in connect
+    # What the exchange server checks of the guard still holds.
+    assert guard.connect_differences(
+        objs[("MutatingWebhookConfiguration", "flyte-auth-injector")], "team-b",
+        {"flyte-auth.flyte.org/inject": "enabled"}) == []
