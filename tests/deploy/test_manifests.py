@@ -923,3 +923,15 @@ def test_injection_can_be_narrowed_but_the_guard_is_not(tmp_path: Path) -> None:
     assert guard.connect_differences(
         objs[("MutatingWebhookConfiguration", "flyte-auth-injector")], "team-b",
         {"flyte-auth.flyte.org/inject": "enabled"}) == []
+
+
+def test_a_sites_own_cluster_issuer_replaces_the_charts_ca() -> None:
+    objs = by_key(helm("tls.issuerRef.name=corp-ca", "tls.issuerRef.kind=ClusterIssuer"))
+    assert not [k for k in objs if k[0] == "Issuer"]
+    assert ("Certificate", "flyte-auth-ca") not in objs
+    for name in ("flyte-auth-injector", "flyte-auth-exchange"):
+        assert objs[("Certificate", name)]["spec"]["issuerRef"] == {
+            "name": "corp-ca", "kind": "ClusterIssuer"}
+    default = by_key(helm())
+    assert default[("Certificate", "flyte-auth-exchange")]["spec"]["issuerRef"] == {
+        "name": "flyte-auth-ca", "kind": "Issuer"}
