@@ -47,7 +47,8 @@ class _Copy:
     def __init__(self, what: str) -> None:
         self.what = what
         self.value: dict[str, Any] | None = None
-        self.at = float("-inf")
+        self.tried = float("-inf")  # when the last fetch began
+        self.fetched = 0  # fetches ended, good or not
         self.error = ""  # why the last fetch failed
         self.lock = asyncio.Lock()
 
@@ -86,11 +87,15 @@ class ExternalIdP:
 
     async def _current(self, copy: _Copy, age: float,
                        fetch: Callable[[], Any]) -> dict[str, Any]:
-        if copy.value is not None and self._clock() - copy.at < age:
+        if copy.value is not None and self._clock() - copy.tried < age:
             return copy.value
+        seen = copy.fetched
         async with copy.lock:
-            if copy.value is None or self._clock() - copy.at >= age:  # not fetched meanwhile
-                copy.at = self._clock()
+            # A fetch that ended while this caller waited, good or not, answers it too: no
+            # caller waits longer than one fetch.
+            if copy.fetched == seen and (copy.value is None or
+                                         self._clock() - copy.tried >= age):
+                copy.tried = self._clock()  # a failure, too, waits `age` before the next try
                 try:
                     copy.value = await fetch()
                 except Unavailable as exc:
@@ -98,6 +103,8 @@ class ExternalIdP:
                     self._on_failure()
                     log.warning("idp_unreachable", what=copy.what, reason=str(exc),
                                 serving="the last good copy" if copy.value else "nothing")
+                finally:
+                    copy.fetched += 1
         if copy.value is None:
             raise Unavailable(f"the IdP's {copy.what} has not been fetched yet "
                               f"({copy.error or self.metadata_url})")

@@ -247,6 +247,25 @@ async def test_a_real_execution_launched_by_alice(real: RealFlyte) -> None:
     assert (status, refused["error"]) == (400, "invalid_grant")
 
 
+async def test_each_subtask_pod_of_a_map_task_gets_the_launcher(real: RealFlyte) -> None:
+    """A map task (ArrayNode): flytepropeller creates a pod per subtask, each controlled by
+    the execution's FlyteWorkflow; each is injected, and each one's agent holds alice's
+    token (each subtask answers the `sub` its agent's token names)."""
+    from tests.e2e import workflows  # noqa: PLC0415
+
+    alice = flytekit_as(real.flyte.target, real.user_token())
+    version = await register(alice, TASK_IMAGE, workflows.mapped)
+    execution = await execute(alice, workflows.mapped, version)
+    finished = await asyncio.to_thread(alice.wait, execution, timeout=timedelta(minutes=5),
+                                       poll_interval=timedelta(seconds=1))
+    assert sorted(finished.outputs["o0"]) == [f"{i} {ALICE}" for i in range(3)]
+    pods = (await real.cluster.request(
+        "GET", f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=execution-id%3D"
+               f"{execution.id.name}"))["items"]
+    assert len(pods) == 3
+    assert all(p["spec"]["initContainers"][0]["name"] == "flyte-auth-agent" for p in pods)
+
+
 # --- 3. discovery -----------------------------------------------------------------------------
 
 async def test_the_agent_discovers_real_flyteadmin_over_grpc_and_http(real: RealFlyte) -> None:

@@ -2,11 +2,15 @@
 on the suite's real node, in the task image (tests/e2e/flyte.py), which carries this
 module."""
 
+import base64
+import json
 import os
 
-from flytekit import task, workflow
+from flytekit import map_task, task, workflow
 from flytekit.configuration import Config
 from flytekit.remote import FlyteRemote
+
+from flyte_auth_common.client import AgentClient
 
 
 @task  # type: ignore[untyped-decorator]
@@ -35,3 +39,17 @@ def launch_greet(version: str) -> str:
 @workflow  # type: ignore[untyped-decorator]
 def launcher(version: str) -> str:
     return launch_greet(version=version)  # type: ignore[no-any-return]
+
+
+@task  # type: ignore[untyped-decorator]
+def whose_token(index: int) -> str:
+    """In one subtask pod of a map task: whom the token the agent holds names."""
+    token = AgentClient().token()["access_token"]
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    return f"{index} {claims['sub']}"
+
+
+@workflow  # type: ignore[untyped-decorator]
+def mapped() -> list[str]:
+    """A map task (ArrayNode) of three subtask pods."""
+    return map_task(whose_token)(index=[0, 1, 2])  # type: ignore[no-any-return]

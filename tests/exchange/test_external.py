@@ -131,7 +131,7 @@ async def test_an_idp_that_fails_after_a_good_answer_is_served_from_the_last_cop
         async with http.get(ex.url + "/external/jwks") as resp:
             good = await resp.json()
         idp.answer = 503
-        ex.api.external._keys.at = float("-inf")  # type: ignore[union-attr]  # copy is old
+        ex.api.external._keys.tried = float("-inf")  # type: ignore[union-attr]  # old copy
         with logged() as logs:
             async with http.get(ex.url + "/external/jwks") as resp:
                 assert (resp.status, await resp.json()) == (200, good)
@@ -217,6 +217,9 @@ async def test_a_hanging_idp_never_holds_an_answer_past_the_timeout(idp: StubIdP
         idp.gate = asyncio.Event()  # the IdP accepts and never answers
         clock.advance(clock.now() + 60)
         assert await m.key_set() == good  # the last good copy, after one timeout
+        tried = m.fetches
+        assert await m.key_set() == good  # at once: the failed try waits out min_refetch
+        assert m.fetches == tried
         assert await m.document() == idp.document() | {
             "jwks_uri": "https://exchange.example/external/jwks"}
 
@@ -230,3 +233,14 @@ async def test_an_idp_that_never_answered_well_is_unavailable(idp: StubIdP,
         with pytest.raises(Unavailable, match="has not been fetched yet"):
             await m.key_set()
         assert failures
+
+
+async def test_callers_waiting_on_a_hanging_idp_share_one_fetch(idp: StubIdP) -> None:
+    """An IdP that never answers, and nothing fetched yet: ten callers at once get their 503
+    after one timeout, not one timeout each in turn."""
+    idp.gate = asyncio.Event()
+    async with mirror(idp, FakeClock(), timeout=0.2) as m:
+        results = await asyncio.gather(*(m.document() for _ in range(10)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, Unavailable) for r in results)
+        assert m.fetches == 1
