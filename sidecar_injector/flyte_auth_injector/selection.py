@@ -102,7 +102,25 @@ def skip_reason(pod: Json, namespace: str, own_namespace: str) -> str | None:
                 f"{' and '.join(consts.FLYTE2_TASK_LABELS)})")
     if str(annotations.get(consts.ANNOTATION_INJECT, "")).lower() == "false":
         return f"opted out ({consts.ANNOTATION_INJECT}: \"false\")"
-    return None
+    return plugin_pod_reason(meta)
+
+
+def plugin_pod_reason(meta: Json) -> str | None:
+    """Why a pod with Flyte's labels whose controller is another operator's object (a Ray,
+    Dask, Kubeflow or Spark task's pod) is left alone: the exchange server binds only pods a
+    FlyteWorkflow or TaskAction controls, so its agent would never get a token, and the
+    postStart hold would keep the task waiting token-wait seconds for it."""
+    controller = next((as_object(r) for r in as_list(meta.get("ownerReferences"))
+                       if as_object(r).get("controller") is True), None)
+    if controller is None:
+        return None
+    group = str(controller.get("apiVersion", "")).split("/")[0]
+    if group in (contract.FLYTEWORKFLOW_GROUP, contract.TASKACTION_GROUP):
+        return None
+    return (f"its controller is {str(controller.get('kind'))[:63]} "
+            f"{str(controller.get('name'))[:63]!r} ({str(controller.get('apiVersion'))[:63]}): "
+            "a plugin task's pod, which the exchange server does not bind to an execution "
+            "yet; injected, its task would wait token-wait seconds for a token it never gets")
 
 
 def _override(key: str, pod_ann: Mapping[str, Any], ns_ann: Mapping[str, Any]) -> tuple[

@@ -162,6 +162,9 @@ async def test_collisions_take_the_next_name_and_leave_the_users_items(call: Cal
         consts.ANNOTATION_INJECT: "false"}), "flytesnacks-development", id="opted-out"),
     pytest.param(variant(propeller_pod(), metadata__labels={"app": "web"}),
                  "flytesnacks-development", id="not-a-flyte-pod"),
+    pytest.param(variant(propeller_pod(), metadata__ownerReferences=[{
+        "apiVersion": "ray.io/v1", "kind": "RayCluster", "name": "f3a1b2c4d5e6-n0-0-raycluster",
+        "uid": "r1", "controller": True}]), "flytesnacks-development", id="ray-pod"),
     pytest.param(propeller_pod(), "kube-system", id="kube-system"),
     pytest.param(propeller_pod(), "flyte-auth", id="own-namespace"),
 ])
