@@ -173,6 +173,11 @@ TOKEN_TYPE_JWT: Final = "urn:ietf:params:oauth:token-type:jwt"
 TOKEN_TYPE_ID_TOKEN: Final = "urn:ietf:params:oauth:token-type:id_token"
 TOKEN_TYPE_ACCESS_TOKEN: Final = "urn:ietf:params:oauth:token-type:access_token"
 
+#: The injected agent's health and metrics port is declared under this name (pods off the
+#: host's network), so the Prometheus Operator's PodMonitor finds it (it keeps only declared
+#: ports).
+AGENT_PORT_NAME: Final = "flyte-auth"
+
 # --- JSON shapes ---------------------------------------------------------------------------
 
 

@@ -89,27 +89,32 @@ def _label_env(env: str, label: str) -> Json:
         "apiVersion": "v1", "fieldPath": f"metadata.labels['{label}']"}}}
 
 
-def _probes(sidecar: Sidecar, host_network: bool, token_wait: int) -> Json:
+def _probes(sidecar: Sidecar, host_network: bool, token_wait: int, *,
+            declare_port: bool = True) -> Json:
     """The task's containers start only once the agent holds a token, for at most
     `token_wait` seconds. The hold is a postStart hook, `flyte-auth-agent wait`, as Istio
     holds apps until its proxy is ready: the kubelet starts the next container when the hook
     returns, which is the moment the token arrives (a startupProbe would add up to its period,
     a second, to every pod). After `token_wait` seconds the hook fails (the pod's
     FailedPostStartHook event), the kubelet restarts the agent, and the agent's last state
-    carries the reason. `token_wait` 0: no hold at all. A liveness probe on the agent's
-    TCP health port, except on the host's network: there two pods' ports would collide, so
-    the agent opens none."""
+    carries the reason. `token_wait` 0: no hold at all. The agent's health port, declared by
+    name (what a PodMonitor scrapes; not when another container already declares that name or
+    number) and probed for liveness, except on the host's network: there two pods' ports
+    would collide, so the agent opens none."""
     hold: Json = {} if token_wait == 0 else {"lifecycle": {"postStart": {"exec": {
         "command": ["flyte-auth-agent", "wait", "--timeout", str(token_wait)]}}}}
     if host_network:
         return hold
-    return {**hold, "livenessProbe": {
+    port: Json = {"name": contract.AGENT_PORT_NAME, "containerPort": sidecar.probe_port,
+                  "protocol": "TCP"}
+    return {**hold, **({"ports": [port]} if declare_port else {}), "livenessProbe": {
         "httpGet": {"path": contract.PATH_HEALTHZ, "port": sidecar.probe_port},
         "periodSeconds": 10, "timeoutSeconds": 1, "failureThreshold": 3}}
 
 
 def sidecar_container(name: str, sidecar: Sidecar, settings: PodSettings, token_vol: str,
-                      socket_vol: str, *, host_network: bool = False) -> Json:
+                      socket_vol: str, *, host_network: bool = False,
+                      declare_port: bool = True) -> Json:
     agent_settings: list[tuple[str, str]] = [
         ("socket", contract.DEFAULT_SOCKET_PATH),
         ("token_file", contract.DEFAULT_TOKEN_FILE),
@@ -140,7 +145,7 @@ def sidecar_container(name: str, sidecar: Sidecar, settings: PodSettings, token_
             {"name": token_vol, "mountPath": contract.TOKEN_DIR, "readOnly": True},
             {"name": socket_vol, "mountPath": contract.SOCKET_DIR},
         ],
-        **_probes(sidecar, host_network, settings.token_wait),
+        **_probes(sidecar, host_network, settings.token_wait, declare_port=declare_port),
         "resources": copy.deepcopy(dict(sidecar.resources)),
         "securityContext": copy.deepcopy(dict(sidecar.security_context)),
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -205,9 +210,17 @@ def inject(pod: Json, sidecar: Sidecar, settings: PodSettings) -> Json:
     # Container names are unique across containers, initContainers and ephemeralContainers.
     others = frozenset(str(c.get("name")) for key in ("containers", "ephemeralContainers")
                        for c in as_list(spec.get(key)) if isinstance(c, dict))
+    # Port names are unique across the pod's containers: a user's port of our name or number
+    # keeps ours undeclared (the agent still listens; a PodMonitor does not see it).
+    ports = [as_object(p) for key in ("containers", "initContainers")
+             for c in as_list(spec.get(key)) if isinstance(c, dict)
+             and c.get("name") != owned.get("sidecar") for p in as_list(c.get("ports"))]
+    declare = not any(p.get("name") == contract.AGENT_PORT_NAME or
+                      p.get("containerPort") == sidecar.probe_port for p in ports)
     name = _claim(inits, consts.SIDECAR_NAME,
                   lambda n: sidecar_container(n, sidecar, settings, token_vol, socket_vol,
-                                              host_network=spec.get("hostNetwork") is True),
+                                              host_network=spec.get("hostNetwork") is True,
+                                              declare_port=declare),
                   owned.get("sidecar"), insert_at=0, taken=others)
     containers = _own_list(spec, "containers")
     flyte = flyte_version(as_object(as_object(out.get("metadata")).get("labels"))) or 1

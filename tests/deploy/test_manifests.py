@@ -496,7 +496,7 @@ def test_prometheus_objects_are_optional_and_alert_on_metrics_that_exist() -> No
         assert "{{ $labels" not in rule["annotations"]["description"]
     assert "{{ $labels.code }}" in rules[0]["annotations"]["summary"]  # for Prometheus
     pods = objs[("PodMonitor", "flyte-auth-agents")]["spec"]["podMetricsEndpoints"][0]
-    assert pods["targetPort"] == 9787  # the injected agent's health port
+    assert pods["port"] == contract.AGENT_PORT_NAME  # the port the injector declares
 
 
 def test_every_object_carries_the_standard_labels() -> None:

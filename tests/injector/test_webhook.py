@@ -16,6 +16,7 @@ import pytest
 
 from devstack.pods import admission_review as review
 from devstack.pods import bare_pod, busy_pod, flyte2_pod, propeller_pod, variant
+from flyte_auth_common.contract import AGENT_PORT_NAME
 from flyte_auth_injector import consts
 from tests.injector.helpers import Call, apply
 
@@ -276,6 +277,22 @@ async def test_a_host_network_pod_gets_no_port_and_the_same_hold(call: Call) -> 
     plain = apply(propeller_pod(), (await call(review(propeller_pod())))[1])
     assert agent["lifecycle"] == plain["spec"]["initContainers"][0]["lifecycle"]
     assert "httpGet" in plain["spec"]["initContainers"][0]["livenessProbe"]
+
+
+async def test_the_agents_port_is_declared_by_name_unless_the_pod_has_it(call: Call) -> None:
+    """What a PodMonitor scrapes: the agent's health port under contract.AGENT_PORT_NAME
+    (the Prometheus Operator keeps only declared ports). A user's port of that name or number
+    would make the pod invalid (names are unique across its containers): then ours is left
+    undeclared, and the pod stays valid."""
+    plain = apply(propeller_pod(), (await call(review(propeller_pod())))[1])
+    assert plain["spec"]["initContainers"][0]["ports"] == [
+        {"name": AGENT_PORT_NAME, "containerPort": 9787, "protocol": "TCP"}]
+    for user_port in ({"name": AGENT_PORT_NAME, "containerPort": 8080},
+                      {"name": "web", "containerPort": 9787}):
+        pod = variant(propeller_pod(), spec__containers__0__ports=[user_port])
+        injected = apply(pod, (await call(review(pod)))[1])
+        assert "ports" not in injected["spec"]["initContainers"][0]
+        validate(injected)
 
 
 @pytest.mark.parametrize(("annotation", "timeout"), [
